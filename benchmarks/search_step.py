@@ -1,0 +1,112 @@
+"""Benchmark of one DARTS search step: build + trace time, median step time, images/s, peak RSS.
+
+    python benchmarks/search_step.py --channels=16 --layers=8 --batch_size=64 --order=first --steps=5
+    OMP_NUM_THREADS=1 python benchmarks/search_step.py --threads=1 ...   # 1-thread figure beside 2-thread
+
+Runs the real ``DartsSearchModel.fit`` on random images of the given size (timing does not depend on the
+pixel values) with a callback timing each batch; the first batch's time is the trace + first step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--image_size", type=int, default=32)
+    p.add_argument("--image_channels", type=int, default=3)
+    p.add_argument("--num_classes", type=int, default=10)
+    p.add_argument("--order", choices=("first", "second"), default="first")
+    p.add_argument("--steps", type=int, default=5, help="timed steps after the first")
+    p.add_argument("--threads", type=int, default=0, help="intra/inter-op threads (0 = TF default)")
+    p.add_argument("--grappler", choices=("default", "off"), default="default",
+                   help="'off' disables TF's graph optimizer (disable_meta_optimizer), to measure its cost")
+    p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    args = p.parse_args(argv)
+
+    t_import = time.perf_counter()
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if args.grappler == "off":
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    from hlrs_tf.darts_model import DartsSearchModel
+    from hlrs_tf.search_network import SearchNetwork
+
+    t0 = time.perf_counter()
+    import_s = t0 - t_import
+    keras.utils.set_random_seed(0)
+    shape = (args.image_size, args.image_size, args.image_channels)
+    model = DartsSearchModel(
+        SearchNetwork(args.channels, args.num_classes, args.layers), order=args.order
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.025, momentum=0.9),
+        arch_optimizer=keras.optimizers.Adam(3e-4, beta_1=0.5, beta_2=0.999),
+    )
+    model.build_all(shape)
+    build_s = time.perf_counter() - t0
+
+    rng = np.random.default_rng(0)
+    n = args.batch_size
+    x = rng.standard_normal((n, *shape)).astype("float32")
+    y = rng.integers(0, args.num_classes, n).astype("int32")
+    ds = tf.data.Dataset.from_tensors(((x, y), (x, y))).repeat()
+
+    times = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            times.append(time.perf_counter() - self._t)
+
+    t1 = time.perf_counter()
+    model.fit(ds, epochs=1, steps_per_epoch=args.steps + 1, verbose=0, callbacks=[Timer()])
+    first = times[0]
+    step = statistics.median(times[1:]) if len(times) > 1 else float("nan")
+    result = {
+        "channels": args.channels,
+        "layers": args.layers,
+        "batch_size": n,
+        "image_shape": list(shape),
+        "order": args.order,
+        "threads": args.threads or "default",
+        "grappler": args.grappler,
+        "weight_params": sum(int(np.prod(v.shape)) for v in model.split_variables()[0]),
+        "import_s": round(import_s, 2),
+        "build_s": round(build_s, 2),
+        "first_step_s (trace + step)": round(first, 2),
+        "build_plus_trace_s": round(build_s + first - step, 2),
+        "median_step_s": round(step, 3),
+        "images_per_s": round(n / step, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+        "fit_total_s": round(time.perf_counter() - t1, 2),
+    }
+    print(json.dumps(result, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

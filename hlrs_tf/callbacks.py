@@ -1,0 +1,189 @@
+"""Keras callbacks of a search run: epoch logs, genotypes, TensorBoard and checkpoints.
+
+Callbacks run in list order and share the epoch ``logs`` dict, so the ones that *add* entries
+(:class:`LearningRateLogger`, :class:`GenotypeLogger`) go before the ones that *write* them (TensorBoard,
+``CSVLogger``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hlrs_tf.genotypes import PRIMITIVES
+from hlrs_tf.workdir import Workdir, atomic_write_json
+
+
+def _current_lr(optimizer) -> float:
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the weight learning rate (``lr``) and the architecture learning rate (``arch_lr``) to epoch logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["lr"] = _current_lr(self.model.optimizer)
+        if getattr(self.model, "arch_optimizer", None) is not None:
+            logs["arch_lr"] = _current_lr(self.model.arch_optimizer)
+
+
+class GenotypeLogger(keras.callbacks.Callback):
+    """Derives the genotype after every epoch, saves ``genotypes/epoch_NNN.json`` and logs skip counts.
+
+    ``normal_skip_connect`` (and ``reduce_skip_connect``) go into the epoch logs: DARTS' known failure is a
+    normal cell collapsing to parameter-free skip connections, so it is watched every epoch.
+
+    Args:
+        workdir: The run's :class:`~hlrs_tf.workdir.Workdir`.
+    """
+
+    def __init__(self, workdir: Workdir):
+        super().__init__()
+        self.workdir = workdir
+        self.last_genotype = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        genotype = self.model.genotype()
+        genotype.save(self.workdir.epoch_genotype_file(epoch + 1))
+        self.last_genotype = genotype
+        if logs is not None:
+            logs["normal_skip_connect"] = genotype.count("skip_connect", "normal")
+            logs["reduce_skip_connect"] = genotype.count("skip_connect", "reduce")
+
+
+def alpha_heatmap(weights: np.ndarray, title: str) -> np.ndarray:
+    """Renders softmaxed alphas ``(edges, ops)`` as an annotated heatmap, returned as ``uint8 (H, W, 4)``.
+
+    Rows are labelled ``node j <- input i`` (input 0/1 = cell inputs k-2/k-1, 2.. = earlier nodes); columns
+    are the primitives in the reference order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    import matplotlib.pyplot as plt
+
+    labels, j, i = [], 0, 0
+    while len(labels) < weights.shape[0]:
+        labels.append(f"node {j} <- {i}")
+        i += 1
+        if i == j + 2:
+            j, i = j + 1, 0
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(labels) + 1.6), dpi=90)
+    im = ax.imshow(weights, cmap="viridis", aspect="auto", vmin=0.0)
+    ax.set_xticks(range(len(PRIMITIVES)), PRIMITIVES, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for (r, c), v in np.ndenumerate(weights):
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < weights.max() * 0.6 else "k")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return tf.io.decode_png(buf.getvalue(), channels=4).numpy()
+
+
+class TensorBoardLogger(keras.callbacks.Callback):
+    """Writes every numeric epoch log as a scalar, the softmaxed alphas as heatmap images and the genotype
+    as text, all into one event file under ``log_dir``.
+
+    Args:
+        log_dir: The run's ``tensorboard/`` folder.
+        genotype_logger: Source of the epoch's genotype (avoids deriving it twice).
+    """
+
+    def __init__(self, log_dir: str, genotype_logger: GenotypeLogger | None = None):
+        super().__init__()
+        self.log_dir = log_dir
+        self.genotype_logger = genotype_logger
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = epoch + 1
+        network = self.model.network
+        w_normal, w_reduce = (keras.ops.convert_to_numpy(w) for w in network.arch_weights())
+        with self._writer.as_default(step=step):
+            for key, value in (logs or {}).items():
+                if np.ndim(value) == 0 and np.isfinite(float(value)):
+                    tf.summary.scalar(f"epoch/{key}", float(value))
+            tf.summary.image("alphas/normal", alpha_heatmap(w_normal, f"normal cell, epoch {step}")[None])
+            tf.summary.image("alphas/reduce", alpha_heatmap(w_reduce, f"reduction cell, epoch {step}")[None])
+            genotype = self.genotype_logger.last_genotype if self.genotype_logger else self.model.genotype()
+            tf.summary.text("genotype", "```\n" + genotype.to_json() + "\n```")
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+
+
+class CSVHistory(keras.callbacks.CSVLogger):
+    """Keras' ``CSVLogger`` without the empty ``val_*`` columns it adds when a run has no validation data.
+
+    Args:
+        filename: The ``history.csv`` path.
+        **kwargs: Forwarded to ``CSVLogger`` (``append=True`` continues a resumed run's file).
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None and logs:
+            self.keys = sorted(logs)  # fixed at the first epoch, as in CSVLogger
+        super().on_epoch_end(epoch, logs)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves what a resume needs after every epoch: all model variables (weights, alphas, BN statistics) and
+    both optimizers' variables, then ``state.json`` naming the last complete epoch.
+
+    ``state.json`` is written last and atomically, so a checkpoint it names is complete; the previous
+    epoch's files are removed only after that.
+
+    Args:
+        directory: The run's ``checkpoints/`` folder.
+    """
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+
+    def _paths(self, epoch: int) -> tuple[str, str]:
+        stem = os.path.join(self.directory, f"epoch_{epoch:03d}")
+        return stem + ".weights.h5", stem + ".optimizers.npz"
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        weights_path, opt_path = self._paths(done)
+        self.model.save_weights(weights_path)
+        arrays = {}
+        for name, opt in (("optimizer", self.model.optimizer), ("arch_optimizer", self.model.arch_optimizer)):
+            for i, v in enumerate(opt.variables):
+                arrays[f"{name}/{i:04d}"] = keras.ops.convert_to_numpy(v)
+        tmp = opt_path + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, opt_path)
+        previous = self._read_state()
+        atomic_write_json(
+            os.path.join(self.directory, "state.json"),
+            {"epoch": done, "weights": os.path.basename(weights_path), "optimizers": os.path.basename(opt_path)},
+        )
+        if previous and previous.get("epoch") != done:
+            for p in self._paths(previous["epoch"]):
+                if os.path.exists(p):
+                    os.remove(p)
+
+    def _read_state(self):
+        path = os.path.join(self.directory, "state.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)

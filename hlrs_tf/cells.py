@@ -1,0 +1,140 @@
+"""Mixed operation and search cell of DARTS, as Keras layers.
+
+A search cell has two inputs (``s0`` from cell k-2, ``s1`` from cell k-1), ``steps`` intermediate nodes and
+one mixed op per edge: node j sums a mixed op over all ``2 + j`` earlier states, 14 edges for 4 nodes, in the
+order (node 0: s0, s1), (node 1: s0, s1, n0), ... -- the row order of the ``(14, 8)`` alpha tensor. The cell
+output is the channel concatenation of the last ``multiplier`` nodes.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from hlrs_tf import ops as darts_ops
+from hlrs_tf.ops import CompositeLayer
+from hlrs_tf.genotypes import PRIMITIVES
+
+
+def add_n(tensors):
+    """Sum of a list of same-shape tensors as one op (stack + sum would add a copy and its gradient)."""
+    return tensors[0] if len(tensors) == 1 else tf.add_n(tensors)
+
+
+def num_edges(steps: int = 4) -> int:
+    """Number of mixed-op edges of a cell with ``steps`` intermediate nodes (14 for 4)."""
+    return sum(2 + j for j in range(steps))
+
+
+class MixedOp(CompositeLayer):
+    """``sum_o w_o * o(x)`` over the candidate ops of one edge.
+
+    ``none`` is not instantiated (its term is zero). The ReLU that starts the conv ops (and the
+    FactorizedReduce of a strided ``skip_connect``) is computed once and shared.
+
+    Args:
+        channels: Channels of the edge.
+        strides: 1, or 2 for the input edges of a reduction cell.
+        primitives: Candidate op names; the weight vector passed to ``call`` is indexed the same way.
+        **kwargs: Forwarded to ``keras.layers.Layer``.
+    """
+
+    def __init__(self, channels: int, strides: int = 1, primitives=PRIMITIVES, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.strides, self.primitives = channels, strides, tuple(primitives)
+        self._relu_first = []  # per op (index into primitives, layer, takes relu(x))
+        self.candidate_ops = []
+        for i, name in enumerate(self.primitives):
+            if name == "none":
+                continue
+            shares_relu = name in darts_ops.RELU_FIRST or (name == "skip_connect" and strides > 1)
+            layer = darts_ops.make_op(
+                name, channels, strides, affine=False, search=True, apply_relu=not shares_relu, layer_name=name
+            )
+            self.candidate_ops.append(layer)
+            self._relu_first.append((i, shares_relu))
+
+    def call(self, x, weights, training=None):
+        """Mixes the candidate ops.
+
+        Args:
+            x: Edge input, ``(B, H, W, C)``.
+            weights: Softmaxed op weights of this edge, shape ``(len(primitives),)``.
+            training: BN mode.
+        """
+        relu_x = ops.relu(x) if any(s for _, s in self._relu_first) else None
+        w = tf.unstack(weights)  # one op, instead of one slice per candidate
+        terms = []
+        for (i, shares_relu), op in zip(self._relu_first, self.candidate_ops):
+            out = op(relu_x if shares_relu else x, training=training)
+            terms.append(w[i] * out)
+        return add_n(terms)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "strides": self.strides,
+            "primitives": list(self.primitives),
+        }
+
+
+class SearchCell(CompositeLayer):
+    """A DARTS search cell (normal or reduction) whose edges are mixed ops.
+
+    Args:
+        channels: Channels C of each node.
+        reduction: Reduction cell (input edges strided by 2).
+        reduction_prev: The previous cell was a reduction cell (``s0`` then needs a FactorizedReduce).
+        steps: Intermediate nodes (4).
+        multiplier: Nodes concatenated into the output (4).
+        primitives: Candidate op names.
+        **kwargs: Forwarded to ``keras.layers.Layer``.
+    """
+
+    def __init__(
+        self, channels, reduction, reduction_prev, steps=4, multiplier=4, primitives=PRIMITIVES, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.channels, self.reduction, self.reduction_prev = channels, reduction, reduction_prev
+        self.steps, self.multiplier, self.primitives = steps, multiplier, tuple(primitives)
+        if reduction_prev:
+            self.preprocess0 = darts_ops.FactorizedReduce(channels, affine=False, name="preprocess0")
+        else:
+            self.preprocess0 = darts_ops.ReLUConvBN(channels, 1, 1, affine=False, name="preprocess0")
+        self.preprocess1 = darts_ops.ReLUConvBN(channels, 1, 1, affine=False, name="preprocess1")
+        self.edges = []
+        for j in range(steps):
+            for i in range(2 + j):
+                strides = 2 if reduction and i < 2 else 1
+                self.edges.append(MixedOp(channels, strides, self.primitives, name=f"edge_{j}_{i}"))
+
+    def call(self, s0, s1, weights, training=None):
+        """Runs the cell.
+
+        Args:
+            s0: Output of cell k-2.
+            s1: Output of cell k-1.
+            weights: Softmaxed alphas of this cell type, ``(num_edges, len(primitives))``.
+            training: BN mode.
+        """
+        states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
+        rows = tf.unstack(weights)
+        offset = 0
+        for j in range(self.steps):
+            node = [self.edges[offset + i](h, rows[offset + i], training=training) for i, h in enumerate(states)]
+            offset += len(states)
+            states.append(add_n(node))
+        return ops.concatenate(states[-self.multiplier :], axis=-1)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "reduction": self.reduction,
+            "reduction_prev": self.reduction_prev,
+            "steps": self.steps,
+            "multiplier": self.multiplier,
+            "primitives": list(self.primitives),
+        }

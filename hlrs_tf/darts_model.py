@@ -1,0 +1,294 @@
+"""The bilevel DARTS trainer as a ``keras.Model`` with a custom ``train_step``.
+
+Each step takes ``((x_train, y_train), (x_val, y_val))`` -- a batch of the weight split and a batch of the
+architecture split -- and does, as the reference DARTS does:
+
+1. the **architecture step** on the validation batch (Adam on the alphas, coupled L2 ``1e-3``), first order
+   (gradient of the validation loss with the weights fixed) or second order (unrolled, below);
+2. the **weight step** on the training batch (SGD + momentum on the weights, coupled L2 ``3e-4``, gradient
+   clipped to global norm 5 before the decay is added, as ``clip_grad_norm_`` + ``SGD(weight_decay=...)``).
+
+Keras' own ``weight_decay`` options are decoupled decay; the reference adds ``wd * v`` to the gradient, so
+that is what happens here (STACK.md trap 5).
+
+Second order follows the reference's finite-difference form (SPEC.md section 3), written with
+``stateless_call`` so no variable is ever perturbed in place -- which keeps it correct under
+MirroredStrategy, where an in-place perturbation of a mirrored variable from replica context is silently
+wrong (STACK.md trap 10):
+
+* virtual step ``w' = w - xi (mu * buf + g_train + wd * w)``, ``xi`` the current weight lr. Keras' SGD keeps
+  ``m = mu * m - lr * g`` (the lr is inside the buffer), so ``-xi * mu * buf`` is ``mu * m``: the virtual step
+  is exactly the step the optimizer would take next;
+* ``dalpha = grad_a L_val(w', a)`` and ``v = grad_w' L_val(w', a)``;
+* ``H v ~ (grad_a L_train(w + eps v, a) - grad_a L_train(w - eps v, a)) / (2 eps)``, ``eps = 0.01 / ||v||``;
+* architecture gradient ``dalpha - xi * H v``.
+
+BatchNorm statistics computed by these virtual passes are discarded; the real forward passes update them.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from hlrs_tf.search_network import SearchNetwork, split_variables
+
+ORDERS = ("first", "second")
+
+
+def num_replicas() -> int:
+    """Replicas in sync of the current ``tf.distribute`` strategy (1 outside any)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def clip_by_global_norm(grads, clip_norm: float):
+    """Clips gradients by the global norm of the *aggregated* gradient.
+
+    Under MirroredStrategy each replica holds its share of the gradient (Keras losses are scaled by
+    ``1 / num_replicas``); clipping those locally would clip a different vector than a single device does
+    (STACK.md trap 7). So the norm is taken of the all-reduced sum, and every replica scales by the same factor.
+
+    Args:
+        grads: List of gradient tensors (this replica's share).
+        clip_norm: Maximum global norm.
+
+    Returns:
+        ``(clipped_grads, global_norm)``.
+    """
+    ctx = tf.distribute.get_replica_context()
+    total = grads
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+    norm = tf.linalg.global_norm(total)
+    scale = clip_norm / tf.maximum(norm, clip_norm)
+    return [g * scale for g in grads], norm
+
+
+class DartsSearchModel(keras.Model):
+    """DARTS bilevel search: architecture step then weight step, first or second order.
+
+    Compile with both optimizers: ``model.compile(optimizer=sgd, arch_optimizer=adam)``; then ``fit`` on a
+    dataset of ``((x_train, y_train), (x_val, y_val))`` pairs. ``call`` runs the supernet (for ``predict`` /
+    ``evaluate`` on plain ``(x, y)`` data).
+
+    Args:
+        network: The supernet (:class:`~hlrs_tf.search_network.SearchNetwork` or a layer with the same
+            ``arch_variables`` / ``genotype()`` interface).
+        order: ``"first"`` or ``"second"``.
+        weight_decay: Coupled L2 on the weights (3e-4).
+        arch_weight_decay: Coupled L2 on the alphas (1e-3).
+        grad_clip: Global-norm clip of the weight gradient (5).
+        **kwargs: Forwarded to ``keras.Model``.
+    """
+
+    def __init__(
+        self,
+        network: SearchNetwork,
+        order: str = "first",
+        weight_decay: float = 3e-4,
+        arch_weight_decay: float = 1e-3,
+        grad_clip: float = 5.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        self.network = network
+        self.order = order
+        self.weight_decay = float(weight_decay)
+        self.arch_weight_decay = float(arch_weight_decay)
+        self.grad_clip = float(grad_clip)
+        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.arch_loss_tracker = keras.metrics.Mean(name="arch_loss")
+        self.arch_accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="arch_accuracy")
+        self.arch_optimizer = None
+
+    # ---------------------------------------------------------------- Keras plumbing
+    def build(self, input_shape):
+        del input_shape  # the network builds on its first call (see ops.CompositeLayer)
+
+    def call(self, x, training=None):
+        return self.network(x, training=training)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker, self.arch_loss_tracker, self.arch_accuracy_tracker]
+
+    def compile(self, optimizer, arch_optimizer, **kwargs):
+        """Compiles with the weight optimizer and the architecture optimizer.
+
+        Args:
+            optimizer: Optimizer of the network weights (SGD with momentum in DARTS).
+            arch_optimizer: Optimizer of the alphas (Adam). Give it a float learning rate so a callback can
+                set it per epoch (a ``LearningRateSchedule`` cannot be assigned; STACK.md trap 13).
+            **kwargs: Forwarded to ``keras.Model.compile`` (``jit_compile`` defaults to False: XLA is ~10x
+                slower on CPU and fails under MirroredStrategy).
+        """
+        kwargs.setdefault("jit_compile", False)
+        super().compile(optimizer=optimizer, **kwargs)
+        self.arch_optimizer = arch_optimizer
+
+    def build_all(self, input_shape) -> None:
+        """Builds every layer, both optimizers and the metrics before ``fit``.
+
+        Without this Keras builds lazily inside ``fit`` by calling the model symbolically on the zipped
+        training element, which traces twice and crashes under a strategy (STACK.md trap 3).
+
+        Args:
+            input_shape: Image shape ``(H, W, C)``.
+        """
+        dummy = ops.zeros((2, *input_shape))
+        self(dummy, training=False)
+        weights, alphas = self.split_variables()
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(weights)
+        if self.arch_optimizer is not None and not self.arch_optimizer.built:
+            self.arch_optimizer.build(alphas)
+        # Metrics are built lazily by their first update_state; give them one so nothing builds under trace.
+        for m in self.metrics:
+            m.reset_state()
+
+    def split_variables(self):
+        """``(weight_variables, arch_variables)``, split by identity."""
+        return split_variables(self, self.network.arch_variables)
+
+    def genotype(self):
+        """The genotype derived from the current alphas."""
+        return self.network.genotype()
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "network": keras.layers.serialize(self.network),
+            "order": self.order,
+            "weight_decay": self.weight_decay,
+            "arch_weight_decay": self.arch_weight_decay,
+            "grad_clip": self.grad_clip,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.layers.deserialize(config["network"])
+        return cls(**config)
+
+    # ---------------------------------------------------------------- losses (overridden by BBN)
+    def _loss(self, x, y, training=True):
+        """Loss and logits of one batch with the current variables (the hook BBN and re-weighting override)."""
+        logits = self(x, training=training)
+        return self.loss_fn(y, logits), logits
+
+    def _stateless_loss(self, trainable_values, non_trainable_values, x, y):
+        """Loss at given variable values, without touching the variables (for the unrolled step)."""
+        logits, _ = self.stateless_call(trainable_values, non_trainable_values, x, training=True)
+        return self.loss_fn(y, logits)
+
+    # ---------------------------------------------------------------- the bilevel step
+    def train_step(self, data):
+        (x_train, y_train), (x_val, y_val) = data
+        weights, alphas = self.split_variables()
+
+        if self.order == "first":
+            arch_loss, arch_logits, arch_grads = self._first_order_arch_grads(x_val, y_val, alphas)
+        else:
+            arch_loss, arch_logits, arch_grads = self._second_order_arch_grads(
+                x_train, y_train, x_val, y_val, weights, alphas
+            )
+        scale = 1.0 / num_replicas()  # the decay term must sum to wd * a over replicas
+        arch_grads = [g + (self.arch_weight_decay * scale) * a for g, a in zip(arch_grads, alphas)]
+        self.arch_optimizer.apply(arch_grads, alphas)
+
+        with tf.GradientTape() as tape:
+            loss, logits = self._loss(x_train, y_train, training=True)
+        grads = tape.gradient(loss, weights)
+        grads, _ = clip_by_global_norm(grads, self.grad_clip)
+        grads = [g + (self.weight_decay * scale) * w for g, w in zip(grads, weights)]
+        self.optimizer.apply(grads, weights)
+
+        unscale = float(num_replicas())  # trackers want the plain mean loss (trap 6)
+        self.loss_tracker.update_state(loss * unscale)
+        self.accuracy_tracker.update_state(y_train, logits)
+        self.arch_loss_tracker.update_state(arch_loss * unscale)
+        self.arch_accuracy_tracker.update_state(y_val, arch_logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def _first_order_arch_grads(self, x_val, y_val, alphas):
+        with tf.GradientTape() as tape:
+            loss, logits = self._loss(x_val, y_val, training=True)
+        return loss, logits, tape.gradient(loss, alphas)
+
+    def _momentum_values(self, weights):
+        """Keras SGD momentum buffers (``m = mu m - lr g``) for ``weights``; zeros without momentum."""
+        opt = self.optimizer
+        if getattr(opt, "momentum", 0.0) and getattr(opt, "momentums", None):
+            return [opt.momentums[opt._get_variable_index(w)] for w in weights], float(opt.momentum)
+        return [tf.zeros_like(w) for w in weights], 0.0
+
+    def _second_order_arch_grads(self, x_train, y_train, x_val, y_val, weights, alphas):
+        trainable = self.trainable_variables
+        arch_ids = {id(a) for a in alphas}
+        w_pos = [i for i, v in enumerate(trainable) if id(v) not in arch_ids]
+        a_pos = [i for i, v in enumerate(trainable) if id(v) in arch_ids]
+        non_trainable = [v.value for v in self.non_trainable_variables]
+        w_vals = [v.value for v in weights]
+        a_vals = [v.value for v in alphas]
+
+        def assemble(ws, as_):
+            values = [None] * len(trainable)
+            for i, w in zip(w_pos, ws):
+                values[i] = w
+            for i, a in zip(a_pos, as_):
+                values[i] = a
+            return values
+
+        xi = ops.cast(self.optimizer.learning_rate, "float32")
+
+        # 1. Virtual weight step w' on the training batch.
+        with tf.GradientTape() as tape:
+            tape.watch(w_vals)
+            loss_train = self._stateless_loss(assemble(w_vals, a_vals), non_trainable, x_train, y_train)
+        g_train = tape.gradient(loss_train, w_vals)
+        # Each replica holds its share of the gradient (losses are scaled by 1/replicas); the virtual step
+        # and v must be the global ones, identical on every replica.
+        ctx = tf.distribute.get_replica_context()
+        replicated = ctx is not None and ctx.num_replicas_in_sync > 1
+        if replicated:
+            g_train = ctx.all_reduce(tf.distribute.ReduceOp.SUM, g_train)
+        momentums, mu = self._momentum_values(weights)
+        w_virtual = [
+            w + mu * m - xi * (g + self.weight_decay * w)
+            for w, m, g in zip(w_vals, momentums, g_train)
+        ]
+
+        # 2. Validation loss at (w', a): dalpha and v.
+        with tf.GradientTape() as tape:
+            tape.watch(w_virtual)
+            tape.watch(a_vals)
+            logits_val, _ = self.stateless_call(
+                assemble(w_virtual, a_vals), non_trainable, x_val, training=True
+            )
+            loss_val = self.loss_fn(y_val, logits_val)
+        grads = tape.gradient(loss_val, a_vals + w_virtual)
+        d_alpha, v = grads[: len(a_vals)], grads[len(a_vals) :]
+        if replicated:
+            v = ctx.all_reduce(tf.distribute.ReduceOp.SUM, v)
+
+        # 3. Hessian-vector product by central differences around w.
+        eps = 0.01 / (tf.linalg.global_norm(v) + 1e-12)
+
+        def arch_grad_at(sign):
+            ws = [w + sign * eps * vi for w, vi in zip(w_vals, v)]
+            with tf.GradientTape() as tape:
+                tape.watch(a_vals)
+                loss = self._stateless_loss(assemble(ws, a_vals), non_trainable, x_train, y_train)
+            return tape.gradient(loss, a_vals)
+
+        g_plus, g_minus = arch_grad_at(1.0), arch_grad_at(-1.0)
+        arch_grads = [
+            da - xi * (gp - gm) / (2.0 * eps) for da, gp, gm in zip(d_alpha, g_plus, g_minus)
+        ]
+        return loss_val, logits_val, arch_grads

@@ -1,0 +1,87 @@
+"""Command-line flags of ``hlrs_tf.search``, each defined once, and their conversion to a typed config.
+
+Flags come from the command line and from flagfiles (``--flagfile=configs/lt.cfg``; a flagfile may contain
+``--flagfile=...`` lines, so configs nest; later flags win). Only the entry points import this module; the
+library receives a :class:`~hlrs_tf.config.SearchConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from hlrs_tf.config import ORDERS, SearchConfig
+
+_D = SearchConfig()  # defaults live in one place: the dataclass
+
+# Data
+flags.DEFINE_string(
+    "dataset", _D.dataset,
+    "fashion_mnist (Debian files, offline), digits (scikit-learn), cifar10, cifar100, any tfds image "
+    "classification name, npz:<file.npz> (x_train, y_train, x_test, y_test) or folder:<dir> (one sub-folder "
+    "per class).",
+)
+flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir (prepared datasets).")
+flags.DEFINE_string(
+    "manual_dir", None, "Folder holding a dataset's original archive (e.g. cifar-10-binary.tar.gz) for tfds."
+)
+flags.DEFINE_string("fashion_mnist_dir", _D.fashion_mnist_dir, "Folder of the Fashion-MNIST IDX .gz files.")
+flags.DEFINE_float(
+    "imbalance_ratio", _D.imbalance_ratio,
+    "N_max / N_min of the long-tailed training set (1 = keep the data as it is).", lower_bound=1.0,
+)
+flags.DEFINE_float("train_portion", _D.train_portion, "Share of the training set used for the weights "
+                   "(the rest trains the architecture); split stratified per class.")
+flags.DEFINE_bool("augment", _D.augment, "Random crop + flip on both search splits (as the reference).")
+# Search space
+flags.DEFINE_integer("channels", _D.channels, "Initial channels C of the supernet.", lower_bound=2)
+flags.DEFINE_integer("layers", _D.layers, "Number of cells L of the supernet.", lower_bound=3)
+# Optimisation
+flags.DEFINE_integer("epochs", _D.epochs, "Search epochs.", lower_bound=1)
+flags.DEFINE_integer("batch_size", _D.batch_size, "Batch size of each of the two splits.", lower_bound=1)
+flags.DEFINE_integer(
+    "steps_per_epoch", _D.steps_per_epoch, "Steps per epoch; 0 = one pass over the smaller split.", lower_bound=0
+)
+flags.DEFINE_enum("order", _D.order, list(ORDERS), "DARTS approximation: first or second (unrolled) order.")
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial weight learning rate (SGD, cosine decay).")
+flags.DEFINE_float("learning_rate_min", _D.learning_rate_min, "Final weight learning rate of the cosine decay.")
+flags.DEFINE_float("momentum", _D.momentum, "SGD momentum.")
+flags.DEFINE_float("weight_decay", _D.weight_decay, "Coupled L2 on the weights.")
+flags.DEFINE_float("grad_clip", _D.grad_clip, "Global-norm clip of the weight gradient.")
+flags.DEFINE_float("arch_learning_rate", _D.arch_learning_rate, "Adam learning rate of the alphas.")
+flags.DEFINE_float("arch_beta1", _D.arch_beta1, "Adam beta_1 of the alphas.")
+flags.DEFINE_float("arch_beta2", _D.arch_beta2, "Adam beta_2 of the alphas.")
+flags.DEFINE_float("arch_weight_decay", _D.arch_weight_decay, "Coupled L2 on the alphas.")
+# Run
+flags.DEFINE_integer("seed", _D.seed, "Seed of the long-tail subsampling, the split, the data order and init.")
+flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Batch size of the test-set evaluation.", lower_bound=1)
+flags.DEFINE_integer("verbose", _D.verbose, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_integer("threads", _D.threads, "TensorFlow intra/inter-op threads (0 = default).", lower_bound=0)
+flags.DEFINE_string("workdir", None, "Run directory; default: a new folder under runs/.")
+flags.DEFINE_bool("dry_run", False, "Build the model and data specs, write flags.cfg and model_summary.json, "
+                  "run nothing (works offline for every dataset name).")
+
+FLAGS = flags.FLAGS
+# Flags that describe where/whether to run rather than what: left out of a run's flags.cfg.
+_NOT_SAVED = ("workdir", "dry_run")
+
+
+def config_from_flags(flag_values=FLAGS) -> SearchConfig:
+    """Builds the typed config from parsed flags (raises ``ConfigError`` naming a bad flag)."""
+    values = {f.name: flag_values[f.name].value for f in dataclasses.fields(SearchConfig)}
+    return SearchConfig(**values)
+
+
+def effective_flags(flag_values=FLAGS) -> str:
+    """The effective flags of this module as flagfile text (one ``--name=value`` per line)."""
+    names = [f.name for f in dataclasses.fields(SearchConfig)]
+    lines = []
+    for name in names:
+        if name in _NOT_SAVED:
+            continue
+        flag = flag_values[name]
+        if flag.value is None:
+            continue
+        lines.append(flag.serialize())
+    return "\n".join(lines) + "\n"

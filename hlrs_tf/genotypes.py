@@ -1,0 +1,529 @@
+"""DARTS genotypes: the operation list, derivation from alphas, and a JSON file format.
+
+A genotype describes a derived (discrete) DARTS architecture: for the normal and the reduction cell, a list of
+``2 * steps`` ``(op_name, input_index)`` pairs (two incoming edges per intermediate node, node by node) and the
+list of states concatenated into the cell output. It carries exactly the content of the reference
+implementation's ``Genotype`` namedtuple (Liu et al., ``genotypes.py``), but it is stored as JSON and validated
+on load -- the reference stores genotypes as Python source and ``eval``s them, which we never do.
+
+JSON format (``Genotype.to_json``)::
+
+    {
+      "normal": [["sep_conv_3x3", 0], ["sep_conv_3x3", 1], ...],   # 8 pairs
+      "normal_concat": [2, 3, 4, 5],
+      "reduce": [["max_pool_3x3", 0], ...],                        # 8 pairs
+      "reduce_concat": [2, 3, 4, 5]
+    }
+
+Input index convention (as in the reference): for intermediate node ``j`` (0-based among the ``steps`` nodes),
+index 0 is the cell input ``s0`` (cell k-2), 1 is ``s1`` (cell k-1) and ``i >= 2`` is intermediate node
+``i - 2``; so node ``j`` may only take inputs ``0 .. j + 1``. Concat indices use the same numbering.
+
+This module is pure numpy + stdlib on purpose: it is imported by tools (export, inspection, tests) that must not
+pay for a TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "PRIMITIVES",
+    "STEPS",
+    "MULTIPLIER",
+    "GenotypeError",
+    "Genotype",
+    "softmax",
+    "derive_cell",
+    "derive_genotype",
+    "DARTS_V1",
+    "DARTS_V2",
+    "PRESETS",
+    "GENOTYPE_FILENAME",
+    "get_genotype",
+]
+
+# The order is part of the genotype/alpha format: column k of an alpha tensor is PRIMITIVES[k]. It must match
+# the reference DARTS implementation so alphas and genotypes are interchangeable with it.
+PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+#: Number of intermediate nodes per cell in the standard DARTS search space.
+STEPS: int = 4
+#: Number of intermediate nodes concatenated into the cell output.
+MULTIPLIER: int = 4
+#: File name under which a search run stores its derived genotype in its working directory.
+GENOTYPE_FILENAME: str = "genotype.json"
+
+_NONE_INDEX = PRIMITIVES.index("none")
+_KEYS = ("normal", "normal_concat", "reduce", "reduce_concat")
+
+
+class GenotypeError(ValueError):
+    """A genotype (file, dict or alpha tensor) is malformed.
+
+    The message names the source (e.g. the file path), the field and the entry at fault, and what was expected.
+    """
+
+
+def _is_int(x: Any) -> bool:
+    # bool is a subclass of int, but `true` as an input index is certainly a mistake in a hand-edited file.
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _num_edges(steps: int) -> int:
+    # Node j has 2 + j incoming edges: 2 + 3 + ... + (steps + 1).
+    return sum(2 + j for j in range(steps))
+
+
+def _validate_cell(value: Any, field: str, steps: int, source: str) -> tuple[tuple[str, int], ...]:
+    """Validates one cell's list of (op, input_index) pairs and returns it as a tuple of tuples."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise GenotypeError(
+            f"{source}: field '{field}' must be a list of [op_name, input_index] pairs, "
+            f"got {type(value).__name__}"
+        )
+    if len(value) != 2 * steps:
+        raise GenotypeError(
+            f"{source}: field '{field}' must have exactly {2 * steps} [op_name, input_index] pairs "
+            f"(2 per intermediate node, {steps} nodes), got {len(value)}"
+        )
+    pairs = []
+    for i, entry in enumerate(value):
+        where = f"{source}: field '{field}' entry {i}"
+        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 2:
+            raise GenotypeError(f"{where}: expected a pair [op_name, input_index], got {entry!r}")
+        op, idx = entry[0], entry[1]
+        if not isinstance(op, str):
+            raise GenotypeError(f"{where}: op name must be a string, got {op!r}")
+        if op == "none":
+            # 'none' is a search-time candidate only; the derivation never selects it, so a derived cell
+            # containing it is a corrupt or hand-made file.
+            raise GenotypeError(
+                f"{where}: op 'none' is not allowed in a derived cell "
+                f"(allowed: {', '.join(PRIMITIVES[1:])})"
+            )
+        if op not in PRIMITIVES:
+            raise GenotypeError(
+                f"{where}: unknown op {op!r} (allowed: {', '.join(PRIMITIVES[1:])})"
+            )
+        node = i // 2
+        if not _is_int(idx):
+            raise GenotypeError(
+                f"{where}: input index must be an integer, got {idx!r} ({type(idx).__name__})"
+            )
+        idx = int(idx)
+        if not 0 <= idx <= node + 1:
+            raise GenotypeError(
+                f"{where}: input index {idx} out of range for intermediate node {node} "
+                f"(expected 0..{node + 1})"
+            )
+        pairs.append((op, idx))
+    return tuple(pairs)
+
+
+def _validate_concat(value: Any, field: str, steps: int, source: str) -> tuple[int, ...]:
+    """Validates a concat list (state indices 0..steps+1, no duplicates) and returns it as a tuple."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise GenotypeError(
+            f"{source}: field '{field}' must be a list of state indices, got {type(value).__name__}"
+        )
+    if len(value) == 0:
+        raise GenotypeError(f"{source}: field '{field}' must not be empty")
+    out = []
+    for i, idx in enumerate(value):
+        where = f"{source}: field '{field}' entry {i}"
+        if not _is_int(idx):
+            raise GenotypeError(f"{where}: concat index must be an integer, got {idx!r}")
+        idx = int(idx)
+        if not 0 <= idx <= steps + 1:
+            raise GenotypeError(f"{where}: concat index {idx} out of range (expected 0..{steps + 1})")
+        if idx in out:
+            raise GenotypeError(f"{where}: concat index {idx} is duplicated")
+        out.append(idx)
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Genotype:
+    """A derived DARTS architecture (immutable, hashable, validated on construction).
+
+    Lists given to the constructor are normalised to tuples, so ``Genotype(normal=[...], ...)`` with lists (as
+    in the reference's source form) works and compares equal to one built from tuples.
+
+    Attributes:
+        normal: ``2 * steps`` ``(op_name, input_index)`` pairs of the normal cell, two per node, node by node.
+        normal_concat: State indices concatenated into the normal cell's output (``(2, 3, 4, 5)`` in DARTS).
+        reduce: The reduction cell's pairs, same layout as ``normal``.
+        reduce_concat: State indices concatenated into the reduction cell's output.
+
+    Raises:
+        GenotypeError: on construction, if a field is malformed (see ``from_dict``).
+    """
+
+    normal: tuple[tuple[str, int], ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[tuple[str, int], ...]
+    reduce_concat: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        # The number of nodes is implied by the cell length; non-standard step counts are allowed here (they
+        # come from derive_genotype(steps=...)), while from_dict/load insist on the expected count.
+        n = len(self.normal) if isinstance(self.normal, Sequence) else 0
+        if n % 2 or (n == 0 and isinstance(self.normal, Sequence)):
+            raise GenotypeError(
+                f"Genotype: field 'normal' must have a positive even number of pairs "
+                f"(2 per intermediate node), got {n}"
+            )
+        steps = max(n // 2, 1)
+        self._normalise(steps, "Genotype")
+
+    def _normalise(self, steps: int, source: str) -> None:
+        if isinstance(self.normal, Sequence) and isinstance(self.reduce, Sequence):
+            if len(self.normal) != len(self.reduce):
+                raise GenotypeError(
+                    f"{source}: 'normal' and 'reduce' must have the same number of pairs, "
+                    f"got {len(self.normal)} and {len(self.reduce)}"
+                )
+        # object.__setattr__ because the dataclass is frozen; this runs once, at construction.
+        object.__setattr__(self, "normal", _validate_cell(self.normal, "normal", steps, source))
+        object.__setattr__(
+            self, "normal_concat", _validate_concat(self.normal_concat, "normal_concat", steps, source)
+        )
+        object.__setattr__(self, "reduce", _validate_cell(self.reduce, "reduce", steps, source))
+        object.__setattr__(
+            self, "reduce_concat", _validate_concat(self.reduce_concat, "reduce_concat", steps, source)
+        )
+
+    @property
+    def steps(self) -> int:
+        """Number of intermediate nodes per cell (``len(normal) // 2``)."""
+        return len(self.normal) // 2
+
+    def to_dict(self) -> dict:
+        """Returns the genotype as JSON-ready plain lists.
+
+        Returns:
+            ``{"normal": [[op, idx], ...], "normal_concat": [...], "reduce": [...], "reduce_concat": [...]}``.
+        """
+        return {
+            "normal": [[op, idx] for op, idx in self.normal],
+            "normal_concat": list(self.normal_concat),
+            "reduce": [[op, idx] for op, idx in self.reduce],
+            "reduce_concat": list(self.reduce_concat),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "genotype", steps: int = STEPS) -> "Genotype":
+        """Builds a validated genotype from a dict such as ``to_dict`` returns (or parsed JSON).
+
+        Args:
+            d: Mapping with exactly the keys ``normal``, ``normal_concat``, ``reduce``, ``reduce_concat``.
+            source: Name used in error messages (e.g. the file path).
+            steps: Expected number of intermediate nodes; each cell must have ``2 * steps`` pairs.
+
+        Returns:
+            The genotype.
+
+        Raises:
+            GenotypeError: missing or extra keys, a field that is not a list, a cell of the wrong length, an
+                unknown op or ``'none'``, an input index that is not an int (bools rejected) or is out of range
+                for its node (node ``j`` takes ``0..j+1``), or a concat entry out of ``0..steps+1`` or
+                duplicated.
+        """
+        if not isinstance(d, Mapping):
+            raise GenotypeError(
+                f"{source}: a genotype must be a JSON object with keys {', '.join(_KEYS)}, "
+                f"got {type(d).__name__}"
+            )
+        missing = [k for k in _KEYS if k not in d]
+        if missing:
+            raise GenotypeError(f"{source}: missing key(s) {', '.join(missing)} (expected {', '.join(_KEYS)})")
+        extra = sorted(str(k) for k in d if k not in _KEYS)
+        if extra:
+            raise GenotypeError(f"{source}: unexpected key(s) {', '.join(extra)} (expected {', '.join(_KEYS)})")
+        # Validate with the caller's source and step count before the constructor re-checks (which would
+        # report the less helpful source "Genotype").
+        normal = _validate_cell(d["normal"], "normal", steps, source)
+        normal_concat = _validate_concat(d["normal_concat"], "normal_concat", steps, source)
+        reduce = _validate_cell(d["reduce"], "reduce", steps, source)
+        reduce_concat = _validate_concat(d["reduce_concat"], "reduce_concat", steps, source)
+        return cls(normal=normal, normal_concat=normal_concat, reduce=reduce, reduce_concat=reduce_concat)
+
+    def to_json(self) -> str:
+        """Serialises the genotype as indented JSON (see the module docstring for the format).
+
+        Returns:
+            JSON text with indent 2 and no trailing newline (``save`` adds one).
+        """
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "genotype", steps: int = STEPS) -> "Genotype":
+        """Parses and validates a genotype from JSON text.
+
+        Args:
+            text: JSON text.
+            source: Name used in error messages.
+            steps: Expected number of intermediate nodes.
+
+        Returns:
+            The genotype.
+
+        Raises:
+            GenotypeError: invalid JSON or an invalid genotype.
+        """
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise GenotypeError(f"{source}: invalid JSON: {e}") from e
+        return cls.from_dict(d, source=source, steps=steps)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the genotype as JSON, atomically.
+
+        The text goes to a temporary file in the same directory, is fsynced, and then ``os.replace``d over
+        ``path`` so a reader (or a crash) never sees a half-written genotype.
+
+        Args:
+            path: Destination file; its directory must exist.
+        """
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".genotype-", suffix=".tmp", dir=directory)
+        try:
+            # mkstemp creates the file 0600; a genotype is meant to be shared, so make it world-readable
+            # (a fixed mode rather than reading the umask, which cannot be read without changing it).
+            os.chmod(tmp, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.to_json() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, steps: int = STEPS) -> "Genotype":
+        """Reads and validates a genotype JSON file (never ``eval``).
+
+        Args:
+            path: The JSON file.
+            steps: Expected number of intermediate nodes.
+
+        Returns:
+            The genotype.
+
+        Raises:
+            GenotypeError: the file is missing or unreadable, is not valid JSON, or is not a valid genotype;
+                the message names the path.
+        """
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError as e:
+            raise GenotypeError(f"{path}: genotype file not found") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise GenotypeError(f"{path}: cannot read genotype file: {e}") from e
+        return cls.from_json(text, source=path, steps=steps)
+
+    def count(self, op: str, cell: str = "normal") -> int:
+        """Counts how often ``op`` appears in one cell.
+
+        Args:
+            op: An operation name from ``PRIMITIVES``.
+            cell: ``"normal"`` or ``"reduce"``.
+
+        Returns:
+            The number of edges of that cell labelled ``op``.
+
+        Raises:
+            GenotypeError: unknown op or cell name (a typo would otherwise silently count 0).
+        """
+        if op not in PRIMITIVES:
+            raise GenotypeError(f"unknown op {op!r} (allowed: {', '.join(PRIMITIVES)})")
+        if cell not in ("normal", "reduce"):
+            raise GenotypeError(f"unknown cell {cell!r} (expected 'normal' or 'reduce')")
+        return sum(1 for name, _ in getattr(self, cell) if name == op)
+
+
+def softmax(x: Any, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax.
+
+    Args:
+        x: Array-like of logits.
+        axis: Axis to normalise over.
+
+    Returns:
+        Float64 array of the same shape whose entries along ``axis`` sum to 1.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    # Subtracting the max leaves the result unchanged and keeps exp() from overflowing on large logits.
+    z = x - np.max(x, axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def derive_cell(weights: Any, steps: int = STEPS) -> tuple[tuple[str, int], ...]:
+    """Derives one discrete cell from softmaxed architecture weights (the reference DARTS ``_parse``).
+
+    For intermediate node ``j``, each incoming edge is scored by its largest non-``none`` weight; the two
+    best edges are kept (stable sort by descending score, so ties keep the lower input index first), and each is
+    labelled with its argmax non-``none`` op (the first maximum wins on ties, i.e. the op earlier in
+    ``PRIMITIVES``). Pairs are emitted in the order of the sorted top-2 edges, exactly as the reference does.
+
+    Args:
+        weights: ``(num_edges, len(PRIMITIVES))`` array of already-softmaxed weights, edges ordered node by node
+            (node 0: inputs 0, 1; node 1: inputs 0, 1, 2; ...), ``num_edges = 14`` for 4 steps.
+        steps: Number of intermediate nodes.
+
+    Returns:
+        ``2 * steps`` ``(op_name, input_index)`` pairs.
+
+    Raises:
+        GenotypeError: wrong shape or non-finite weights.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    expected = (_num_edges(steps), len(PRIMITIVES))
+    if w.shape != expected:
+        raise GenotypeError(f"derive_cell: weights must have shape {expected}, got {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise GenotypeError("derive_cell: weights contain NaN or inf")
+    # Masking 'none' with -inf is equivalent to the reference's "k != none" filters for both the edge score
+    # and the op choice; np.argmax returns the first maximum, like the reference's strict '>' loop.
+    masked = w.copy()
+    masked[:, _NONE_INDEX] = -np.inf
+    gene: list[tuple[str, int]] = []
+    start = 0
+    for j in range(steps):
+        n_in = 2 + j
+        block = masked[start:start + n_in]
+        scores = block.max(axis=1)
+        # sorted() is stable: equal scores keep ascending input order, as in the reference.
+        edges = sorted(range(n_in), key=lambda e: -scores[e])[:2]
+        for e in edges:
+            gene.append((PRIMITIVES[int(np.argmax(block[e]))], e))
+        start += n_in
+    return tuple(gene)
+
+
+def derive_genotype(
+    alphas_normal: Any,
+    alphas_reduce: Any,
+    steps: int = STEPS,
+    multiplier: int = MULTIPLIER,
+) -> Genotype:
+    """Derives the genotype from raw architecture logits (the reference ``Network.genotype``).
+
+    Args:
+        alphas_normal: Raw ``(num_edges, len(PRIMITIVES))`` logits of the normal cell (softmax applied here,
+            per edge, over all ops including ``none``).
+        alphas_reduce: Raw logits of the reduction cell, same shape.
+        steps: Number of intermediate nodes.
+        multiplier: Number of last nodes concatenated into the output; concat is
+            ``range(2 + steps - multiplier, steps + 2)``.
+
+    Returns:
+        The derived genotype.
+
+    Raises:
+        GenotypeError: wrong alpha shape, non-finite values, or an invalid ``multiplier``.
+    """
+    expected = (_num_edges(steps), len(PRIMITIVES))
+    arrays = []
+    for name, a in (("alphas_normal", alphas_normal), ("alphas_reduce", alphas_reduce)):
+        arr = np.asarray(a, dtype=np.float64)
+        if arr.shape != expected:
+            raise GenotypeError(f"derive_genotype: {name} must have shape {expected}, got {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise GenotypeError(f"derive_genotype: {name} contains NaN or inf")
+        arrays.append(arr)
+    if not 1 <= multiplier <= steps:
+        raise GenotypeError(f"derive_genotype: multiplier must be in 1..{steps}, got {multiplier}")
+    concat = tuple(range(2 + steps - multiplier, steps + 2))
+    return Genotype(
+        normal=derive_cell(softmax(arrays[0], axis=-1), steps=steps),
+        normal_concat=concat,
+        reduce=derive_cell(softmax(arrays[1], axis=-1), steps=steps),
+        reduce_concat=concat,
+    )
+
+
+# Published genotypes, copied verbatim from the reference implementation's genotypes.py.
+DARTS_V1 = Genotype(
+    normal=[
+        ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
+        ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+        ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)
+DARTS_V2 = Genotype(
+    normal=[
+        ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+        ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2),
+    ],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[
+        ("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+        ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1),
+    ],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+#: Genotypes available by name; "DARTS" is the reference's alias for DARTS_V2.
+PRESETS: dict[str, Genotype] = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2}
+
+
+def get_genotype(name_or_path: str | os.PathLike) -> Genotype:
+    """Resolves a genotype from a preset name, a JSON file, or a search working directory.
+
+    Args:
+        name_or_path: A preset name from ``PRESETS`` (case-sensitive), a path to a genotype JSON file, or a
+            directory containing ``genotype.json`` (a search run's workdir).
+
+    Returns:
+        The genotype.
+
+    Raises:
+        GenotypeError: not a preset and no such file/directory (the message lists the presets), a directory
+            without ``genotype.json``, or an invalid file.
+    """
+    key = os.fspath(name_or_path)
+    if key in PRESETS:
+        return PRESETS[key]
+    if os.path.isdir(key):
+        candidate = os.path.join(key, GENOTYPE_FILENAME)
+        if not os.path.isfile(candidate):
+            raise GenotypeError(f"{key}: directory has no {GENOTYPE_FILENAME}")
+        return Genotype.load(candidate)
+    if os.path.isfile(key):
+        return Genotype.load(key)
+    raise GenotypeError(
+        f"unknown genotype {key!r}: not a preset ({', '.join(sorted(PRESETS))}) "
+        f"and no such file or directory"
+    )

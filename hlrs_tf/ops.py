@@ -1,0 +1,398 @@
+"""Candidate operations of the DARTS search space, as Keras layers (channels-last).
+
+The table and the op definitions follow the reference DARTS implementation (``operations.py``):
+
+* ``max_pool_3x3`` / ``avg_pool_3x3`` -- 3x3 pooling, "same" padding, the average excludes padding (TF's
+  ``avg_pool`` with SAME padding divides by the number of valid cells, like ``count_include_pad=False``);
+  followed by an affine-free BatchNorm in the *search* network only.
+* ``skip_connect`` -- identity at stride 1, :class:`FactorizedReduce` at stride 2.
+* ``sep_conv_kxk`` -- twice [ReLU, depthwise kxk, 1x1 conv, BN]; only the first depthwise conv is strided.
+* ``dil_conv_kxk`` -- once [ReLU, depthwise kxk dilation 2, 1x1 conv, BN].
+* ``none`` -- zeros. It is never instantiated in the search network: its output is zero, so its term of the
+  mixed-op sum is zero and skipping it changes nothing (and an uncalled layer would stay unbuilt, which makes
+  Keras trace the model twice; STACK.md trap 3).
+
+Every layer that starts with a ReLU takes ``apply_relu``: the mixed op computes ``relu(x)`` once per edge and
+feeds it to all of them (four ops on each edge share it), which saves a ReLU and its gradient per op.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from hlrs_tf.genotypes import PRIMITIVES
+
+# PyTorch's BatchNorm2d defaults (momentum 0.1 = weight of the new batch statistics).
+BN_MOMENTUM = 0.1
+BN_EPSILON = 1e-5
+
+
+class BatchNorm(keras.layers.Layer):
+    """BatchNorm on channels-last input as one fused kernel, with PyTorch's running-statistics rule.
+
+    Keras' ``BatchNormalization`` is built from ~30 small ops (moments, updates, normalisation) per call; the
+    search network holds hundreds of BNs, so their ops dominated the traced graph and the trace time. Here it
+    is one ``FusedBatchNormV3`` op (and its fused gradient), with the running averages updated inside the op
+    (``exponential_avg_factor`` = PyTorch's momentum 0.1; running variance unbiased, as in PyTorch).
+
+    Args:
+        affine: Learn a scale and an offset (derived network) or not (search network).
+        momentum: Weight of the batch statistics in the running averages (PyTorch convention, 0.1).
+        epsilon: Added to the variance.
+        **kwargs: Forwarded to ``keras.layers.Layer``.
+    """
+
+    def __init__(self, affine: bool = True, momentum: float = BN_MOMENTUM, epsilon: float = BN_EPSILON, **kwargs):
+        super().__init__(**kwargs)
+        self.affine, self.momentum, self.epsilon = bool(affine), float(momentum), float(epsilon)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        if self.affine:
+            self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
+            self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+        self.moving_mean = self.add_weight(
+            name="moving_mean", shape=(channels,), initializer="zeros", trainable=False
+        )
+        self.moving_variance = self.add_weight(
+            name="moving_variance", shape=(channels,), initializer="ones", trainable=False
+        )
+
+    def call(self, x, training=None):
+        channels = x.shape[-1]
+        scale = self.gamma if self.affine else tf.ones((channels,), x.dtype)
+        offset = self.beta if self.affine else tf.zeros((channels,), x.dtype)
+        if training:
+            y, mean, var = tf.compat.v1.nn.fused_batch_norm(
+                x, scale, offset, mean=self.moving_mean, variance=self.moving_variance,
+                epsilon=self.epsilon, is_training=True, exponential_avg_factor=self.momentum,
+            )
+            self.moving_mean.assign(mean)
+            self.moving_variance.assign(var)
+            return y
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            x, scale, offset, mean=self.moving_mean, variance=self.moving_variance,
+            epsilon=self.epsilon, is_training=False,
+        )
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "affine": self.affine, "momentum": self.momentum, "epsilon": self.epsilon}
+
+
+def batch_norm(affine: bool, name: str | None = None) -> BatchNorm:
+    """BatchNorm as in the reference: affine-free in the search network, affine in the derived one."""
+    return BatchNorm(affine, name=name)
+
+
+class CompositeLayer(keras.layers.Layer):
+    """Base of the layers made only of sub-layers: ``build`` does nothing, each sub-layer builds itself on its
+    first call.
+
+    Without an explicit ``build`` Keras builds such a layer by first tracing its whole ``call`` symbolically
+    (``compute_output_spec``), so the supernet ran twice at start-up; this cut build time by more than half.
+    """
+
+    def build(self, input_shape):
+        del input_shape  # sub-layers infer their input shapes on their first call
+
+
+class DepthwiseConv(keras.layers.Layer):
+    """Bias-free depthwise convolution that allows a stride together with a dilation.
+
+    ``tf.nn.depthwise_conv2d`` refuses ``strides > 1`` with ``dilation > 1``, which the reduction cells of
+    DARTS need (``dil_conv`` on a stride-2 edge). There the kxk kernel is spread into its dense
+    ``(d(k-1)+1)``-sized equivalent (zeros between taps) and convolved with the stride; the trainable
+    weights stay kxk, so parameter counts match the reference.
+
+    Args:
+        kernel_size: Spatial size k of the kernel.
+        strides: Stride (same in both spatial dims).
+        dilation_rate: Dilation d.
+        **kwargs: Forwarded to ``keras.layers.Layer``.
+    """
+
+    def __init__(self, kernel_size: int, strides: int = 1, dilation_rate: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.dilation_rate = int(dilation_rate)
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        k = self.kernel_size
+        self.kernel = self.add_weight(
+            name="kernel", shape=(k, k, channels, 1), initializer="glorot_uniform", trainable=True
+        )
+
+    def _dense_kernel(self):
+        # (k, k, C, 1) -> (d(k-1)+1, d(k-1)+1, C, 1) with d-1 zeros between taps.
+        k, d = self.kernel_size, self.dilation_rate
+        kern = self.kernel
+        channels = kern.shape[2]
+        kern = ops.reshape(kern, (k, 1, k, 1, channels, 1))
+        kern = ops.pad(kern, ((0, 0), (0, d - 1), (0, 0), (0, d - 1), (0, 0), (0, 0)))
+        kern = ops.reshape(kern, (k * d, k * d, channels, 1))
+        size = d * (k - 1) + 1
+        return kern[:size, :size]
+
+    def call(self, x):
+        if self.strides > 1 and self.dilation_rate > 1:
+            return ops.depthwise_conv(x, self._dense_kernel(), strides=self.strides, padding="same")
+        return ops.depthwise_conv(
+            x, self.kernel, strides=self.strides, padding="same", dilation_rate=self.dilation_rate
+        )
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        s = self.strides
+        return (b, None if h is None else -(-h // s), None if w is None else -(-w // s), c)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "dilation_rate": self.dilation_rate,
+        }
+
+
+def pointwise_conv(filters: int, strides: int = 1, name: str | None = None) -> keras.layers.Conv2D:
+    """Bias-free 1x1 convolution."""
+    return keras.layers.Conv2D(filters, 1, strides=strides, padding="valid", use_bias=False, name=name)
+
+
+class ReLUConvBN(CompositeLayer):
+    """ReLU -> kxk conv -> BN: the cell-input preprocessing of DARTS.
+
+    Args:
+        filters: Output channels.
+        kernel_size: Conv size (1 for preprocessing).
+        strides: Conv stride.
+        affine: Whether BN has scale/offset.
+        **kwargs: Forwarded to ``keras.layers.Layer``.
+    """
+
+    def __init__(self, filters: int, kernel_size: int = 1, strides: int = 1, affine: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides, self.affine = filters, kernel_size, strides, affine
+        self.conv = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False)
+        self.bn = batch_norm(affine)
+
+    def call(self, x, training=None):
+        return self.bn(self.conv(ops.relu(x)), training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "affine": self.affine,
+        }
+
+
+class FactorizedReduce(CompositeLayer):
+    """ReLU, two 1x1 stride-2 convs (the second on the input shifted by one pixel), concat, BN.
+
+    The shifted input is zero-padded back to full size so both halves have ``ceil(H/2)`` rows for odd sizes
+    too (the reference's ``x[:, :, 1:, 1:]`` only lines up for even sizes); for even sizes it is identical.
+
+    Args:
+        filters: Output channels (even).
+        affine: Whether BN has scale/offset.
+        apply_relu: Apply the leading ReLU (False when the caller already did).
+        **kwargs: Forwarded to ``keras.layers.Layer``.
+    """
+
+    def __init__(self, filters: int, affine: bool = True, apply_relu: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if filters % 2:
+            raise ValueError(f"FactorizedReduce needs an even number of filters, got {filters}")
+        self.filters, self.affine, self.apply_relu = filters, affine, apply_relu
+        self.conv_1 = pointwise_conv(filters // 2, strides=2)
+        self.conv_2 = pointwise_conv(filters // 2, strides=2)
+        self.bn = batch_norm(affine)
+
+    def call(self, x, training=None):
+        if self.apply_relu:
+            x = ops.relu(x)
+        shifted = ops.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
+        out = ops.concatenate([self.conv_1(x), self.conv_2(shifted)], axis=-1)
+        return self.bn(out, training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "affine": self.affine,
+            "apply_relu": self.apply_relu,
+        }
+
+
+class SepConv(CompositeLayer):
+    """Separable conv applied twice: [ReLU, depthwise kxk, 1x1, BN] x 2; only the first is strided.
+
+    Args:
+        filters: Output channels (equal to the input channels in DARTS).
+        kernel_size: 3 or 5.
+        strides: Stride of the first depthwise conv.
+        affine: Whether BN has scale/offset.
+        apply_relu: Apply the leading ReLU (False when the caller already did).
+        **kwargs: Forwarded to ``keras.layers.Layer``.
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, affine=True, apply_relu=True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides = filters, kernel_size, strides
+        self.affine, self.apply_relu = affine, apply_relu
+        self.dw_1 = DepthwiseConv(kernel_size, strides=strides)
+        self.pw_1 = pointwise_conv(filters)
+        self.bn_1 = batch_norm(affine)
+        self.dw_2 = DepthwiseConv(kernel_size)
+        self.pw_2 = pointwise_conv(filters)
+        self.bn_2 = batch_norm(affine)
+
+    def call(self, x, training=None):
+        if self.apply_relu:
+            x = ops.relu(x)
+        x = self.bn_1(self.pw_1(self.dw_1(x)), training=training)
+        x = ops.relu(x)
+        return self.bn_2(self.pw_2(self.dw_2(x)), training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "affine": self.affine,
+            "apply_relu": self.apply_relu,
+        }
+
+
+class DilConv(CompositeLayer):
+    """Dilated separable conv: ReLU, depthwise kxk with dilation 2, 1x1, BN.
+
+    Args:
+        filters: Output channels.
+        kernel_size: 3 or 5.
+        strides: Stride of the depthwise conv.
+        dilation_rate: Dilation (2 in DARTS).
+        affine: Whether BN has scale/offset.
+        apply_relu: Apply the leading ReLU (False when the caller already did).
+        **kwargs: Forwarded to ``keras.layers.Layer``.
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, dilation_rate=2, affine=True, apply_relu=True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides = filters, kernel_size, strides
+        self.dilation_rate, self.affine, self.apply_relu = dilation_rate, affine, apply_relu
+        self.dw = DepthwiseConv(kernel_size, strides=strides, dilation_rate=dilation_rate)
+        self.pw = pointwise_conv(filters)
+        self.bn = batch_norm(affine)
+
+    def call(self, x, training=None):
+        if self.apply_relu:
+            x = ops.relu(x)
+        return self.bn(self.pw(self.dw(x)), training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "dilation_rate": self.dilation_rate,
+            "affine": self.affine,
+            "apply_relu": self.apply_relu,
+        }
+
+
+class Pool(CompositeLayer):
+    """3x3 max or average pooling ("same" padding, average excludes padding), optionally followed by BN.
+
+    Args:
+        kind: ``"max"`` or ``"avg"``.
+        strides: Pool stride.
+        bn: Follow with an affine-free BN (search network only).
+        **kwargs: Forwarded to ``keras.layers.Layer``.
+    """
+
+    def __init__(self, kind: str, strides: int = 1, bn: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in ("max", "avg"):
+            raise ValueError(f"Pool kind must be 'max' or 'avg', got {kind!r}")
+        self.kind, self.strides, self.bn = kind, strides, bn
+        self.norm = batch_norm(affine=False) if bn else None
+
+    def call(self, x, training=None):
+        pool = ops.max_pool if self.kind == "max" else ops.average_pool
+        x = pool(x, pool_size=3, strides=self.strides, padding="same")
+        return self.norm(x, training=training) if self.norm is not None else x
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "strides": self.strides, "bn": self.bn}
+
+
+class Identity(CompositeLayer):
+    """``skip_connect`` at stride 1."""
+
+    def call(self, x, training=None):
+        return x
+
+
+class Zero(CompositeLayer):
+    """``none``: zeros of the (possibly subsampled) output shape. Only used when a genotype names it."""
+
+    def __init__(self, strides: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.strides = strides
+
+    def call(self, x, training=None):
+        return ops.zeros_like(x[:, :: self.strides, :: self.strides, :])
+
+    def get_config(self):
+        return {**super().get_config(), "strides": self.strides}
+
+
+# Ops whose first layer is a ReLU; a mixed op shares one ReLU among them.
+RELU_FIRST = frozenset({"sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"})
+
+
+def make_op(
+    name: str, channels: int, strides: int, *, affine: bool, search: bool, apply_relu: bool = True, layer_name=None
+) -> keras.layers.Layer:
+    """Builds one candidate operation by its primitive name.
+
+    Args:
+        name: One of :data:`hlrs_tf.genotypes.PRIMITIVES`.
+        channels: Input = output channels of the op.
+        strides: 1, or 2 on the input edges of a reduction cell.
+        affine: BN with scale/offset (derived network) or without (search network).
+        search: Search-network flavour: pools are followed by an affine-free BN.
+        apply_relu: For ops that start with a ReLU: whether they apply it themselves.
+        layer_name: Keras layer name.
+
+    Returns:
+        The op as a Keras layer.
+    """
+    kw = {"name": layer_name}
+    if name == "none":
+        return Zero(strides, **kw)
+    if name in ("max_pool_3x3", "avg_pool_3x3"):
+        return Pool(name[:3], strides=strides, bn=search, **kw)
+    if name == "skip_connect":
+        if strides == 1:
+            return Identity(**kw)
+        return FactorizedReduce(channels, affine=affine, apply_relu=apply_relu, **kw)
+    if name in ("sep_conv_3x3", "sep_conv_5x5"):
+        return SepConv(channels, int(name[-1]), strides, affine=affine, apply_relu=apply_relu, **kw)
+    if name in ("dil_conv_3x3", "dil_conv_5x5"):
+        return DilConv(channels, int(name[-1]), strides, 2, affine=affine, apply_relu=apply_relu, **kw)
+    raise ValueError(f"unknown operation {name!r}; known: {', '.join(PRIMITIVES)}")

@@ -1,0 +1,152 @@
+"""The DARTS search network (supernet) as a Keras layer, with its architecture parameters.
+
+Stem 3x3 conv to ``stem_multiplier * C`` channels + BN; ``layers`` search cells with reduction cells (channels
+doubled) at ``layers // 3`` and ``2 * layers // 3``; global average pool; linear classifier. All normal cells
+share one ``(14, 8)`` alpha tensor and all reduction cells another, initialised ``1e-3 * N(0, 1)`` as in the
+reference. With C=16, 8 cells, 10 classes and 32x32x3 input it has exactly 1,930,618 trainable weights
+(alphas excluded), the reference count.
+
+The alphas are ordinary (trainable) Keras weights of this layer, named ``alphas_normal`` and
+``alphas_reduce``; :func:`split_variables` separates them from the network weights by identity, so the SGD
+optimizer never sees them (STACK.md trap 4).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from hlrs_tf.cells import SearchCell, num_edges
+from hlrs_tf.genotypes import PRIMITIVES, Genotype, derive_genotype
+from hlrs_tf.ops import CompositeLayer, batch_norm
+
+
+def reduction_layers(layers: int) -> tuple[int, int]:
+    """Indices of the reduction cells among ``layers`` cells (the reference's ``L//3`` and ``2L//3``)."""
+    return (layers // 3, 2 * layers // 3)
+
+
+class SearchNetwork(CompositeLayer):
+    """DARTS supernet with shared per-cell-type alphas.
+
+    Args:
+        channels: Initial channels C (16 in the paper).
+        num_classes: Output classes.
+        layers: Number of cells L (8 in the paper); at least 3 so both reductions are distinct cells.
+        steps: Intermediate nodes per cell (4).
+        multiplier: Nodes concatenated per cell output (4).
+        stem_multiplier: Stem channels = ``stem_multiplier * C`` (3).
+        primitives: Candidate op names (the reference order).
+        **kwargs: Forwarded to ``keras.layers.Layer``.
+    """
+
+    def __init__(
+        self,
+        channels: int = 16,
+        num_classes: int = 10,
+        layers: int = 8,
+        steps: int = 4,
+        multiplier: int = 4,
+        stem_multiplier: int = 3,
+        primitives=PRIMITIVES,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if layers < 3:
+            raise ValueError(f"layers must be >= 3 (two reduction cells at L//3 and 2L//3), got {layers}")
+        self.channels, self.num_classes, self.num_layers = channels, num_classes, layers
+        self.steps, self.multiplier, self.stem_multiplier = steps, multiplier, stem_multiplier
+        self.primitives = tuple(primitives)
+
+        self.stem_conv = keras.layers.Conv2D(
+            stem_multiplier * channels, 3, padding="same", use_bias=False, name="stem_conv"
+        )
+        # The reference search stem uses BatchNorm2d's default affine=True: part of the 1,930,618 count.
+        self.stem_bn = batch_norm(affine=True, name="stem_bn")
+        self.cells = []
+        c_curr, reduction_prev = channels, False
+        for i in range(layers):
+            reduction = i in reduction_layers(layers)
+            if reduction:
+                c_curr *= 2
+            self.cells.append(
+                SearchCell(c_curr, reduction, reduction_prev, steps, multiplier, self.primitives, name=f"cell_{i}")
+            )
+            reduction_prev = reduction
+        self.feature_dim = multiplier * c_curr
+        self.classifier = keras.layers.Dense(num_classes, name="classifier")
+
+        shape = (num_edges(steps), len(self.primitives))
+        init = keras.initializers.RandomNormal(stddev=1e-3)
+        self.alphas_normal = self.add_weight(name="alphas_normal", shape=shape, initializer=init)
+        self.alphas_reduce = self.add_weight(name="alphas_reduce", shape=shape, initializer=init)
+
+    @property
+    def arch_variables(self) -> list:
+        """The architecture parameters ``[alphas_normal, alphas_reduce]``."""
+        return [self.alphas_normal, self.alphas_reduce]
+
+    def arch_weights(self):
+        """Softmaxed alphas ``(normal, reduce)``, each ``(num_edges, num_ops)``."""
+        return ops.softmax(self.alphas_normal, axis=-1), ops.softmax(self.alphas_reduce, axis=-1)
+
+    def stem(self, x, training=None):
+        """Stem conv + BN; returns the first ``(s0, s1)`` pair."""
+        s = self.stem_bn(self.stem_conv(x), training=training)
+        return s, s
+
+    def run_cells(self, s0, s1, cells, training=None):
+        """Runs ``cells`` (a slice of :attr:`cells`) on the state pair, returning the last pair."""
+        w_normal, w_reduce = self.arch_weights()
+        for cell in cells:
+            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal, training=training)
+        return s0, s1
+
+    def features(self, x, training=None):
+        """Globally pooled features of the last cell, ``(B, feature_dim)``."""
+        s0, s1 = self.stem(x, training=training)
+        _, s1 = self.run_cells(s0, s1, self.cells, training=training)
+        return ops.mean(s1, axis=(1, 2))
+
+    def call(self, x, training=None):
+        return self.classifier(self.features(x, training=training))
+
+    def genotype(self) -> Genotype:
+        """Derives the discrete genotype from the current alphas (reference rules)."""
+        return derive_genotype(
+            ops.convert_to_numpy(self.alphas_normal),
+            ops.convert_to_numpy(self.alphas_reduce),
+            steps=self.steps,
+            multiplier=self.multiplier,
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "num_classes": self.num_classes,
+            "layers": self.num_layers,
+            "steps": self.steps,
+            "multiplier": self.multiplier,
+            "stem_multiplier": self.stem_multiplier,
+            "primitives": list(self.primitives),
+        }
+
+
+def split_variables(model, arch_variables) -> tuple[list, list]:
+    """Splits ``model.trainable_variables`` into (weights, alphas) by variable identity.
+
+    Args:
+        model: The Keras model or layer.
+        arch_variables: The architecture variables.
+
+    Returns:
+        ``(weight_variables, arch_variables)`` in the model's trainable-variable order.
+    """
+    arch_ids = {id(v) for v in arch_variables}
+    trainable = model.trainable_variables
+    weights = [v for v in trainable if id(v) not in arch_ids]
+    alphas = [v for v in trainable if id(v) in arch_ids]
+    if len(alphas) != len(arch_variables):
+        raise ValueError("architecture variables are not all trainable variables of the model")
+    return weights, alphas

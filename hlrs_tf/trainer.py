@@ -1,0 +1,176 @@
+"""Runs a DARTS search from a :class:`~hlrs_tf.config.SearchConfig` into a work directory.
+
+Data flows one way: config -> data (long-tailed, stratified split, tf.data) -> supernet + bilevel model ->
+``fit`` with the logging callbacks -> genotype, history, TensorBoard, checkpoints -> test-set evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hlrs_tf import data as data_lib
+from hlrs_tf.callbacks import (
+    CSVHistory,
+    EpochCheckpoint,
+    GenotypeLogger,
+    LearningRateLogger,
+    TensorBoardLogger,
+)
+from hlrs_tf.config import SearchConfig
+from hlrs_tf.darts_model import DartsSearchModel
+from hlrs_tf.metrics import evaluation_report
+from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.workdir import Workdir, atomic_write_json
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What a finished search returns (everything is also in the work directory)."""
+
+    workdir: str
+    genotype: object
+    metrics: dict | None
+    history: dict
+
+
+def configure_runtime(config: SearchConfig) -> None:
+    """Thread counts and seeds (call before building anything)."""
+    if config.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(config.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(config.threads)
+    keras.utils.set_random_seed(config.seed)
+
+
+def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: int) -> DartsSearchModel:
+    """Builds and compiles the bilevel search model (both optimizers built, nothing left to trace twice).
+
+    Args:
+        config: The run config.
+        spec: Dataset spec (input shape, classes).
+        total_steps: Weight steps of the whole search (length of the cosine schedule).
+    """
+    network = SearchNetwork(config.channels, spec.num_classes, config.layers, name="supernet")
+    model = DartsSearchModel(
+        network,
+        order=config.order,
+        weight_decay=config.weight_decay,
+        arch_weight_decay=config.arch_weight_decay,
+        grad_clip=config.grad_clip,
+        name="darts_search",
+    )
+    weight_lr = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=max(total_steps, 1), alpha=config.learning_rate_min / config.learning_rate
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(weight_lr, momentum=config.momentum),
+        # A float learning rate, so a callback can set it per epoch (HLRS); decay is added to the gradient.
+        arch_optimizer=keras.optimizers.Adam(
+            config.arch_learning_rate, beta_1=config.arch_beta1, beta_2=config.arch_beta2
+        ),
+    )
+    model.build_all(spec.image_shape)
+    return model
+
+
+def model_summary(model: DartsSearchModel, spec: data_lib.DatasetSpec, config: SearchConfig, **extra) -> dict:
+    """The ``model_summary.json`` content."""
+    weights, alphas = model.split_variables()
+    count = lambda vs: int(sum(np.prod(v.shape) for v in vs))  # noqa: E731
+    return {
+        "weight_params": count(weights),
+        "arch_params": count(alphas),
+        "non_trainable_params": count(model.non_trainable_variables),
+        "dataset": spec.name,
+        "input_shape": list(spec.image_shape),
+        "num_classes": spec.num_classes,
+        "channels": config.channels,
+        "layers": config.layers,
+        "order": config.order,
+        **extra,
+    }
+
+
+def run_search(
+    config: SearchConfig, workdir: str, flags_text: str | None = None, dry_run: bool = False
+) -> SearchResult:
+    """Runs one search and writes its work directory.
+
+    Args:
+        config: The run config.
+        workdir: Work directory path (created).
+        flags_text: Effective flags to save as ``flags.cfg`` (the CLI passes them).
+        dry_run: Build model and data specs, write ``flags.cfg`` and ``model_summary.json``, run nothing.
+
+    Returns:
+        A :class:`SearchResult`.
+    """
+    wd = Workdir(workdir)
+    if flags_text is not None:
+        from hlrs_tf.workdir import atomic_write_text
+
+        atomic_write_text(wd.flags_file, flags_text)
+    configure_runtime(config)
+
+    if dry_run:
+        spec = data_lib.dataset_spec(config.dataset, config.data_dir)
+        t0 = time.perf_counter()
+        model = build_model(config, spec, total_steps=1)
+        summary = model_summary(model, spec, config, dry_run=True, build_s=round(time.perf_counter() - t0, 2))
+        atomic_write_json(wd.summary_file, summary)
+        return SearchResult(wd.path, None, None, {})
+
+    ds = data_lib.load_dataset(
+        config.dataset, config.data_dir, config.manual_dir, fashion_mnist_dir=config.fashion_mnist_dir
+    )
+    spec = ds.spec
+    x_lt, y_lt = data_lib.make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
+    train_counts = data_lib.class_counts(y_lt, spec.num_classes)
+    idx_w, idx_a = data_lib.stratified_split(y_lt, config.train_portion, seed=config.seed)
+    train_ds, full_steps = data_lib.search_dataset(
+        x_lt[idx_w], y_lt[idx_w], x_lt[idx_a], y_lt[idx_a], spec, config.batch_size, config.seed, config.augment
+    )
+    steps = config.steps_per_epoch or full_steps
+
+    t0 = time.perf_counter()
+    model = build_model(config, spec, total_steps=config.epochs * steps)
+    build_s = time.perf_counter() - t0
+    atomic_write_json(
+        wd.summary_file,
+        model_summary(
+            model, spec, config,
+            train_class_counts=train_counts.tolist(),
+            weight_split=len(idx_w), arch_split=len(idx_a), steps_per_epoch=steps, build_s=round(build_s, 2),
+        ),
+    )
+
+    genotype_logger = GenotypeLogger(wd)
+    callbacks = [
+        LearningRateLogger(),
+        genotype_logger,
+        TensorBoardLogger(wd.tensorboard_dir, genotype_logger),
+        CSVHistory(wd.history_file),
+        EpochCheckpoint(wd.checkpoint_dir),
+    ]
+    history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
+                        verbose=config.verbose, shuffle=False)  # the tf.data pipeline shuffles
+
+    genotype = model.genotype()
+    genotype.save(wd.genotype_file)
+    metrics = evaluate(model, ds, train_counts, config)
+    atomic_write_json(wd.metrics_file, metrics)
+    return SearchResult(wd.path, genotype, metrics, history.history)
+
+
+def evaluate(model, ds: data_lib.ArrayDataset, train_counts, config: SearchConfig) -> dict:
+    """Test-set evaluation of the supernet: top-1, per-class and many/medium/few-shot accuracy."""
+    test = data_lib.eval_dataset(ds.x_test, ds.y_test, ds.spec, config.eval_batch_size)
+    logits = model.predict(test, verbose=0)
+    return evaluation_report(
+        ds.y_test, logits, train_counts, ds.spec.num_classes,
+        dataset=ds.spec.name, imbalance_ratio=config.imbalance_ratio,
+    )

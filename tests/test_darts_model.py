@@ -1,0 +1,152 @@
+"""The bilevel train_step on real data (scikit-learn digits): both parameter groups move, second order differs."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hlrs_tf import data as data_lib
+from hlrs_tf.darts_model import DartsSearchModel, clip_by_global_norm
+from hlrs_tf.search_network import SearchNetwork
+
+
+@pytest.fixture(scope="module")
+def digits_batch():
+    ds = data_lib.load_dataset("digits")
+    idx_w, idx_a = data_lib.stratified_split(ds.y_train, 0.5, seed=0)
+    spec = ds.spec
+    norm = lambda x: data_lib.normalize(tf.constant(x[:32]), spec)  # noqa: E731
+    return (
+        (norm(ds.x_train[idx_w]), tf.constant(ds.y_train[idx_w][:32], tf.int32)),
+        (norm(ds.x_train[idx_a]), tf.constant(ds.y_train[idx_a][:32], tf.int32)),
+    )
+
+
+def make_model(order, seed=0):
+    keras.utils.set_random_seed(seed)
+    model = DartsSearchModel(SearchNetwork(4, 10, 3), order=order)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.025, momentum=0.9),
+        arch_optimizer=keras.optimizers.Adam(3e-4, beta_1=0.5, beta_2=0.999),
+    )
+    model.build_all((8, 8, 1))
+    return model
+
+
+def snapshot(model):
+    weights, alphas = model.split_variables()
+    return [keras.ops.convert_to_numpy(v).copy() for v in weights], [
+        keras.ops.convert_to_numpy(v).copy() for v in alphas
+    ]
+
+
+def test_first_order_step_moves_weights_and_alphas(digits_batch):
+    model = make_model("first")
+    w0, a0 = snapshot(model)
+    logs = model.train_step(digits_batch)
+    w1, a1 = snapshot(model)
+    assert any(not np.allclose(x, y) for x, y in zip(w0, w1))
+    for x, y in zip(a0, a1):
+        # Adam's first step moves every alpha with a non-zero gradient by about lr = 3e-4
+        assert np.abs(x - y).max() == pytest.approx(3e-4, rel=0.05)
+    assert set(logs) == {"loss", "accuracy", "arch_loss", "arch_accuracy"}
+    assert np.isfinite(float(logs["loss"])) and np.isfinite(float(logs["arch_loss"]))
+
+
+def test_alphas_never_reach_sgd(digits_batch):
+    model = make_model("first")
+    weights, alphas = model.split_variables()
+    assert len(model.optimizer._trainable_variables) == len(weights)
+    assert {id(v) for v in model.arch_optimizer._trainable_variables} == {id(a) for a in alphas}
+
+
+def test_arch_step_uses_validation_batch(digits_batch):
+    """Changing only the validation batch changes the alpha update but not which data the weights saw."""
+    (xt, yt), (xv, yv) = digits_batch
+    m1, m2 = make_model("first"), make_model("first")
+    m1.train_step(((xt, yt), (xv, yv)))
+    m2.train_step(((xt, yt), (xv[::-1] * 0.0, yv)))
+    _, a1 = snapshot(m1)
+    _, a2 = snapshot(m2)
+    assert any(not np.allclose(x, y) for x, y in zip(a1, a2))
+
+
+def test_second_order_differs_from_first(digits_batch):
+    first, second = make_model("first"), make_model("second")
+    w_init, a_init = snapshot(first)
+    _, a_init2 = snapshot(second)
+    for x, y in zip(a_init, a_init2):
+        np.testing.assert_array_equal(x, y)  # same start
+    for _ in range(2):  # the second step has a momentum buffer in the virtual step
+        first.train_step(digits_batch)
+        second.train_step(digits_batch)
+    w1, a1 = snapshot(first)
+    w2, a2 = snapshot(second)
+    assert any(not np.allclose(x, y, atol=1e-7) for x, y in zip(a1, a2))
+    assert any(not np.allclose(x, y) for x, y in zip(a_init2, a2))
+    assert any(not np.allclose(x, y) for x, y in zip(w_init, w2))
+
+
+def test_second_order_matches_reference_procedure(digits_batch):
+    """The stateless second-order gradient equals the reference DARTS procedure done in place.
+
+    Reference (``architect.py``): with PyTorch's momentum buffer ``buf`` (Keras keeps ``m = -lr * buf``),
+    ``w' = w - xi (mu buf + g + wd w)`` assigned to the weights; ``dalpha, v`` at ``w'``; weights set to
+    ``w +- eps v`` with ``eps = 0.01 / ||v||`` for the two training-loss alpha gradients; weights restored.
+    """
+    model = make_model("second")
+    model.train_step(digits_batch)  # one real step first, so the momentum buffers are non-zero
+    (xt, yt), (xv, yv) = digits_batch
+    weights, alphas = model.split_variables()
+    got = [g.numpy() for g in model._second_order_arch_grads(xt, yt, xv, yv, weights, alphas)[2]]
+
+    xi = float(model.optimizer.learning_rate)
+    mu = 0.9
+    w0 = [v.numpy().copy() for v in weights]
+    bufs = [-model.optimizer.momentums[model.optimizer._get_variable_index(v)].numpy() / xi for v in weights]
+
+    def grads(x, y, wrt):
+        with tf.GradientTape() as tape:
+            loss = model.loss_fn(y, model(x, training=True))
+        return [g.numpy() for g in tape.gradient(loss, wrt)]
+
+    g = grads(xt, yt, weights)
+    for v, w, b, gi in zip(weights, w0, bufs, g):
+        v.assign(w - xi * (mu * b + gi + model.weight_decay * w))
+    both = grads(xv, yv, alphas + weights)
+    d_alpha, vec = both[: len(alphas)], both[len(alphas) :]
+    eps = 0.01 / np.sqrt(sum(float(np.sum(x * x)) for x in vec))
+    for v, w, d in zip(weights, w0, vec):
+        v.assign(w + eps * d)
+    g_plus = grads(xt, yt, alphas)
+    for v, w, d in zip(weights, w0, vec):
+        v.assign(w - eps * d)
+    g_minus = grads(xt, yt, alphas)
+    for v, w in zip(weights, w0):
+        v.assign(w)
+    expected = [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, g_plus, g_minus)]
+    scale = max(np.abs(e).max() for e in expected)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, atol=2e-3 * scale)
+    # and the Hessian term is not negligible: second order is not first order in disguise
+    assert max(np.abs(a - b).max() for a, b in zip(expected, d_alpha)) > 0.05 * scale
+
+
+def test_clip_by_global_norm():
+    grads = [tf.constant([3.0, 4.0]), tf.constant([0.0])]
+    clipped, norm = clip_by_global_norm(grads, 1.0)
+    assert float(norm) == pytest.approx(5.0)
+    np.testing.assert_allclose(clipped[0].numpy(), [0.6, 0.8], rtol=1e-6)
+    same, _ = clip_by_global_norm(grads, 10.0)
+    np.testing.assert_allclose(same[0].numpy(), [3.0, 4.0])
+
+
+def test_genotype_follows_alphas():
+    model = make_model("first")
+    net = model.network
+    a = np.full((14, 8), -5.0, "float32")
+    a[:, 4] = 5.0  # sep_conv_3x3 everywhere
+    net.alphas_normal.assign(a)
+    g = model.genotype()
+    assert {op for op, _ in g.normal} == {"sep_conv_3x3"}
+    assert g.normal_concat == (2, 3, 4, 5)
