@@ -47,9 +47,8 @@ def main(argv) -> None:
         result = trainer.run_search(
             config, workdir, flags_text=cli_flags.effective_flags(FLAGS), dry_run=FLAGS.dry_run
         )
-    except (data_lib.DatasetError, ConfigError, OSError) as e:
-        fail(str(e))
-    except ValueError as e:  # e.g. batch_size larger than the split: the message names the flag
+    except (data_lib.DatasetError, OSError, ValueError) as e:
+        # ValueError covers ConfigError and e.g. a batch_size larger than the split: messages name the flag.
         fail(str(e))
     if FLAGS.dry_run:
         print(f"dry run: wrote {result.workdir}/flags.cfg and model_summary.json")

@@ -25,7 +25,7 @@ from hlrs_tf.config import SearchConfig
 from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.metrics import evaluation_report
 from hlrs_tf.search_network import SearchNetwork
-from hlrs_tf.workdir import Workdir, atomic_write_json
+from hlrs_tf.workdir import Workdir, atomic_write_json, atomic_write_text
 
 
 @dataclasses.dataclass
@@ -111,8 +111,6 @@ def run_search(
     """
     wd = Workdir(workdir)
     if flags_text is not None:
-        from hlrs_tf.workdir import atomic_write_text
-
         atomic_write_text(wd.flags_file, flags_text)
     configure_runtime(config)
 
