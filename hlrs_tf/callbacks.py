@@ -185,5 +185,47 @@ class EpochCheckpoint(keras.callbacks.Callback):
         path = os.path.join(self.directory, "state.json")
         if not os.path.exists(path):
             return None
-        with open(path) as f:
-            return json.load(f)
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"corrupt checkpoint state {path}: {e}; delete the folder to start over") from e
+
+    def last_epoch(self) -> int:
+        """The last complete epoch saved here (0 when there is none)."""
+        state = self._read_state()
+        return int(state["epoch"]) if state else 0
+
+    def restore(self, model) -> int:
+        """Loads the last complete epoch's variables into ``model`` and both of its (built) optimizers.
+
+        Returns:
+            The number of completed epochs restored (0 when there is no checkpoint).
+
+        Raises:
+            CheckpointError: If the files named by ``state.json`` are missing or do not fit the model.
+        """
+        state = self._read_state()
+        if not state:
+            return 0
+        weights_path = os.path.join(self.directory, state["weights"])
+        opt_path = os.path.join(self.directory, state["optimizers"])
+        try:
+            model.load_weights(weights_path)
+            with np.load(opt_path) as arrays:
+                for name, opt in (("optimizer", model.optimizer), ("arch_optimizer", model.arch_optimizer)):
+                    keys = sorted(k for k in arrays.files if k.startswith(name + "/"))
+                    if len(keys) != len(opt.variables):
+                        raise ValueError(f"{name} has {len(opt.variables)} variables, checkpoint {len(keys)}")
+                    for key, var in zip(keys, opt.variables):
+                        var.assign(arrays[key])
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"cannot restore checkpoint epoch {state['epoch']} from {self.directory}: {e}; "
+                "delete the folder (or use a new --workdir) to start over"
+            ) from e
+        return int(state["epoch"])
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read back; the message says which and what to do."""

@@ -50,6 +50,7 @@ class SearchConfig:
     arch_weight_decay: float = 1e-3
     # Run
     seed: int = 0
+    deterministic: bool = False
     eval_batch_size: int = 256
     verbose: int = 1
     threads: int = 0

@@ -424,7 +424,7 @@ def augment(image: tf.Tensor, spec: DatasetSpec, seed: tf.Tensor | None = None) 
 
 
 def _finish_stream(ds: tf.data.Dataset, spec: DatasetSpec, batch_size: int, seed: int,
-                   augment_data: bool) -> tf.data.Dataset:
+                   augment_data: bool, skip_batches: int = 0) -> tf.data.Dataset:
     """Augments (optional), normalises and batches an infinite stream of ``(uint8 image, label)``.
 
     Samplers only decide the order of examples; everything after that is shared here. Each element gets
@@ -432,6 +432,10 @@ def _finish_stream(ds: tf.data.Dataset, spec: DatasetSpec, batch_size: int, seed
     differs from one pass to the next.
     """
     ds = ds.enumerate()
+    if skip_batches:
+        # Resume: drop the batches already consumed *before* the per-image work, keeping each element's
+        # position (and so its augmentation seed): the stream continues exactly where it stopped.
+        ds = ds.skip(int(skip_batches) * int(batch_size))
 
     def prepare(i, xy):
         x, y = xy
@@ -445,7 +449,7 @@ def _finish_stream(ds: tf.data.Dataset, spec: DatasetSpec, batch_size: int, seed
 
 
 def uniform_stream(x: np.ndarray, y: np.ndarray, spec: DatasetSpec, batch_size: int, seed: int,
-                   augment_data: bool = True) -> tf.data.Dataset:
+                   augment_data: bool = True, skip_batches: int = 0) -> tf.data.Dataset:
     """Infinite stream of batches drawn uniformly without replacement, reshuffled on every pass.
 
     Args:
@@ -455,6 +459,7 @@ def uniform_stream(x: np.ndarray, y: np.ndarray, spec: DatasetSpec, batch_size: 
         batch_size: Batch size; the last partial batch of the stream is never produced.
         seed: Seed of the shuffle and of the augmentation.
         augment_data: Whether to augment.
+        skip_batches: Batches of the stream already consumed (resume).
 
     Returns:
         ``tf.data.Dataset`` of ``(float32 [B, H, W, C], int32 [B])``, infinite.
@@ -464,12 +469,12 @@ def uniform_stream(x: np.ndarray, y: np.ndarray, spec: DatasetSpec, batch_size: 
     # uint8 in the pipeline; conversion happens per element in the map.
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
     ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
-    return _finish_stream(ds, spec, batch_size, seed, augment_data)
+    return _finish_stream(ds, spec, batch_size, seed, augment_data, skip_batches)
 
 
 def search_dataset(x_w: np.ndarray, y_w: np.ndarray, x_a: np.ndarray, y_a: np.ndarray,
                    spec: DatasetSpec, batch_size: int, seed: int,
-                   augment_data: bool = True) -> tuple[tf.data.Dataset, int]:
+                   augment_data: bool = True, skip_batches: int = 0) -> tuple[tf.data.Dataset, int]:
     """Infinite bilevel-search dataset of ``((x_train, y_train), (x_val, y_val))`` batches.
 
     The first pair comes from the weight split ``(x_w, y_w)``, the second from the architecture split
@@ -486,6 +491,7 @@ def search_dataset(x_w: np.ndarray, y_w: np.ndarray, x_a: np.ndarray, y_a: np.nd
         batch_size: Batch size of each side (``drop_remainder=True``: static shapes).
         seed: Base seed; the weight side uses ``seed``, the architecture side ``seed + 1``.
         augment_data: Whether to augment both sides.
+        skip_batches: Steps already taken (resume): both streams continue where they stopped.
 
     Returns:
         ``(dataset, steps_per_epoch)`` with ``steps_per_epoch = min(len(x_w), len(x_a)) // batch_size``.
@@ -500,8 +506,8 @@ def search_dataset(x_w: np.ndarray, y_w: np.ndarray, x_a: np.ndarray, y_a: np.nd
         raise ValueError(
             f"batch_size={batch_size} is larger than the smaller search split "
             f"(weights {len(x_w)}, architecture {len(x_a)} examples): lower batch_size")
-    train = uniform_stream(x_w, y_w, spec, batch_size, seed, augment_data)
-    val = uniform_stream(x_a, y_a, spec, batch_size, seed + 1, augment_data)
+    train = uniform_stream(x_w, y_w, spec, batch_size, seed, augment_data, skip_batches)
+    val = uniform_stream(x_a, y_a, spec, batch_size, seed + 1, augment_data, skip_batches)
     ds = tf.data.Dataset.zip((train, val)).prefetch(tf.data.AUTOTUNE)
     return ds, steps
 

@@ -55,6 +55,8 @@ flags.DEFINE_float("arch_beta2", _D.arch_beta2, "Adam beta_2 of the alphas.")
 flags.DEFINE_float("arch_weight_decay", _D.arch_weight_decay, "Coupled L2 on the alphas.")
 # Run
 flags.DEFINE_integer("seed", _D.seed, "Seed of the long-tail subsampling, the split, the data order and init.")
+flags.DEFINE_bool("deterministic", _D.deterministic, "TensorFlow op determinism: the same seed gives the same "
+                  "genotype and history (slower). Without it runs with the same seed may differ slightly.")
 flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Batch size of the test-set evaluation.", lower_bound=1)
 flags.DEFINE_integer("verbose", _D.verbose, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 flags.DEFINE_integer("threads", _D.threads, "TensorFlow intra/inter-op threads (0 = default).", lower_bound=0)

@@ -44,6 +44,8 @@ def configure_runtime(config: SearchConfig) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(config.threads)
         tf.config.threading.set_inter_op_parallelism_threads(config.threads)
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: int) -> DartsSearchModel:
@@ -129,14 +131,20 @@ def run_search(
     x_lt, y_lt = data_lib.make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
     train_counts = data_lib.class_counts(y_lt, spec.num_classes)
     idx_w, idx_a = data_lib.stratified_split(y_lt, config.train_portion, seed=config.seed)
-    train_ds, full_steps = data_lib.search_dataset(
-        x_lt[idx_w], y_lt[idx_w], x_lt[idx_a], y_lt[idx_a], spec, config.batch_size, config.seed, config.augment
-    )
+    split = (x_lt[idx_w], y_lt[idx_w], x_lt[idx_a], y_lt[idx_a])
+    full_steps = data_lib.search_dataset(*split, spec, config.batch_size, config.seed, config.augment)[1]
     steps = config.steps_per_epoch or full_steps
 
     t0 = time.perf_counter()
     model = build_model(config, spec, total_steps=config.epochs * steps)
     build_s = time.perf_counter() - t0
+    # Resume: a rerun of the same command continues after the last complete epoch, with weights, alphas,
+    # BN statistics, both optimizers (and so the lr schedule position) and the data stream restored.
+    checkpoint = EpochCheckpoint(wd.checkpoint_dir)
+    initial_epoch = min(checkpoint.restore(model), config.epochs)
+    train_ds, _ = data_lib.search_dataset(
+        *split, spec, config.batch_size, config.seed, config.augment, skip_batches=initial_epoch * steps
+    )
     atomic_write_json(
         wd.summary_file,
         model_summary(
@@ -151,17 +159,35 @@ def run_search(
         LearningRateLogger(),
         genotype_logger,
         TensorBoardLogger(wd.tensorboard_dir, genotype_logger),
-        CSVHistory(wd.history_file),
-        EpochCheckpoint(wd.checkpoint_dir),
+        CSVHistory(wd.history_file, append=initial_epoch > 0),
+        checkpoint,
     ]
-    history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                        verbose=config.verbose, shuffle=False)  # the tf.data pipeline shuffles
+    if initial_epoch:
+        truncate_history(wd.history_file, initial_epoch)
+        print(f"resuming from the checkpoint of epoch {initial_epoch} in {wd.checkpoint_dir}")
+    history = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                        callbacks=callbacks, verbose=config.verbose, shuffle=False)  # tf.data shuffles
 
     genotype = model.genotype()
     genotype.save(wd.genotype_file)
     metrics = evaluate(model, ds, train_counts, config)
     atomic_write_json(wd.metrics_file, metrics)
     return SearchResult(wd.path, genotype, metrics, history.history)
+
+
+def truncate_history(path: str, epochs_done: int) -> None:
+    """Keeps only the ``history.csv`` rows of the epochs a resume restores (a kill can fall between the row
+    and the checkpoint of an epoch; that epoch is run again and must not appear twice)."""
+    import os
+
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    if not lines:
+        return
+    kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",", 1)[0]) < epochs_done]
+    atomic_write_text(path, "\n".join(kept) + "\n")
 
 
 def evaluate(model, ds: data_lib.ArrayDataset, train_counts, config: SearchConfig) -> dict:

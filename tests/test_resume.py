@@ -1,0 +1,76 @@
+"""An interrupted search (SIGKILL mid-run) resumes where it stopped and ends identical to an uninterrupted one."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, run_cli
+
+ARGS = ["--dataset=digits", "--imbalance_ratio=10", "--channels=4", "--layers=3", "--batch_size=16",
+        "--epochs=4", "--steps_per_epoch=4", "--deterministic", "--verbose=0", "--seed=3"]
+
+
+def read_history(workdir):
+    return list(csv.DictReader(open(os.path.join(workdir, "history.csv"))))
+
+
+def test_killed_search_resumes_and_matches_uninterrupted(tmp_path):
+    reference = str(tmp_path / "reference")
+    proc = run_cli("hlrs_tf.search", *ARGS, f"--workdir={reference}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    interrupted = str(tmp_path / "interrupted")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    p = subprocess.Popen([sys.executable, "-m", "hlrs_tf.search", *ARGS, f"--workdir={interrupted}"], cwd=REPO,
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = os.path.join(interrupted, "checkpoints", "state.json")
+    deadline = time.time() + 600
+    while time.time() < deadline and p.poll() is None:
+        if os.path.exists(state) and json.load(open(state))["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    assert p.poll() is None, "the run finished before it could be interrupted"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    done = json.load(open(state))["epoch"]
+    assert 2 <= done < 4
+
+    proc = run_cli("hlrs_tf.search", *ARGS, f"--workdir={interrupted}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resuming from the checkpoint of epoch {done}" in proc.stdout
+
+    ref_rows, got_rows = read_history(reference), read_history(interrupted)
+    assert [r["epoch"] for r in got_rows] == ["0", "1", "2", "3"]
+    for ref, got in zip(ref_rows, got_rows):
+        for key in ("loss", "arch_loss", "accuracy", "lr", "arch_lr", "normal_skip_connect"):
+            assert float(got[key]) == pytest.approx(float(ref[key]), rel=1e-5, abs=1e-7), (ref["epoch"], key)
+    for name in ("genotype.json", "genotypes/epoch_004.json"):
+        assert open(os.path.join(interrupted, name)).read() == open(os.path.join(reference, name)).read()
+    ref_m = json.load(open(os.path.join(reference, "metrics.json")))
+    got_m = json.load(open(os.path.join(interrupted, "metrics.json")))
+    assert got_m["top1"] == pytest.approx(ref_m["top1"], abs=1e-6)
+
+
+def test_finished_run_rerun_does_not_train_again(tmp_path):
+    args = [a if not a.startswith("--epochs") else "--epochs=1" for a in ARGS]
+    workdir = str(tmp_path / "wd")
+    assert run_cli("hlrs_tf.search", *args, f"--workdir={workdir}").returncode == 0
+    rows = read_history(workdir)
+    proc = run_cli("hlrs_tf.search", *args, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_history(workdir) == rows
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    workdir = tmp_path / "wd"
+    (workdir / "checkpoints").mkdir(parents=True)
+    (workdir / "checkpoints" / "state.json").write_text("{not json")
+    proc = run_cli("hlrs_tf.search", *ARGS, f"--workdir={workdir}")
+    assert proc.returncode == 2
+    assert "corrupt checkpoint" in proc.stderr and "Traceback" not in proc.stderr
