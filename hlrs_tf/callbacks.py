@@ -191,11 +191,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
         except (OSError, ValueError) as e:
             raise CheckpointError(f"corrupt checkpoint state {path}: {e}; delete the folder to start over") from e
 
-    def last_epoch(self) -> int:
-        """The last complete epoch saved here (0 when there is none)."""
-        state = self._read_state()
-        return int(state["epoch"]) if state else 0
-
     def restore(self, model) -> int:
         """Loads the last complete epoch's variables into ``model`` and both of its (built) optimizers.
 

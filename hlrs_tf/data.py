@@ -472,6 +472,20 @@ def uniform_stream(x: np.ndarray, y: np.ndarray, spec: DatasetSpec, batch_size: 
     return _finish_stream(ds, spec, batch_size, seed, augment_data, skip_batches)
 
 
+def search_steps_per_epoch(n_weight: int, n_arch: int, batch_size: int) -> int:
+    """Steps of one pass over the smaller search split: ``min(n_weight, n_arch) // batch_size``.
+
+    Raises:
+        ValueError: If ``batch_size`` exceeds the smaller split (the message names the flag).
+    """
+    steps = min(n_weight, n_arch) // int(batch_size) if batch_size > 0 else 0
+    if steps < 1:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the smaller search split "
+            f"(weights {n_weight}, architecture {n_arch} examples): lower batch_size")
+    return steps
+
+
 def search_dataset(x_w: np.ndarray, y_w: np.ndarray, x_a: np.ndarray, y_a: np.ndarray,
                    spec: DatasetSpec, batch_size: int, seed: int,
                    augment_data: bool = True, skip_batches: int = 0) -> tuple[tf.data.Dataset, int]:
@@ -501,11 +515,7 @@ def search_dataset(x_w: np.ndarray, y_w: np.ndarray, x_a: np.ndarray, y_a: np.nd
     """
     if len(x_w) != len(y_w) or len(x_a) != len(y_a):
         raise ValueError("images and labels differ in length")
-    steps = min(len(x_w), len(x_a)) // int(batch_size) if batch_size > 0 else 0
-    if steps < 1:
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the smaller search split "
-            f"(weights {len(x_w)}, architecture {len(x_a)} examples): lower batch_size")
+    steps = search_steps_per_epoch(len(x_w), len(x_a), batch_size)
     train = uniform_stream(x_w, y_w, spec, batch_size, seed, augment_data, skip_batches)
     val = uniform_stream(x_a, y_a, spec, batch_size, seed + 1, augment_data, skip_batches)
     ds = tf.data.Dataset.zip((train, val)).prefetch(tf.data.AUTOTUNE)

@@ -7,6 +7,7 @@ Data flows one way: config -> data (long-tailed, stratified split, tf.data) -> s
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import keras
@@ -132,7 +133,7 @@ def run_search(
     train_counts = data_lib.class_counts(y_lt, spec.num_classes)
     idx_w, idx_a = data_lib.stratified_split(y_lt, config.train_portion, seed=config.seed)
     split = (x_lt[idx_w], y_lt[idx_w], x_lt[idx_a], y_lt[idx_a])
-    full_steps = data_lib.search_dataset(*split, spec, config.batch_size, config.seed, config.augment)[1]
+    full_steps = data_lib.search_steps_per_epoch(len(idx_w), len(idx_a), config.batch_size)
     steps = config.steps_per_epoch or full_steps
 
     t0 = time.perf_counter()
@@ -178,8 +179,6 @@ def run_search(
 def truncate_history(path: str, epochs_done: int) -> None:
     """Keeps only the ``history.csv`` rows of the epochs a resume restores (a kill can fall between the row
     and the checkpoint of an epoch; that epoch is run again and must not appear twice)."""
-    import os
-
     if not os.path.exists(path):
         return
     with open(path) as f:
