@@ -9,7 +9,28 @@ from __future__ import annotations
 
 import dataclasses
 
+from hlrs_tf.data import SAMPLERS
+from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
+
 ORDERS = ("first", "second")
+LOSSES = ("ce", "class_balanced")
+
+# The paper's five methods (SPEC.md section 7) as presets of the pieces below. A preset only fills in the
+# settings that were not given explicitly: ``--method=hlrs --arch_lr_schedule=freeze`` is HLRS with freezing.
+METHOD_PRESETS = {
+    "darts": dict(weight_sampler="uniform", arch_sampler="uniform", loss="ce", bbn=False,
+                  arch_lr_schedule="constant"),
+    # Re-sampling applies to the weight step; the architecture step keeps DARTS' uniform validation batches.
+    "darts_resample": dict(weight_sampler="class_balanced", arch_sampler="uniform", loss="ce", bbn=False,
+                           arch_lr_schedule="constant"),
+    "darts_reweight": dict(weight_sampler="uniform", arch_sampler="uniform", loss="class_balanced", bbn=False,
+                           arch_lr_schedule="constant"),
+    "darts_bbn": dict(weight_sampler="uniform", arch_sampler="uniform", loss="ce", bbn=True,
+                      arch_lr_schedule="constant"),
+    "hlrs": dict(weight_sampler="uniform", arch_sampler="uniform", loss="ce", bbn=True,
+                 arch_lr_schedule="mixing"),
+}
+METHODS = tuple(METHOD_PRESETS)
 
 
 class ConfigError(ValueError):
@@ -31,6 +52,17 @@ class SearchConfig:
     imbalance_ratio: float = 100.0
     train_portion: float = 0.5
     augment: bool = True
+    # Method (see METHOD_PRESETS): samplers, loss, BBN, HLRS
+    method: str = "darts"
+    weight_sampler: str = "uniform"
+    arch_sampler: str = "uniform"
+    loss: str = "ce"
+    reweight_beta: float = 0.9999
+    bbn: bool = False
+    mixing: str = "parabolic"
+    arch_lr_schedule: str = "constant"
+    freeze_threshold: float = 0.5
+    warmup_epochs: int = 0
     # Search space
     channels: int = 16
     layers: int = 8
@@ -56,6 +88,24 @@ class SearchConfig:
     threads: int = 0
 
     def __post_init__(self):
+        _check(self.method in METHODS, "method", self.method, f"one of {', '.join(METHODS)}")
+        for flag in ("weight_sampler", "arch_sampler"):
+            _check(getattr(self, flag) in SAMPLERS, flag, getattr(self, flag), f"one of {', '.join(SAMPLERS)}")
+        _check(self.loss in LOSSES, "loss", self.loss, f"one of {', '.join(LOSSES)}")
+        _check(0 <= self.reweight_beta < 1, "reweight_beta", self.reweight_beta, "in [0, 1)")
+        _check(self.mixing in MIXING_SCHEDULES, "mixing", self.mixing, f"one of {', '.join(MIXING_SCHEDULES)}")
+        _check(self.arch_lr_schedule in ARCH_LR_SCHEDULES, "arch_lr_schedule", self.arch_lr_schedule,
+               f"one of {', '.join(ARCH_LR_SCHEDULES)}")
+        _check(0 <= self.freeze_threshold <= 1, "freeze_threshold", self.freeze_threshold, "in [0, 1]")
+        _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", self.warmup_epochs,
+               f"an integer in [0, epochs={self.epochs})")
+        if self.bbn:
+            # BBN fixes its samplers (uniform + reversed) and its loss (the mixed CE).
+            for flag in ("weight_sampler", "arch_sampler"):
+                _check(getattr(self, flag) == "uniform", flag, getattr(self, flag),
+                       "uniform with --bbn (the conventional branch samples uniformly; the re-balancing "
+                       "branch always uses the reversed sampler)")
+            _check(self.loss == "ce", "loss", self.loss, "ce with --bbn (BBN's loss is its mixed cross-entropy)")
         _check(self.order in ORDERS, "order", self.order, f"one of {', '.join(ORDERS)}")
         _check(self.imbalance_ratio >= 1, "imbalance_ratio", self.imbalance_ratio, "a number >= 1 (N_max / N_min)")
         _check(0 < self.train_portion < 1, "train_portion", self.train_portion, "in (0, 1)")
@@ -78,6 +128,17 @@ class SearchConfig:
         _check(self.arch_weight_decay >= 0, "arch_weight_decay", self.arch_weight_decay, ">= 0")
         _check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1")
         _check(self.threads >= 0, "threads", self.threads, "an integer >= 0 (0 = TensorFlow's default)")
+
+    @classmethod
+    def for_method(cls, method: str, **overrides) -> "SearchConfig":
+        """The config of a method preset; ``overrides`` win over the preset (and the preset over defaults).
+
+        Raises:
+            ConfigError: On an unknown method or an invalid setting.
+        """
+        if method not in METHOD_PRESETS:
+            raise ConfigError(f"--method={method!r} is invalid: it must be one of {', '.join(METHODS)}")
+        return cls(**{**METHOD_PRESETS[method], "method": method, **overrides})
 
     def to_dict(self) -> dict:
         """Plain-dict view (JSON-ready)."""

@@ -79,6 +79,9 @@ class DartsSearchModel(keras.Model):
         weight_decay: Coupled L2 on the weights (3e-4).
         arch_weight_decay: Coupled L2 on the alphas (1e-3).
         grad_clip: Global-norm clip of the weight gradient (5).
+        class_weights: Optional per-class loss weights (re-weighting, e.g.
+            :func:`hlrs_tf.losses.effective_number_weights`): each example's cross-entropy is scaled by the weight of its
+            class, on both levels; ``None`` is plain cross-entropy.
         **kwargs: Forwarded to ``keras.Model``.
     """
 
@@ -89,6 +92,7 @@ class DartsSearchModel(keras.Model):
         weight_decay: float = 3e-4,
         arch_weight_decay: float = 1e-3,
         grad_clip: float = 5.0,
+        class_weights=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -99,6 +103,8 @@ class DartsSearchModel(keras.Model):
         self.weight_decay = float(weight_decay)
         self.arch_weight_decay = float(arch_weight_decay)
         self.grad_clip = float(grad_clip)
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self._class_weights = None if class_weights is None else ops.convert_to_tensor(self.class_weights)
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -168,6 +174,7 @@ class DartsSearchModel(keras.Model):
             "weight_decay": self.weight_decay,
             "arch_weight_decay": self.arch_weight_decay,
             "grad_clip": self.grad_clip,
+            "class_weights": self.class_weights,
         }
 
     @classmethod
@@ -176,34 +183,50 @@ class DartsSearchModel(keras.Model):
         config["network"] = keras.layers.deserialize(config["network"])
         return cls(**config)
 
-    # ---------------------------------------------------------------- losses (overridden by BBN)
-    def _loss(self, x, y, training=True):
-        """Loss and logits of one batch with the current variables (the hook BBN and re-weighting override)."""
-        logits = self(x, training=training)
-        return self.loss_fn(y, logits), logits
+    # ---------------------------------------------------------------- batches and losses (BBN overrides)
+    # A "batch" is one side of a step: ``(x, y)`` here, ``(x_c, y_c, x_r, y_r)`` for BBN. These three hooks
+    # are all that differs between the loss variants; the bilevel step below is written against them.
+    def _inputs(self, batch):
+        """The model input of a batch."""
+        return batch[0]
 
-    def _stateless_loss(self, trainable_values, non_trainable_values, x, y):
-        """Loss at given variable values, without touching the variables (for the unrolled step)."""
-        logits, _ = self.stateless_call(trainable_values, non_trainable_values, x, training=True)
-        return self.loss_fn(y, logits)
+    def _loss_from_logits(self, batch, logits):
+        """The loss of a batch given its logits (cross-entropy, class-weighted when re-weighting)."""
+        y = batch[1]
+        if self._class_weights is None:
+            return self.loss_fn(y, logits)
+        return self.loss_fn(y, logits, sample_weight=ops.take(self._class_weights, y))
+
+    def _update_accuracy(self, tracker, batch, logits):
+        tracker.update_state(batch[1], logits)
+
+    def _loss(self, batch, training=True):
+        """Loss and logits of one batch with the current variables."""
+        logits = self(self._inputs(batch), training=training)
+        return self._loss_from_logits(batch, logits), logits
+
+    def _stateless_loss(self, trainable_values, non_trainable_values, batch):
+        """Loss and logits at given variable values, without touching the variables (for the unrolled step)."""
+        logits, _ = self.stateless_call(trainable_values, non_trainable_values, self._inputs(batch), training=True)
+        return self._loss_from_logits(batch, logits), logits
 
     # ---------------------------------------------------------------- the bilevel step
     def train_step(self, data):
-        (x_train, y_train), (x_val, y_val) = data
+        train_batch, val_batch = data
         weights, alphas = self.split_variables()
 
         if self.order == "first":
-            arch_loss, arch_logits, arch_grads = self._first_order_arch_grads(x_val, y_val, alphas)
+            arch_loss, arch_logits, arch_grads = self._first_order_arch_grads(val_batch, alphas)
         else:
             arch_loss, arch_logits, arch_grads = self._second_order_arch_grads(
-                x_train, y_train, x_val, y_val, weights, alphas
+                train_batch, val_batch, weights, alphas
             )
         scale = 1.0 / num_replicas()  # the decay term must sum to wd * a over replicas
         arch_grads = [g + (self.arch_weight_decay * scale) * a for g, a in zip(arch_grads, alphas)]
         self.arch_optimizer.apply(arch_grads, alphas)
 
         with tf.GradientTape() as tape:
-            loss, logits = self._loss(x_train, y_train, training=True)
+            loss, logits = self._loss(train_batch, training=True)
         grads = tape.gradient(loss, weights)
         grads, _ = clip_by_global_norm(grads, self.grad_clip)
         grads = [g + (self.weight_decay * scale) * w for g, w in zip(grads, weights)]
@@ -211,14 +234,14 @@ class DartsSearchModel(keras.Model):
 
         unscale = float(num_replicas())  # trackers want the plain mean loss (trap 6)
         self.loss_tracker.update_state(loss * unscale)
-        self.accuracy_tracker.update_state(y_train, logits)
+        self._update_accuracy(self.accuracy_tracker, train_batch, logits)
         self.arch_loss_tracker.update_state(arch_loss * unscale)
-        self.arch_accuracy_tracker.update_state(y_val, arch_logits)
+        self._update_accuracy(self.arch_accuracy_tracker, val_batch, arch_logits)
         return {m.name: m.result() for m in self.metrics}
 
-    def _first_order_arch_grads(self, x_val, y_val, alphas):
+    def _first_order_arch_grads(self, val_batch, alphas):
         with tf.GradientTape() as tape:
-            loss, logits = self._loss(x_val, y_val, training=True)
+            loss, logits = self._loss(val_batch, training=True)
         return loss, logits, tape.gradient(loss, alphas)
 
     def _momentum_values(self, weights):
@@ -228,7 +251,7 @@ class DartsSearchModel(keras.Model):
             return [opt.momentums[opt._get_variable_index(w)] for w in weights], float(opt.momentum)
         return [tf.zeros_like(w) for w in weights], 0.0
 
-    def _second_order_arch_grads(self, x_train, y_train, x_val, y_val, weights, alphas):
+    def _second_order_arch_grads(self, train_batch, val_batch, weights, alphas):
         trainable = self.trainable_variables
         arch_ids = {id(a) for a in alphas}
         w_pos = [i for i, v in enumerate(trainable) if id(v) not in arch_ids]
@@ -250,7 +273,7 @@ class DartsSearchModel(keras.Model):
         # 1. Virtual weight step w' on the training batch.
         with tf.GradientTape() as tape:
             tape.watch(w_vals)
-            loss_train = self._stateless_loss(assemble(w_vals, a_vals), non_trainable, x_train, y_train)
+            loss_train, _ = self._stateless_loss(assemble(w_vals, a_vals), non_trainable, train_batch)
         g_train = tape.gradient(loss_train, w_vals)
         # Each replica holds its share of the gradient (losses are scaled by 1/replicas); the virtual step
         # and v must be the global ones, identical on every replica.
@@ -268,10 +291,7 @@ class DartsSearchModel(keras.Model):
         with tf.GradientTape() as tape:
             tape.watch(w_virtual)
             tape.watch(a_vals)
-            logits_val, _ = self.stateless_call(
-                assemble(w_virtual, a_vals), non_trainable, x_val, training=True
-            )
-            loss_val = self.loss_fn(y_val, logits_val)
+            loss_val, logits_val = self._stateless_loss(assemble(w_virtual, a_vals), non_trainable, val_batch)
         grads = tape.gradient(loss_val, a_vals + w_virtual)
         d_alpha, v = grads[: len(a_vals)], grads[len(a_vals) :]
         if replicated:
@@ -284,7 +304,7 @@ class DartsSearchModel(keras.Model):
             ws = [w + sign * eps * vi for w, vi in zip(w_vals, v)]
             with tf.GradientTape() as tape:
                 tape.watch(a_vals)
-                loss = self._stateless_loss(assemble(ws, a_vals), non_trainable, x_train, y_train)
+                loss, _ = self._stateless_loss(assemble(ws, a_vals), non_trainable, train_batch)
             return tape.gradient(loss, a_vals)
 
         g_plus, g_minus = arch_grad_at(1.0), arch_grad_at(-1.0)

@@ -486,15 +486,101 @@ def search_steps_per_epoch(n_weight: int, n_arch: int, batch_size: int) -> int:
     return steps
 
 
+SAMPLERS = ("uniform", "class_balanced", "reversed")
+
+
+def class_sampling_probs(counts, sampler: str) -> np.ndarray:
+    """Per-class draw probabilities of a sampler, from the class counts of the split it draws from.
+
+    * ``uniform``: over instances, so class ``i`` gets ``N_i / N``.
+    * ``class_balanced``: every class present gets ``1 / C`` (re-sampling, Kang et al.).
+    * ``reversed``: ``N_max / N_i``, normalised -- BBN's re-balancing branch sampler, which favours the tail.
+
+    Classes absent from the split get probability 0 under every sampler.
+
+    Args:
+        counts: Examples per class.
+        sampler: One of :data:`SAMPLERS`.
+
+    Returns:
+        ``float64 [C]`` probabilities summing to 1.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    counts = np.asarray(counts, np.float64)
+    present = counts > 0
+    if not present.any():
+        raise ValueError("cannot sample from an empty split")
+    if sampler == "uniform":
+        w = counts
+    elif sampler == "class_balanced":
+        w = present.astype(np.float64)
+    else:
+        w = np.where(present, counts.max() / np.maximum(counts, 1.0), 0.0)
+    return w / w.sum()
+
+
+def class_sampler_stream(x: np.ndarray, y: np.ndarray, spec: DatasetSpec, batch_size: int, seed: int,
+                         sampler: str, augment_data: bool = True, skip_batches: int = 0) -> tf.data.Dataset:
+    """Infinite stream of batches drawn class first: a class from the sampler's distribution, then a uniform
+    instance of that class (with replacement), as BBN's and Kang et al.'s samplers do.
+
+    Draw ``n`` of the stream uses the stateless seeds ``[seed, n]``, so the stream is reproducible and a resume
+    (``skip_batches``) continues it exactly.
+
+    Args:
+        x: ``uint8`` NHWC images.
+        y: Integer labels in ``[0, spec.num_classes)``.
+        spec: Dataset spec.
+        batch_size: Batch size.
+        seed: Seed of the draws and of the augmentation.
+        sampler: ``class_balanced`` or ``reversed`` (see :func:`class_sampling_probs`); ``uniform`` gives
+            :func:`uniform_stream` instead (without replacement, reshuffled each pass, as the reference).
+        augment_data: Whether to augment.
+        skip_batches: Batches of the stream already consumed (resume).
+
+    Returns:
+        ``tf.data.Dataset`` of ``(float32 [B, H, W, C], int32 [B])``, infinite.
+    """
+    if sampler == "uniform":
+        return uniform_stream(x, y, spec, batch_size, seed, augment_data, skip_batches)
+    x = np.asarray(x)
+    y = np.asarray(y).reshape(-1).astype(np.int64)
+    counts = class_counts(y, spec.num_classes)
+    logits = np.log(np.maximum(class_sampling_probs(counts, sampler), 1e-300))[None, :]
+    order = np.argsort(y, kind="stable")  # instances grouped by class: class c is order[start_c : start_c+N_c]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    images = tf.constant(x[order])
+    labels = tf.constant(y[order].astype(np.int32))
+    logits_t = tf.constant(logits, tf.float32)
+    starts_t, counts_t = tf.constant(starts), tf.constant(counts.astype(np.int64))
+
+    def draw(n):
+        s1 = tf.stack([tf.constant(seed, tf.int64), n])
+        s2 = tf.stack([tf.constant(seed, tf.int64) + 7919, n])  # a different stream for the instance draw
+        c = tf.random.stateless_categorical(logits_t, 1, seed=s1, dtype=tf.int64)[0, 0]
+        u = tf.random.stateless_uniform([], seed=s2, dtype=tf.float32)
+        j = tf.minimum(tf.cast(u * tf.cast(counts_t[c], tf.float32), tf.int64), counts_t[c] - 1)
+        i = starts_t[c] + j
+        return images[i], labels[i]
+
+    ds = tf.data.Dataset.counter().map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _finish_stream(ds, spec, batch_size, seed, augment_data, skip_batches)
+
+
 def search_dataset(x_w: np.ndarray, y_w: np.ndarray, x_a: np.ndarray, y_a: np.ndarray,
                    spec: DatasetSpec, batch_size: int, seed: int,
-                   augment_data: bool = True, skip_batches: int = 0) -> tuple[tf.data.Dataset, int]:
-    """Infinite bilevel-search dataset of ``((x_train, y_train), (x_val, y_val))`` batches.
+                   augment_data: bool = True, skip_batches: int = 0, weight_sampler: str = "uniform",
+                   arch_sampler: str = "uniform", bbn: bool = False) -> tuple[tf.data.Dataset, int]:
+    """Infinite bilevel-search dataset: one batch of the weight split and one of the architecture split per step.
 
-    The first pair comes from the weight split ``(x_w, y_w)``, the second from the architecture split
-    ``(x_a, y_a)``. Each side is an independent :func:`uniform_stream` (own seed, reshuffled every pass).
-    By default both sides are augmented, as in the reference DARTS search (its train and validation
-    queues share the augmenting training transform); pass ``augment_data=False`` to switch it off.
+    Elements are ``((x_train, y_train), (x_val, y_val))``; with ``bbn=True`` each side is
+    ``(x_c, y_c, x_r, y_r)``: a batch of the side's own sampler for BBN's conventional branch and one of the
+    ``reversed`` sampler for its re-balancing branch (SPEC.md section 4: each weight step and each
+    architecture step draws one batch from each sampler).
+
+    By default both sides are augmented, as in the reference DARTS search (its train and validation queues
+    share the augmenting training transform); pass ``augment_data=False`` to switch it off.
 
     Args:
         x_w: ``uint8`` NHWC images of the weight split.
@@ -502,10 +588,14 @@ def search_dataset(x_w: np.ndarray, y_w: np.ndarray, x_a: np.ndarray, y_a: np.nd
         x_a: ``uint8`` NHWC images of the architecture split.
         y_a: Labels of the architecture split.
         spec: Dataset spec.
-        batch_size: Batch size of each side (``drop_remainder=True``: static shapes).
-        seed: Base seed; the weight side uses ``seed``, the architecture side ``seed + 1``.
-        augment_data: Whether to augment both sides.
-        skip_batches: Steps already taken (resume): both streams continue where they stopped.
+        batch_size: Batch size of each stream (``drop_remainder=True``: static shapes).
+        seed: Base seed; weight side ``seed``, architecture side ``seed + 1``, BBN re-balancing streams
+            ``seed + 2`` and ``seed + 3``.
+        augment_data: Whether to augment.
+        skip_batches: Steps already taken (resume): every stream continues where it stopped.
+        weight_sampler: Sampler of the weight batches, one of :data:`SAMPLERS`.
+        arch_sampler: Sampler of the architecture batches.
+        bbn: Add the ``reversed`` re-balancing batch to each side.
 
     Returns:
         ``(dataset, steps_per_epoch)`` with ``steps_per_epoch = min(len(x_w), len(x_a)) // batch_size``.
@@ -516,8 +606,17 @@ def search_dataset(x_w: np.ndarray, y_w: np.ndarray, x_a: np.ndarray, y_a: np.nd
     if len(x_w) != len(y_w) or len(x_a) != len(y_a):
         raise ValueError("images and labels differ in length")
     steps = search_steps_per_epoch(len(x_w), len(x_a), batch_size)
-    train = uniform_stream(x_w, y_w, spec, batch_size, seed, augment_data, skip_batches)
-    val = uniform_stream(x_a, y_a, spec, batch_size, seed + 1, augment_data, skip_batches)
+
+    def side(x, y, sampler, s):
+        conventional = class_sampler_stream(x, y, spec, batch_size, s, sampler, augment_data, skip_batches)
+        if not bbn:
+            return conventional
+        rebalancing = class_sampler_stream(x, y, spec, batch_size, s + 2, "reversed", augment_data,
+                                           skip_batches)
+        return tf.data.Dataset.zip((conventional, rebalancing)).map(lambda a, b: (*a, *b))
+
+    train = side(x_w, y_w, weight_sampler, seed)
+    val = side(x_a, y_a, arch_sampler, seed + 1)
     ds = tf.data.Dataset.zip((train, val)).prefetch(tf.data.AUTOTUNE)
     return ds, steps
 

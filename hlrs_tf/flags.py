@@ -11,7 +11,9 @@ import dataclasses
 
 from absl import flags
 
-from hlrs_tf.config import ORDERS, SearchConfig
+from hlrs_tf.config import LOSSES, METHOD_PRESETS, METHODS, ORDERS, SearchConfig
+from hlrs_tf.data import SAMPLERS
+from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
 
 _D = SearchConfig()  # defaults live in one place: the dataclass
 
@@ -34,6 +36,31 @@ flags.DEFINE_float(
 flags.DEFINE_float("train_portion", _D.train_portion, "Share of the training set used for the weights "
                    "(the rest trains the architecture); split stratified per class.")
 flags.DEFINE_bool("augment", _D.augment, "Random crop + flip on both search splits (as the reference).")
+# Method: presets of the pieces below (SPEC.md section 7); explicit flags override the preset.
+flags.DEFINE_enum(
+    "method", _D.method, list(METHODS),
+    "Preset of the paper's table: darts (CE, uniform), darts_resample (class-balanced sampler for the weight "
+    "step), darts_reweight (class-balanced CE, effective number), darts_bbn (BBN mixed loss), hlrs (BBN + the "
+    "HLRS arch-lr schedule 'mixing'). Flags given explicitly win over the preset.",
+)
+flags.DEFINE_enum("weight_sampler", _D.weight_sampler, list(SAMPLERS),
+                  "Sampler of the weight-step batches (preset by --method).")
+flags.DEFINE_enum("arch_sampler", _D.arch_sampler, list(SAMPLERS),
+                  "Sampler of the architecture-step batches (preset by --method).")
+flags.DEFINE_enum("loss", _D.loss, list(LOSSES),
+                  "ce, or class_balanced: CE weighted by the effective number of samples (preset by --method).")
+flags.DEFINE_float("reweight_beta", _D.reweight_beta, "beta of the effective number (class_balanced loss).")
+flags.DEFINE_bool("bbn", _D.bbn, "BBN on the supernet: shared trunk, conventional + re-balancing branch cells, "
+                  "mixed loss on both levels (preset by --method).")
+flags.DEFINE_enum("mixing", _D.mixing, list(MIXING_SCHEDULES), "BBN mixing factor alpha_T over the epochs.")
+flags.DEFINE_enum(
+    "arch_lr_schedule", _D.arch_lr_schedule, list(ARCH_LR_SCHEDULES),
+    "HLRS: architecture lr per epoch: constant (DARTS), mixing (eta0 * alpha_T), parabolic, cosine, linear, "
+    "freeze (eta0 until alpha_T < --freeze_threshold, then 0). Preset by --method.",
+)
+flags.DEFINE_float("freeze_threshold", _D.freeze_threshold, "alpha_T below which 'freeze' stops the alphas.")
+flags.DEFINE_integer("warmup_epochs", _D.warmup_epochs,
+                     "First K epochs with architecture lr 0 (weights warm up, alphas frozen).")
 # Search space
 flags.DEFINE_integer("channels", _D.channels, "Initial channels C of the supernet.", lower_bound=2)
 flags.DEFINE_integer("layers", _D.layers, "Number of cells L of the supernet.", lower_bound=3)
@@ -70,20 +97,35 @@ _NOT_SAVED = ("workdir", "dry_run")
 
 
 def config_from_flags(flag_values=FLAGS) -> SearchConfig:
-    """Builds the typed config from parsed flags (raises ``ConfigError`` naming a bad flag)."""
+    """Builds the typed config from parsed flags: defaults < the ``--method`` preset < explicit flags.
+
+    A flag counts as explicit when it was given on the command line or in a flagfile.
+
+    Raises:
+        ConfigError: Naming a bad flag and its allowed values.
+    """
     values = {f.name: flag_values[f.name].value for f in dataclasses.fields(SearchConfig)}
+    for name, value in METHOD_PRESETS[values["method"]].items():
+        if not flag_values[name].present:
+            values[name] = value
     return SearchConfig(**values)
 
 
-def effective_flags(flag_values=FLAGS) -> str:
-    """The effective flags of this module as flagfile text (one ``--name=value`` per line)."""
-    names = [f.name for f in dataclasses.fields(SearchConfig)]
+def _format(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def effective_flags(config: SearchConfig) -> str:
+    """The effective settings of a run as flagfile text (one ``--name=value`` per line).
+
+    Written from the config (after the method preset), so rerunning with ``--flagfile=<workdir>/flags.cfg``
+    repeats the run exactly.
+    """
     lines = []
-    for name in names:
-        if name in _NOT_SAVED:
+    for name, value in config.to_dict().items():
+        if name in _NOT_SAVED or value is None:
             continue
-        flag = flag_values[name]
-        if flag.value is None:
-            continue
-        lines.append(flag.serialize())
+        lines.append(f"--{name}={_format(value)}")
     return "\n".join(lines) + "\n"

@@ -46,7 +46,7 @@ def main(argv) -> None:
     workdir = FLAGS.workdir or default_workdir(f"{config.dataset}-search")
     try:
         result = trainer.run_search(
-            config, workdir, flags_text=cli_flags.effective_flags(FLAGS), dry_run=FLAGS.dry_run
+            config, workdir, flags_text=cli_flags.effective_flags(config), dry_run=FLAGS.dry_run
         )
     except (data_lib.DatasetError, CheckpointError, OSError, ValueError) as e:
         # ValueError covers ConfigError and e.g. a batch_size larger than the split: messages name the flag.

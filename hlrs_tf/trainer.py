@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from hlrs_tf import data as data_lib
+from hlrs_tf.bbn import BBNSearchModel, BBNSearchNetwork
 from hlrs_tf.callbacks import (
     CSVHistory,
     EpochCheckpoint,
@@ -24,7 +25,9 @@ from hlrs_tf.callbacks import (
 )
 from hlrs_tf.config import SearchConfig
 from hlrs_tf.darts_model import DartsSearchModel
+from hlrs_tf.losses import effective_number_weights
 from hlrs_tf.metrics import evaluation_report
+from hlrs_tf.schedules import HLRSCallback, ScheduleConfig
 from hlrs_tf.search_network import SearchNetwork
 from hlrs_tf.workdir import Workdir, atomic_write_json, atomic_write_text
 
@@ -49,23 +52,33 @@ def configure_runtime(config: SearchConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: int) -> DartsSearchModel:
+def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: int,
+                class_counts=None) -> DartsSearchModel:
     """Builds and compiles the bilevel search model (both optimizers built, nothing left to trace twice).
 
     Args:
-        config: The run config.
+        config: The run config (``bbn`` picks the BBN supernet and loss, ``loss`` the re-weighting).
         spec: Dataset spec (input shape, classes).
         total_steps: Weight steps of the whole search (length of the cosine schedule).
+        class_counts: Training examples per class, for ``loss="class_balanced"`` (equal counts if omitted,
+            e.g. in a dry run).
     """
-    network = SearchNetwork(config.channels, spec.num_classes, config.layers, name="supernet")
-    model = DartsSearchModel(
-        network,
+    common = dict(
         order=config.order,
         weight_decay=config.weight_decay,
         arch_weight_decay=config.arch_weight_decay,
         grad_clip=config.grad_clip,
-        name="darts_search",
     )
+    if config.bbn:
+        network = BBNSearchNetwork(config.channels, spec.num_classes, config.layers, name="bbn_supernet")
+        model = BBNSearchModel(network, name="bbn_search", **common)
+    else:
+        class_weights = None
+        if config.loss == "class_balanced":
+            counts = np.ones(spec.num_classes) if class_counts is None else class_counts
+            class_weights = effective_number_weights(counts, config.reweight_beta).tolist()
+        network = SearchNetwork(config.channels, spec.num_classes, config.layers, name="supernet")
+        model = DartsSearchModel(network, class_weights=class_weights, name="darts_search", **common)
     weight_lr = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(total_steps, 1), alpha=config.learning_rate_min / config.learning_rate
     )
@@ -94,6 +107,13 @@ def model_summary(model: DartsSearchModel, spec: data_lib.DatasetSpec, config: S
         "channels": config.channels,
         "layers": config.layers,
         "order": config.order,
+        "method": config.method,
+        "bbn": config.bbn,
+        "loss": config.loss,
+        "weight_sampler": config.weight_sampler,
+        "arch_sampler": config.arch_sampler,
+        "mixing": config.mixing,
+        "arch_lr_schedule": config.arch_lr_schedule,
         **extra,
     }
 
@@ -137,14 +157,15 @@ def run_search(
     steps = config.steps_per_epoch or full_steps
 
     t0 = time.perf_counter()
-    model = build_model(config, spec, total_steps=config.epochs * steps)
+    model = build_model(config, spec, total_steps=config.epochs * steps, class_counts=train_counts)
     build_s = time.perf_counter() - t0
     # Resume: a rerun of the same command continues after the last complete epoch, with weights, alphas,
     # BN statistics, both optimizers (and so the lr schedule position) and the data stream restored.
     checkpoint = EpochCheckpoint(wd.checkpoint_dir)
     initial_epoch = min(checkpoint.restore(model), config.epochs)
     train_ds, _ = data_lib.search_dataset(
-        *split, spec, config.batch_size, config.seed, config.augment, skip_batches=initial_epoch * steps
+        *split, spec, config.batch_size, config.seed, config.augment, skip_batches=initial_epoch * steps,
+        weight_sampler=config.weight_sampler, arch_sampler=config.arch_sampler, bbn=config.bbn,
     )
     atomic_write_json(
         wd.summary_file,
@@ -156,7 +177,14 @@ def run_search(
     )
 
     genotype_logger = GenotypeLogger(wd)
+    schedule = ScheduleConfig(
+        arch_lr_schedule=config.arch_lr_schedule, mixing=config.mixing, base_arch_lr=config.arch_learning_rate,
+        freeze_threshold=config.freeze_threshold, warmup_epochs=config.warmup_epochs,
+    )
     callbacks = [
+        # First: sets this epoch's arch lr and alpha_T before any step, and logs both (every method, so
+        # runs compare column for column; alpha_T only drives the loss when bbn is on).
+        HLRSCallback(schedule, config.epochs),
         LearningRateLogger(),
         genotype_logger,
         TensorBoardLogger(wd.tensorboard_dir, genotype_logger),

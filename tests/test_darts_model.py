@@ -98,7 +98,7 @@ def test_second_order_matches_reference_procedure(digits_batch):
     model.train_step(digits_batch)  # one real step first, so the momentum buffers are non-zero
     (xt, yt), (xv, yv) = digits_batch
     weights, alphas = model.split_variables()
-    got = [g.numpy() for g in model._second_order_arch_grads(xt, yt, xv, yv, weights, alphas)[2]]
+    got = [g.numpy() for g in model._second_order_arch_grads((xt, yt), (xv, yv), weights, alphas)[2]]
 
     xi = float(model.optimizer.learning_rate)
     mu = 0.9
