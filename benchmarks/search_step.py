@@ -1,6 +1,7 @@
 """Benchmark of one DARTS search step: build + trace time, median step time, images/s, peak RSS.
 
     python benchmarks/search_step.py --channels=16 --layers=8 --batch_size=64 --order=first --steps=5
+    python benchmarks/search_step.py --method=hlrs ...                  # BBN: two batches per side and step
     OMP_NUM_THREADS=1 python benchmarks/search_step.py --threads=1 ...   # 1-thread figure beside 2-thread
 
 Runs the real ``DartsSearchModel.fit`` on random images of the given size (timing does not depend on the
@@ -30,6 +31,8 @@ def main(argv=None) -> dict:
     p.add_argument("--image_channels", type=int, default=3)
     p.add_argument("--num_classes", type=int, default=10)
     p.add_argument("--order", choices=("first", "second"), default="first")
+    p.add_argument("--method", choices=("darts", "darts_resample", "darts_reweight", "darts_bbn", "hlrs"),
+                   default="darts", help="method preset (the BBN ones run two batches per side and step)")
     p.add_argument("--steps", type=int, default=5, help="timed steps after the first")
     p.add_argument("--threads", type=int, default=0, help="intra/inter-op threads (0 = TF default)")
     p.add_argument("--grappler", choices=("default", "off"), default="default",
@@ -47,28 +50,26 @@ def main(argv=None) -> dict:
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if args.grappler == "off":
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    from hlrs_tf.darts_model import DartsSearchModel
-    from hlrs_tf.search_network import SearchNetwork
+    from hlrs_tf.config import SearchConfig
+    from hlrs_tf.data import DatasetSpec
+    from hlrs_tf.trainer import build_model
 
     t0 = time.perf_counter()
     import_s = t0 - t_import
     keras.utils.set_random_seed(0)
     shape = (args.image_size, args.image_size, args.image_channels)
-    model = DartsSearchModel(
-        SearchNetwork(args.channels, args.num_classes, args.layers), order=args.order
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.025, momentum=0.9),
-        arch_optimizer=keras.optimizers.Adam(3e-4, beta_1=0.5, beta_2=0.999),
-    )
-    model.build_all(shape)
+    config = SearchConfig.for_method(args.method, channels=args.channels, layers=args.layers, order=args.order,
+                                     batch_size=args.batch_size)
+    spec = DatasetSpec("bench", shape, args.num_classes, (0.5,) * shape[-1], (0.25,) * shape[-1])
+    model = build_model(config, spec, total_steps=1000, class_counts=np.arange(args.num_classes) + 1)
     build_s = time.perf_counter() - t0
 
     rng = np.random.default_rng(0)
     n = args.batch_size
     x = rng.standard_normal((n, *shape)).astype("float32")
     y = rng.integers(0, args.num_classes, n).astype("int32")
-    ds = tf.data.Dataset.from_tensors(((x, y), (x, y))).repeat()
+    side = (x, y, x[::-1], y[::-1]) if config.bbn else (x, y)
+    ds = tf.data.Dataset.from_tensors((side, side)).repeat()
 
     times = []
 
@@ -89,6 +90,7 @@ def main(argv=None) -> dict:
         "batch_size": n,
         "image_shape": list(shape),
         "order": args.order,
+        "method": args.method,
         "threads": args.threads or "default",
         "grappler": args.grappler,
         "weight_params": sum(int(np.prod(v.shape)) for v in model.split_variables()[0]),

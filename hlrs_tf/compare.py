@@ -1,0 +1,92 @@
+"""Compare the paper's methods over several seeds: the command-line entry point.
+
+    python -m hlrs_tf.compare --flagfile=configs/compare.cfg    # about an hour on 2 CPU cores
+
+Every search flag is accepted and passed on to each run (explicit ones only, so each ``--method`` preset
+still applies); ``--methods`` and ``--seeds`` choose the grid; ``--workdir`` holds one sub-workdir per run
+plus ``comparison.csv``, ``comparison.md``, ``accuracy.png`` and ``schedules.png``. Rerunning the same
+command skips finished runs and resumes an interrupted one. ``--report_only`` rewrites the table and plots
+from what has finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import app, flags  # noqa: E402
+
+from hlrs_tf import flags as cli_flags  # noqa: E402  (defines every search flag)
+from hlrs_tf.config import METHODS, ConfigError, SearchConfig  # noqa: E402
+
+flags.DEFINE_list("methods", list(METHODS), f"Methods to compare (any of {', '.join(METHODS)}).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; every method runs once per seed.")
+flags.DEFINE_bool("report_only", False, "Only (re)write the table and plots from the finished runs.")
+
+FLAGS = cli_flags.FLAGS
+# Set per run by the harness, or not a search setting: never passed on.
+_NOT_PASSED = {"method", "seed", "workdir", "dry_run", "verbose"}
+
+
+def fail(message: str) -> None:
+    """Prints one error line and exits with status 2."""
+    print(f"hlrs_tf.compare: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def search_args(flag_values=FLAGS) -> list[str]:
+    """The search flags given explicitly (command line or flagfile), as arguments for each run."""
+    args = []
+    for f in dataclasses.fields(SearchConfig):
+        flag = flag_values[f.name]
+        if f.name not in _NOT_PASSED and flag.present and flag.value is not None:
+            args.append(flag.serialize())
+    return args
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+    from hlrs_tf.comparison import CompareConfig, report, run_all
+    from hlrs_tf.workdir import atomic_write_text, default_workdir
+
+    unknown = [m for m in FLAGS.methods if m not in METHODS]
+    if unknown:
+        fail(f"--methods has {unknown}: each must be one of {', '.join(METHODS)}")
+    try:
+        seeds = tuple(int(s) for s in FLAGS.seeds)
+    except ValueError:
+        fail(f"--seeds={','.join(FLAGS.seeds)} is invalid: it must be a comma-separated list of integers")
+    try:
+        config = CompareConfig(tuple(FLAGS.methods), seeds, tuple(search_args()))
+        # Fail now, not after an hour: every method's search config must be valid.
+        explicit = {f.name: FLAGS[f.name].value for f in dataclasses.fields(SearchConfig)
+                    if f.name not in _NOT_PASSED and FLAGS[f.name].present}
+        for method in config.methods:
+            SearchConfig.for_method(method, **explicit)
+    except (ConfigError, ValueError) as e:
+        fail(str(e))
+
+    root = FLAGS.workdir or default_workdir("compare")
+    os.makedirs(root, exist_ok=True)
+    atomic_write_text(os.path.join(root, "compare_flags.cfg"), "\n".join(
+        [f"--methods={','.join(config.methods)}", f"--seeds={','.join(map(str, seeds))}",
+         *config.search_args]) + "\n")
+    failed = [] if FLAGS.report_only else run_all(config, root)
+    print(report(config, root))
+    print(f"comparison: {root}/comparison.csv, comparison.md, accuracy.png, schedules.png")
+    if failed:
+        fail(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to retry them")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
