@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app, flags  # noqa: E402
 
+from hlrs_tf import cli  # noqa: E402
 from hlrs_tf import flags as cli_flags  # noqa: E402  (defines every search flag)
 from hlrs_tf.config import METHODS, ConfigError, SearchConfig  # noqa: E402
 
@@ -32,10 +32,12 @@ FLAGS = cli_flags.FLAGS
 _NOT_PASSED = {"method", "seed", "workdir", "dry_run", "verbose"}
 
 
+PROG = "hlrs_tf.compare"
+
+
 def fail(message: str) -> None:
     """Prints one error line and exits with status 2."""
-    print(f"hlrs_tf.compare: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(PROG, message)
 
 
 def search_args(flag_values=FLAGS) -> list[str]:
@@ -85,7 +87,7 @@ def main(argv) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROG))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ and exit status 2, never a traceback.
 from __future__ import annotations
 
 import os
-import sys
 
 # Before TensorFlow is imported: quiet C++ logs; oneDNN off (it only adds a banner and was slower here).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,16 +17,19 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import app  # noqa: E402
 
+from hlrs_tf import cli  # noqa: E402
 from hlrs_tf import flags as cli_flags  # noqa: E402
 from hlrs_tf.config import ConfigError  # noqa: E402
 
 FLAGS = cli_flags.FLAGS
 
 
+PROG = "hlrs_tf.search"
+
+
 def fail(message: str) -> None:
     """Prints one error line and exits with status 2."""
-    print(f"hlrs_tf.search: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(PROG, message)
 
 
 def main(argv) -> None:
@@ -65,7 +67,7 @@ def main(argv) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROG))
 
 
 if __name__ == "__main__":

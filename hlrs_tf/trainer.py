@@ -134,6 +134,7 @@ def run_search(
     """
     wd = Workdir(workdir)
     if flags_text is not None:
+        check_same_run(wd, flags_text)
         atomic_write_text(wd.flags_file, flags_text)
     configure_runtime(config)
 
@@ -202,6 +203,38 @@ def run_search(
     metrics = evaluate(model, ds, train_counts, config)
     atomic_write_json(wd.metrics_file, metrics)
     return SearchResult(wd.path, genotype, metrics, history.history)
+
+
+# Flags that may change between an interrupted run and its resumption (they do not change the result).
+_RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size")
+
+
+def _flag_map(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("--") and "=" in line:
+            name, value = line[2:].split("=", 1)
+            out[name] = value
+    return out
+
+
+def check_same_run(wd: Workdir, flags_text: str) -> None:
+    """Refuses to resume a checkpointed run with different settings (it would silently mix two runs).
+
+    Raises:
+        ValueError: Naming the flags that differ and what to do.
+    """
+    if not os.path.exists(os.path.join(wd.checkpoint_dir, "state.json")) or not os.path.exists(wd.flags_file):
+        return
+    with open(wd.flags_file) as f:
+        old = _flag_map(f.read())
+    new = _flag_map(flags_text)
+    diff = sorted(k for k in set(old) | set(new)
+                  if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if diff:
+        changes = ", ".join(f"--{k}={old.get(k)} -> {new.get(k)}" for k in diff)
+        raise ValueError(f"work directory {wd.path} holds a checkpointed run with other settings ({changes}): "
+                         f"rerun with its flags (--flagfile={wd.flags_file}) to resume, or use a new --workdir")
 
 
 def truncate_history(path: str, epochs_done: int) -> None:

@@ -65,10 +65,17 @@ class Workdir:
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
-        for sub in ("", "genotypes", "tensorboard", "checkpoints"):
-            os.makedirs(os.path.join(self.path, sub), exist_ok=True)
-        if not os.access(self.path, os.W_OK):
-            raise OSError(f"work directory {self.path} is not writable")
+        try:
+            for sub in ("", "genotypes", "tensorboard", "checkpoints"):
+                os.makedirs(os.path.join(self.path, sub), exist_ok=True)
+            # os.access says yes to root on a read-only mount; writing a probe file is the real test.
+            probe = os.path.join(self.path, f".write_probe.{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise OSError(f"cannot use work directory {self.path} ({e.strerror or e}): pass a writable "
+                          f"--workdir with free space") from e
 
     def file(self, name: str) -> str:
         """Absolute path of ``name`` inside the work directory."""
