@@ -140,6 +140,22 @@ class SearchConfig:
             raise ConfigError(f"--method={method!r} is invalid: it must be one of {', '.join(METHODS)}")
         return cls(**{**METHOD_PRESETS[method], "method": method, **overrides})
 
+    def to_flagfile(self, exclude=()) -> str:
+        """The settings as flagfile text, one ``--name=value`` per line (every field, preset resolved), so
+        ``--flagfile=<file>`` repeats exactly this config.
+
+        Args:
+            exclude: Field names to leave out.
+        """
+        lines = []
+        for name, value in self.to_dict().items():
+            if name in exclude or value is None:
+                continue
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            lines.append(f"--{name}={value}")
+        return "\n".join(lines) + "\n"
+
     def to_dict(self) -> dict:
         """Plain-dict view (JSON-ready)."""
         return dataclasses.asdict(self)

@@ -111,21 +111,10 @@ def config_from_flags(flag_values=FLAGS) -> SearchConfig:
     return SearchConfig(**values)
 
 
-def _format(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def effective_flags(config: SearchConfig) -> str:
     """The effective settings of a run as flagfile text (one ``--name=value`` per line).
 
     Written from the config (after the method preset), so rerunning with ``--flagfile=<workdir>/flags.cfg``
     repeats the run exactly.
     """
-    lines = []
-    for name, value in config.to_dict().items():
-        if name in _NOT_SAVED or value is None:
-            continue
-        lines.append(f"--{name}={_format(value)}")
-    return "\n".join(lines) + "\n"
+    return config.to_flagfile(exclude=_NOT_SAVED)

@@ -25,8 +25,9 @@ from hlrs_tf.callbacks import (
 )
 from hlrs_tf.config import SearchConfig
 from hlrs_tf.darts_model import DartsSearchModel
+from hlrs_tf.diagrams import plot_genotype
 from hlrs_tf.losses import effective_number_weights
-from hlrs_tf.metrics import evaluation_report
+from hlrs_tf.metrics import balanced_accuracy, evaluation_report
 from hlrs_tf.schedules import HLRSCallback, ScheduleConfig
 from hlrs_tf.search_network import SearchNetwork
 from hlrs_tf.workdir import Workdir, atomic_write_json, atomic_write_text
@@ -200,7 +201,10 @@ def run_search(
 
     genotype = model.genotype()
     genotype.save(wd.genotype_file)
+    plot_genotype(genotype, wd.path)  # normal.png, reduce.png
     metrics = evaluate(model, ds, train_counts, config)
+    # The architecture (validation) split, never the test set, is what tuning may select on.
+    metrics["validation"] = validation_metrics(model, split[2], split[3], spec, config)
     atomic_write_json(wd.metrics_file, metrics)
     return SearchResult(wd.path, genotype, metrics, history.history)
 
@@ -258,3 +262,19 @@ def evaluate(model, ds: data_lib.ArrayDataset, train_counts, config: SearchConfi
         ds.y_test, logits, train_counts, ds.spec.num_classes,
         dataset=ds.spec.name, imbalance_ratio=config.imbalance_ratio,
     )
+
+
+def validation_metrics(model, x_val, y_val, spec: data_lib.DatasetSpec, config: SearchConfig) -> dict:
+    """Supernet top-1 and balanced accuracy on the (long-tailed) architecture split, un-augmented.
+
+    Balanced accuracy (mean per-class recall) weighs every class equally although the split is long-tailed;
+    it is the objective of ``hlrs_tf.tune``.
+    """
+    logits = model.predict(data_lib.eval_dataset(x_val, y_val, spec, config.eval_batch_size), verbose=0)
+    pred = np.argmax(logits, axis=-1)
+    y = np.asarray(y_val).reshape(-1)
+    return {
+        "top1": float(np.mean(pred == y)),
+        "balanced_accuracy": balanced_accuracy(y, pred, spec.num_classes),
+        "num_examples": int(len(y)),
+    }

@@ -26,7 +26,8 @@ def search_run(tmp_path_factory):
 def test_search_writes_every_artifact(search_run):
     workdir, proc = search_run
     for name in ("flags.cfg", "model_summary.json", "genotype.json", "history.csv", "metrics.json",
-                 "genotypes/epoch_001.json", "genotypes/epoch_002.json", "checkpoints/state.json"):
+                 "genotypes/epoch_001.json", "genotypes/epoch_002.json", "checkpoints/state.json", "normal.png",
+                 "reduce.png"):
         assert os.path.isfile(os.path.join(workdir, name)), name
     assert "supernet test top-1" in proc.stdout
 

@@ -1,0 +1,102 @@
+"""Typed configuration of a retraining run (a derived genotype trained from scratch).
+
+The CLI (:mod:`hlrs_tf.train_flags`) turns absl flags into a :class:`TrainConfig`; the library
+(:mod:`hlrs_tf.retrainer`) only ever sees this object. Defaults are the DARTS CIFAR evaluation setting
+(``train.py`` of the reference) on the long-tailed training set: C=36, 20 cells, 600 epochs, batch 96,
+SGD lr 0.025 with cosine decay to 0, momentum 0.9, weight decay 3e-4, gradient clip 5, auxiliary head weight
+0.4, drop-path ramped to 0.2, cutout 16 (scaled to the image size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hlrs_tf.config import ConfigError
+from hlrs_tf.schedules import MIXING_SCHEDULES
+
+__all__ = ["ConfigError", "TrainConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a retraining run needs.
+
+    Attributes mirror the flags of the same name (see ``python -m hlrs_tf.train --helpfull``).
+    """
+
+    # What to train
+    genotype: str = ""  # preset name (DARTS_V1, DARTS_V2), genotype JSON file or search work directory
+    # Data
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+    imbalance_ratio: float = 100.0
+    augment: bool = True
+    cutout: bool = True
+    cutout_length: int = 0  # 0: 16 scaled to the image size
+    # Network
+    channels: int = 36
+    layers: int = 20
+    auxiliary: bool = True
+    auxiliary_weight: float = 0.4
+    drop_path_prob: float = 0.2
+    bbn: bool = False
+    mixing: str = "parabolic"
+    # Optimisation
+    epochs: int = 600
+    batch_size: int = 96
+    steps_per_epoch: int = 0  # 0: one pass over the long-tailed training set
+    learning_rate: float = 0.025
+    learning_rate_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    # Run
+    validation_freq: int = 0  # evaluate on the test set every N epochs (0: only at the end)
+    seed: int = 0
+    deterministic: bool = False
+    eval_batch_size: int = 256
+    verbose: int = 1
+    threads: int = 0
+
+    def __post_init__(self):
+        _check(bool(self.genotype and self.genotype.strip()), "genotype", self.genotype,
+               "a preset name (DARTS_V1, DARTS_V2), a genotype JSON file or a search work directory")
+        _check(self.imbalance_ratio >= 1, "imbalance_ratio", self.imbalance_ratio, "a number >= 1 (N_max / N_min)")
+        _check(self.cutout_length >= 0, "cutout_length", self.cutout_length,
+               "an integer >= 0 (0 = 16 scaled to the image size)")
+        _check(self.channels >= 2 and self.channels % 2 == 0, "channels", self.channels, "an even integer >= 2")
+        _check(self.layers >= 3, "layers", self.layers, "an integer >= 3 (reductions at L//3 and 2L//3)")
+        _check(
+            not (self.bbn and self.auxiliary and 2 * self.layers // 3 >= self.layers - 1), "layers", self.layers,
+            "an integer >= 4 with --bbn and --auxiliary (the auxiliary head must sit before the branch cells)",
+        )
+        _check(self.auxiliary_weight >= 0, "auxiliary_weight", self.auxiliary_weight, ">= 0")
+        _check(0 <= self.drop_path_prob < 1, "drop_path_prob", self.drop_path_prob, "in [0, 1)")
+        _check(self.mixing in MIXING_SCHEDULES, "mixing", self.mixing, f"one of {', '.join(MIXING_SCHEDULES)}")
+        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _check(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch,
+               "an integer >= 0 (0 = one pass over the training set)")
+        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
+        _check(
+            0 <= self.learning_rate_min <= self.learning_rate,
+            "learning_rate_min", self.learning_rate_min, "in [0, learning_rate]",
+        )
+        _check(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        _check(self.grad_clip > 0, "grad_clip", self.grad_clip, "> 0")
+        _check(self.validation_freq >= 0, "validation_freq", self.validation_freq,
+               "an integer >= 0 (0 = test only at the end)")
+        _check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        _check(self.threads >= 0, "threads", self.threads, "an integer >= 0 (0 = TensorFlow's default)")
+
+    def to_dict(self) -> dict:
+        """Plain-dict view (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, flag: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"--{flag}={value!r} is invalid: it must be {allowed}")
