@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from hlrs_tf.data import SAMPLERS
+from hlrs_tf.distribute import STRATEGIES
 from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
 
 ORDERS = ("first", "second")
@@ -80,6 +81,9 @@ class SearchConfig:
     arch_beta1: float = 0.5
     arch_beta2: float = 0.999
     arch_weight_decay: float = 1e-3
+    # Distribution
+    strategy: str = "auto"
+    cpu_replicas: int = 0
     # Run
     seed: int = 0
     deterministic: bool = False
@@ -106,6 +110,9 @@ class SearchConfig:
                        "uniform with --bbn (the conventional branch samples uniformly; the re-balancing "
                        "branch always uses the reversed sampler)")
             _check(self.loss == "ce", "loss", self.loss, "ce with --bbn (BBN's loss is its mixed cross-entropy)")
+        _check(self.strategy in STRATEGIES, "strategy", self.strategy, f"one of {', '.join(STRATEGIES)}")
+        _check(self.cpu_replicas >= 0, "cpu_replicas", self.cpu_replicas,
+               "an integer >= 0 (N > 1: mirror over N logical CPU devices)")
         _check(self.order in ORDERS, "order", self.order, f"one of {', '.join(ORDERS)}")
         _check(self.imbalance_ratio >= 1, "imbalance_ratio", self.imbalance_ratio, "a number >= 1 (N_max / N_min)")
         _check(0 < self.train_portion < 1, "train_portion", self.train_portion, "in (0, 1)")

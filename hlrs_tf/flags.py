@@ -13,6 +13,7 @@ from absl import flags
 
 from hlrs_tf.config import LOSSES, METHOD_PRESETS, METHODS, ORDERS, SearchConfig
 from hlrs_tf.data import SAMPLERS
+from hlrs_tf.distribute import STRATEGIES
 from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
 
 _D = SearchConfig()  # defaults live in one place: the dataclass
@@ -80,6 +81,15 @@ flags.DEFINE_float("arch_learning_rate", _D.arch_learning_rate, "Adam learning r
 flags.DEFINE_float("arch_beta1", _D.arch_beta1, "Adam beta_1 of the alphas.")
 flags.DEFINE_float("arch_beta2", _D.arch_beta2, "Adam beta_2 of the alphas.")
 flags.DEFINE_float("arch_weight_decay", _D.arch_weight_decay, "Coupled L2 on the alphas.")
+# Distribution
+flags.DEFINE_enum(
+    "strategy", _D.strategy, list(STRATEGIES),
+    "auto: multi_worker if TF_CONFIG names several workers, mirrored if there are several GPUs, else default; "
+    "default: one device; mirrored: MirroredStrategy over all GPUs (or --cpu_replicas logical CPUs); "
+    "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG. --batch_size is the global batch.",
+)
+flags.DEFINE_integer("cpu_replicas", _D.cpu_replicas,
+                     "N > 1: mirror over N logical CPU devices (testing data parallelism without GPUs).")
 # Run
 flags.DEFINE_integer("seed", _D.seed, "Seed of the long-tail subsampling, the split, the data order and init.")
 flags.DEFINE_bool("deterministic", _D.deterministic, "TensorFlow op determinism: the same seed gives the same "

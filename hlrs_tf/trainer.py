@@ -26,6 +26,7 @@ from hlrs_tf.callbacks import (
 from hlrs_tf.config import SearchConfig
 from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.diagrams import plot_genotype
+from hlrs_tf.distribute import check_global_batch_size, is_chief, make_strategy, worker_workdir
 from hlrs_tf.losses import effective_number_weights
 from hlrs_tf.metrics import balanced_accuracy, evaluation_report
 from hlrs_tf.schedules import HLRSCallback, ScheduleConfig
@@ -43,14 +44,23 @@ class SearchResult:
     history: dict
 
 
-def configure_runtime(config: SearchConfig) -> None:
-    """Thread counts and seeds (call before building anything)."""
+def configure_runtime(config: SearchConfig) -> tf.distribute.Strategy:
+    """Thread counts, the distribution strategy and seeds, in the order TensorFlow needs (call first).
+
+    Returns:
+        The ``tf.distribute`` strategy of ``config.strategy`` (the default strategy on one device).
+    """
     if config.threads:
         tf.config.threading.set_intra_op_parallelism_threads(config.threads)
         tf.config.threading.set_inter_op_parallelism_threads(config.threads)
+    # Before any op: splitting the CPU into logical devices and starting the collective runtime of
+    # MultiWorkerMirroredStrategy both need TensorFlow's devices not yet initialised.
+    strategy = make_strategy(config.strategy, config.cpu_replicas)
+    check_global_batch_size(config.batch_size, strategy)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
+    return strategy
 
 
 def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: int,
@@ -130,14 +140,24 @@ def run_search(
         flags_text: Effective flags to save as ``flags.cfg`` (the CLI passes them).
         dry_run: Build model and data specs, write ``flags.cfg`` and ``model_summary.json``, run nothing.
 
+    Under a ``tf.distribute`` strategy (``config.strategy``) the model, both optimizers and ``fit`` live in its
+    scope, ``config.batch_size`` is the global batch, and only the chief writes ``workdir``; other workers
+    write into a temporary directory and resume from the chief's checkpoints (a shared file system).
+
     Returns:
         A :class:`SearchResult`.
     """
+    strategy = configure_runtime(config)
+    with worker_workdir(workdir, strategy) as write_dir, strategy.scope():
+        return _run_search(config, write_dir, workdir, flags_text, dry_run, chief=is_chief(strategy))
+
+
+def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_text: str | None,
+                dry_run: bool, chief: bool) -> SearchResult:
     wd = Workdir(workdir)
     if flags_text is not None:
-        check_same_run(wd, flags_text)
+        check_same_run(Workdir(chief_workdir) if chief else wd, flags_text)
         atomic_write_text(wd.flags_file, flags_text)
-    configure_runtime(config)
 
     if dry_run:
         spec = data_lib.dataset_spec(config.dataset, config.data_dir)
@@ -164,7 +184,8 @@ def run_search(
     # Resume: a rerun of the same command continues after the last complete epoch, with weights, alphas,
     # BN statistics, both optimizers (and so the lr schedule position) and the data stream restored.
     checkpoint = EpochCheckpoint(wd.checkpoint_dir)
-    initial_epoch = min(checkpoint.restore(model), config.epochs)
+    # Every worker restores the chief's checkpoint, so all of them continue from the same epoch.
+    initial_epoch = min(EpochCheckpoint(os.path.join(chief_workdir, "checkpoints")).restore(model), config.epochs)
     train_ds, _ = data_lib.search_dataset(
         *split, spec, config.batch_size, config.seed, config.augment, skip_batches=initial_epoch * steps,
         weight_sampler=config.weight_sampler, arch_sampler=config.arch_sampler, bbn=config.bbn,
@@ -210,7 +231,7 @@ def run_search(
 
 
 # Flags that may change between an interrupted run and its resumption (they do not change the result).
-_RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size")
+_RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size", "strategy", "cpu_replicas")
 
 
 def _flag_map(text: str) -> dict[str, str]:

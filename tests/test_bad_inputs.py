@@ -109,6 +109,10 @@ CASES = [
                                                       "with --bbn"),
     (["--method=darts_bbn", "--loss=class_balanced"], "--loss='class_balanced' is invalid: it must be ce with --bbn"),
     (["positional"], "unexpected arguments ['positional']"),
+    # --- distribution ---
+    (["--strategy=tpu"], "flag --strategy=tpu: value should be one of <auto|default|mirrored|multi_worker>"),
+    (["--strategy=multi_worker"], "--strategy=multi_worker needs the TF_CONFIG environment variable"),
+    (["--strategy=default", "--cpu_replicas=2"], "--cpu_replicas=2 is invalid with --strategy=default"),
     # --- data sources ---
     (["--dataset=no_such_dataset_xyz"], "unknown dataset 'no_such_dataset_xyz'"),
     (["--dataset=npz:/nonexistent/d.npz"], "/nonexistent/d.npz"),
