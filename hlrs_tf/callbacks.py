@@ -224,3 +224,47 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read back; the message says which and what to do."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message says where and what was kept."""
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose ``loss`` or ``arch_loss`` is NaN or infinite.
+
+    It raises :class:`NonFiniteLossError` from ``on_train_batch_end``, which ends ``fit`` at once: no later
+    callback sees the broken epoch, so its genotype, history row and checkpoint are never written and the
+    checkpoint of the last complete epoch stays the one a rerun resumes from. List it first.
+
+    Args:
+        checkpoint_dir: Where the good checkpoints are (for the message).
+        keys: The logged losses to watch.
+    """
+
+    def __init__(self, checkpoint_dir: str | None = None, keys=("loss", "arch_loss")):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+        self.keys = tuple(keys)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key in self.keys:
+            if logs is None or key not in logs:
+                continue
+            value = float(keras.ops.convert_to_numpy(logs[key]))
+            if np.isfinite(value):
+                continue
+            self.model.stop_training = True
+            kept = "no checkpoint yet"
+            state = os.path.join(self.checkpoint_dir, "state.json") if self.checkpoint_dir else None
+            if state and os.path.exists(state):
+                with open(state) as f:
+                    kept = f"the checkpoint of epoch {json.load(f).get('epoch')} in {self.checkpoint_dir} is kept"
+            raise NonFiniteLossError(
+                f"{key} became {value} at epoch {self._epoch + 1}, step {batch + 1}: training stopped; {kept}. "
+                "Lower --learning_rate or --arch_learning_rate (or --grad_clip), or check the data for bad values"
+            )

@@ -42,7 +42,7 @@ def main(argv) -> None:
 
     from hlrs_tf import data as data_lib
     from hlrs_tf import trainer
-    from hlrs_tf.callbacks import CheckpointError
+    from hlrs_tf.callbacks import CheckpointError, NonFiniteLossError
     from hlrs_tf.workdir import default_workdir
 
     workdir = FLAGS.workdir or default_workdir(f"{config.dataset}-search")
@@ -50,7 +50,7 @@ def main(argv) -> None:
         result = trainer.run_search(
             config, workdir, flags_text=cli_flags.effective_flags(config), dry_run=FLAGS.dry_run
         )
-    except (data_lib.DatasetError, CheckpointError, OSError, ValueError) as e:
+    except (data_lib.DatasetError, CheckpointError, NonFiniteLossError, OSError, ValueError) as e:
         # ValueError covers ConfigError and e.g. a batch_size larger than the split: messages name the flag.
         fail(str(e))
     if FLAGS.dry_run:

@@ -21,6 +21,7 @@ from hlrs_tf.callbacks import (
     EpochCheckpoint,
     GenotypeLogger,
     LearningRateLogger,
+    NonFiniteLossGuard,
     TensorBoardLogger,
 )
 from hlrs_tf.config import SearchConfig
@@ -205,7 +206,8 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
         freeze_threshold=config.freeze_threshold, warmup_epochs=config.warmup_epochs,
     )
     callbacks = [
-        # First: sets this epoch's arch lr and alpha_T before any step, and logs both (every method, so
+        NonFiniteLossGuard(wd.checkpoint_dir),  # first: a NaN batch ends fit before anything saves the epoch
+        # Sets this epoch's arch lr and alpha_T before any step, and logs both (every method, so
         # runs compare column for column; alpha_T only drives the loss when bbn is on).
         HLRSCallback(schedule, config.epochs),
         LearningRateLogger(),
