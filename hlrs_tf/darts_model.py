@@ -32,6 +32,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from hlrs_tf.distribute import PrebuiltModelMixin, step_logs
 from hlrs_tf.search_network import SearchNetwork, split_variables
 
 ORDERS = ("first", "second")
@@ -65,7 +66,7 @@ def clip_by_global_norm(grads, clip_norm: float):
     return [g * scale for g in grads], norm
 
 
-class DartsSearchModel(keras.Model):
+class DartsSearchModel(PrebuiltModelMixin, keras.Model):
     """DARTS bilevel search: architecture step then weight step, first or second order.
 
     Compile with both optimizers: ``model.compile(optimizer=sgd, arch_optimizer=adam)``; then ``fit`` on a
@@ -237,7 +238,7 @@ class DartsSearchModel(keras.Model):
         self._update_accuracy(self.accuracy_tracker, train_batch, logits)
         self.arch_loss_tracker.update_state(arch_loss * unscale)
         self._update_accuracy(self.arch_accuracy_tracker, val_batch, arch_logits)
-        return {m.name: m.result() for m in self.metrics}
+        return step_logs({m.name: m.result() for m in self.metrics})  # MWMS-safe shape
 
     def _first_order_arch_grads(self, val_batch, alphas):
         with tf.GradientTape() as tape:

@@ -26,6 +26,13 @@ How a distributed search is meant to run (Keras 3 ``fit`` under a strategy):
   write into a throw-away temporary directory (:func:`worker_workdir`), as the Keras multi-worker guide does for
   checkpoints.
 * ``jit_compile`` stays off with more than one replica (STACK.md trap 9).
+* Two Keras 3.15 quirks need the model's cooperation (:class:`PrebuiltModelMixin`, :func:`step_logs`): under a
+  strategy ``fit`` draws a batch from a throw-away iterator of the training set (which advances tf.data's
+  reshuffle seeds: a different stream than on one device), and under multi-worker it fails to reduce the scalar
+  logs a custom ``train_step`` returns.
+
+With both and synchronised BN, the bilevel search over 2 replicas (mirrored over 2 logical CPUs, or 2 local
+workers) matches one device with the same global batch to ~1e-8 in the alphas (``tests/test_distribute.py``).
 """
 
 from __future__ import annotations
@@ -42,13 +49,16 @@ import tensorflow as tf
 __all__ = [
     "STRATEGIES",
     "DistributeError",
+    "PrebuiltModelMixin",
     "WorkerInfo",
     "check_global_batch_size",
     "global_batch_size",
     "is_chief",
+    "is_multi_worker",
     "make_strategy",
     "parse_tf_config",
     "per_replica_batch_size",
+    "step_logs",
     "worker_info",
     "worker_workdir",
 ]
@@ -302,6 +312,47 @@ def make_strategy(name: str = "auto", cpu_replicas: int = 0) -> tf.distribute.St
     if cpu_replicas > 1 or len(tf.config.list_physical_devices("GPU")) > 1:
         return _mirrored(cpu_replicas)
     return tf.distribute.get_strategy()
+
+
+# ------------------------------------------------------------------------------------------------ Keras fixes
+def is_multi_worker(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """Whether ``strategy`` (default: the current one) is a ``MultiWorkerMirroredStrategy``."""
+    strategy = strategy or tf.distribute.get_strategy()
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def step_logs(logs: dict) -> dict:
+    """Makes a custom ``train_step``'s returned logs survive Keras' per-replica reduction under multi-worker.
+
+    Keras 3.15's TF trainer reduces step outputs with ``strategy.reduce("MEAN", v, axis=0)`` under
+    ``MultiWorkerMirroredStrategy`` (hard-coded ``reduction="auto"``; ``distribute_reduction_method`` is not
+    consulted), which fails for the scalar metric results every ``train_step`` returns ("Invalid reduction
+    dimension 0 for input with 0 dimensions", tensorflow/tensorflow#72388). Shape ``(1,)`` reduces to the
+    scalar mean over replicas. Elsewhere the logs are returned unchanged.
+
+    Call as the last line of ``train_step``: ``return distribute.step_logs({m.name: m.result() ...})``.
+    """
+    if not is_multi_worker():
+        return logs
+    return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+
+
+class PrebuiltModelMixin:
+    """Mixin for a ``keras.Model`` that builds itself before ``fit`` (e.g. ``DartsSearchModel.build_all``).
+
+    Under a strategy Keras 3.15's ``fit`` draws one batch from a *fresh* iterator of the training dataset to
+    build the model symbolically (``_maybe_symbolic_build``), even when everything is built. With
+    ``shuffle(reshuffle_each_iteration=True)`` every iterator of a dataset gets new shuffle seeds, so the run
+    then trains on a different stream than the same run on one device (and under multi-worker the symbolic
+    build also fails on the zipped bilevel batch). This skips it once the model and its optimizers are built.
+    Put it first in the bases: ``class DartsSearchModel(PrebuiltModelMixin, keras.Model)``.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        optimizers = [getattr(self, "optimizer", None), getattr(self, "arch_optimizer", None)]
+        if self.built and all(o is None or o.built for o in optimizers):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
 # ------------------------------------------------------------------------------------------------ batch sizes

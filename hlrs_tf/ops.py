@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from hlrs_tf import sync_bn
 from hlrs_tf.genotypes import PRIMITIVES
 
 # PyTorch's BatchNorm2d defaults (momentum 0.1 = weight of the new batch statistics).
@@ -65,6 +66,8 @@ class BatchNorm(keras.layers.Layer):
         scale = self.gamma if self.affine else tf.ones((channels,), x.dtype)
         offset = self.beta if self.affine else tf.zeros((channels,), x.dtype)
         if training:
+            if sync_bn.should_sync():  # >1 replicas: statistics of the global batch (hlrs_tf/sync_bn.py)
+                return sync_bn.sync_batch_norm(self, x, scale, offset)
             y, mean, var = tf.compat.v1.nn.fused_batch_norm(
                 x, scale, offset, mean=self.moving_mean, variance=self.moving_variance,
                 epsilon=self.epsilon, is_training=True, exponential_avg_factor=self.momentum,

@@ -42,7 +42,8 @@ def main(argv) -> None:
 
     from hlrs_tf import data as data_lib
     from hlrs_tf import trainer
-    from hlrs_tf.callbacks import CheckpointError, NonFiniteLossError
+    from hlrs_tf.callbacks import CheckpointError
+    from hlrs_tf.guards import NonFiniteLossError
     from hlrs_tf.workdir import default_workdir
 
     workdir = FLAGS.workdir or default_workdir(f"{config.dataset}-search")

@@ -21,13 +21,13 @@ from hlrs_tf.callbacks import (
     EpochCheckpoint,
     GenotypeLogger,
     LearningRateLogger,
-    NonFiniteLossGuard,
     TensorBoardLogger,
 )
 from hlrs_tf.config import SearchConfig
 from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.diagrams import plot_genotype
 from hlrs_tf.distribute import check_global_batch_size, is_chief, make_strategy, worker_workdir
+from hlrs_tf.guards import NonFiniteLossGuard
 from hlrs_tf.losses import effective_number_weights
 from hlrs_tf.metrics import balanced_accuracy, evaluation_report
 from hlrs_tf.schedules import HLRSCallback, ScheduleConfig

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import run_cli
 from hlrs_tf import data as data_lib
-from hlrs_tf.callbacks import EpochCheckpoint, GenotypeLogger, NonFiniteLossError, NonFiniteLossGuard
+from hlrs_tf.callbacks import EpochCheckpoint, GenotypeLogger
+from hlrs_tf.guards import NonFiniteLossError, NonFiniteLossGuard
 from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.search_network import SearchNetwork
 from hlrs_tf.workdir import Workdir
@@ -43,8 +44,8 @@ def test_guard_stops_at_the_bad_batch_and_keeps_the_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError) as e:
         model.fit(dataset, epochs=3, steps_per_epoch=2, callbacks=callbacks, verbose=0)
     message = str(e.value)
-    assert "became nan at epoch 2, step 1" in message
-    assert f"the checkpoint of epoch 1 in {wd.checkpoint_dir} is kept" in message
+    assert "non-finite loss (nan) at epoch 2, step 1: training stopped and epoch 2 was not saved" in message
+    assert f"the last good checkpoint (epoch 1) in {wd.checkpoint_dir} is kept" in message
     assert "--learning_rate" in message
     state = json.load(open(os.path.join(wd.checkpoint_dir, "state.json")))
     assert state["epoch"] == 1  # the broken epoch was never saved
@@ -63,6 +64,6 @@ def test_diverging_search_is_one_error_line(tmp_path):
                    "--grad_clip=1e30", "--verbose=0", f"--workdir={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("hlrs_tf.search: error: loss became") and "training stopped" in last
+    assert last.startswith("hlrs_tf.search: error: non-finite") and "training stopped" in last
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "genotype.json").exists() and not (tmp_path / "metrics.json").exists()
