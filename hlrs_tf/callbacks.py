@@ -165,7 +165,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         weights_path, opt_path = self._paths(done)
         self.model.save_weights(weights_path)
         arrays = {}
-        for name, opt in (("optimizer", self.model.optimizer), ("arch_optimizer", self.model.arch_optimizer)):
+        for name, opt in _named_optimizers(self.model):
             for i, v in enumerate(opt.variables):
                 arrays[f"{name}/{i:04d}"] = keras.ops.convert_to_numpy(v)
         tmp = opt_path + ".tmp.npz"
@@ -192,7 +192,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             raise CheckpointError(f"corrupt checkpoint state {path}: {e}; delete the folder to start over") from e
 
     def restore(self, model) -> int:
-        """Loads the last complete epoch's variables into ``model`` and both of its (built) optimizers.
+        """Loads the last complete epoch's variables into ``model`` and its (built) optimizers.
 
         Returns:
             The number of completed epochs restored (0 when there is no checkpoint).
@@ -208,7 +208,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         try:
             model.load_weights(weights_path)
             with np.load(opt_path) as arrays:
-                for name, opt in (("optimizer", model.optimizer), ("arch_optimizer", model.arch_optimizer)):
+                for name, opt in _named_optimizers(model):
                     keys = sorted(k for k in arrays.files if k.startswith(name + "/"))
                     if len(keys) != len(opt.variables):
                         raise ValueError(f"{name} has {len(opt.variables)} variables, checkpoint {len(keys)}")
@@ -220,6 +220,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 "delete the folder (or use a new --workdir) to start over"
             ) from e
         return int(state["epoch"])
+
+
+def _named_optimizers(model) -> list:
+    """The model's optimizers to checkpoint: the weight optimizer, and the architecture one if it has one."""
+    named = [("optimizer", model.optimizer)]
+    if getattr(model, "arch_optimizer", None) is not None:
+        named.append(("arch_optimizer", model.arch_optimizer))
+    return named
 
 
 class CheckpointError(RuntimeError):

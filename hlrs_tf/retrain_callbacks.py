@@ -12,9 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hlrs_tf.callbacks import CheckpointError, EpochCheckpoint
+from hlrs_tf.callbacks import EpochCheckpoint
 from hlrs_tf.schedules import mixing_factor
-from hlrs_tf.workdir import atomic_write_json
 
 
 def drop_path_probability(epoch: int, epochs: int, max_prob: float) -> float:
@@ -67,56 +66,10 @@ class MixingSchedule(keras.callbacks.Callback):
 
 
 class RetrainCheckpoint(EpochCheckpoint):
-    """:class:`hlrs_tf.callbacks.EpochCheckpoint` for a model with one optimizer.
-
-    Same files and guarantees (``epoch_NNN.weights.h5``, ``epoch_NNN.optimizers.npz``, then ``state.json``
-    written last and atomically); the search version also saves an architecture optimizer, which a retraining
-    does not have.
+    """:class:`hlrs_tf.callbacks.EpochCheckpoint` for a retraining: the same files and guarantees
+    (``epoch_NNN.weights.h5``, ``epoch_NNN.optimizers.npz``, then ``state.json`` written last and atomically);
+    a model without an ``arch_optimizer`` simply has one optimizer to save.
     """
-
-    def on_epoch_end(self, epoch, logs=None):
-        done = epoch + 1
-        weights_path, opt_path = self._paths(done)
-        self.model.save_weights(weights_path)
-        variables = self.model.optimizer.variables
-        arrays = {f"optimizer/{i:04d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
-        tmp = opt_path + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, opt_path)
-        previous = self._read_state()
-        atomic_write_json(
-            os.path.join(self.directory, "state.json"),
-            {"epoch": done, "weights": os.path.basename(weights_path), "optimizers": os.path.basename(opt_path)},
-        )
-        if previous and previous.get("epoch") != done:
-            for p in self._paths(previous["epoch"]):
-                if os.path.exists(p):
-                    os.remove(p)
-
-    def restore(self, model) -> int:
-        """Loads the last complete epoch into ``model`` and its (built) optimizer; returns the epoch (0: none).
-
-        Raises:
-            CheckpointError: The files named by ``state.json`` are missing or do not fit.
-        """
-        state = self._read_state()
-        if not state:
-            return 0
-        try:
-            model.load_weights(os.path.join(self.directory, state["weights"]))
-            with np.load(os.path.join(self.directory, state["optimizers"])) as arrays:
-                keys = sorted(k for k in arrays.files if k.startswith("optimizer/"))
-                variables = model.optimizer.variables
-                if len(keys) != len(variables):
-                    raise ValueError(f"optimizer has {len(variables)} variables, checkpoint {len(keys)}")
-                for key, var in zip(keys, variables):
-                    var.assign(arrays[key])
-        except (OSError, ValueError, KeyError) as e:
-            raise CheckpointError(
-                f"cannot restore checkpoint epoch {state['epoch']} from {self.directory}: {e}; "
-                "delete the folder (or use a new --workdir) to start over"
-            ) from e
-        return int(state["epoch"])
 
 
 class ScalarTensorBoard(keras.callbacks.Callback):
