@@ -31,6 +31,8 @@ def main(argv=None) -> dict:
     p.add_argument("--image_channels", type=int, default=3)
     p.add_argument("--num_classes", type=int, default=10)
     p.add_argument("--order", choices=("first", "second"), default="first")
+    p.add_argument("--cell_impl", choices=("fused", "direct"), default="fused",
+                   help="fused search cell (default) or the direct per-edge reference computation")
     p.add_argument("--method", choices=("darts", "darts_resample", "darts_reweight", "darts_bbn", "hlrs"),
                    default="darts", help="method preset (the BBN ones run two batches per side and step)")
     p.add_argument("--steps", type=int, default=5, help="timed steps after the first")
@@ -59,7 +61,7 @@ def main(argv=None) -> dict:
     keras.utils.set_random_seed(0)
     shape = (args.image_size, args.image_size, args.image_channels)
     config = SearchConfig.for_method(args.method, channels=args.channels, layers=args.layers, order=args.order,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, cell_impl=args.cell_impl)
     spec = DatasetSpec("bench", shape, args.num_classes, (0.5,) * shape[-1], (0.25,) * shape[-1])
     model = build_model(config, spec, total_steps=1000, class_counts=np.arange(args.num_classes) + 1)
     build_s = time.perf_counter() - t0
@@ -90,6 +92,7 @@ def main(argv=None) -> dict:
         "batch_size": n,
         "image_shape": list(shape),
         "order": args.order,
+        "cell_impl": args.cell_impl,
         "method": args.method,
         "threads": args.threads or "default",
         "grappler": args.grappler,

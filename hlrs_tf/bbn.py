@@ -21,7 +21,6 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from hlrs_tf.cells import SearchCell
 from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.search_network import SearchNetwork
 
@@ -59,7 +58,7 @@ class BBNSearchNetwork(SearchNetwork):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         last = self.cells[-1]
-        self.rebalancing_cell = SearchCell(
+        self.rebalancing_cell = self.cell_class(
             last.channels, last.reduction, last.reduction_prev, last.steps, last.multiplier, self.primitives,
             name="cell_rebalancing",
         )

@@ -14,6 +14,7 @@ from hlrs_tf.distribute import STRATEGIES
 from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
 
 ORDERS = ("first", "second")
+CELL_IMPLS = ("fused", "direct")
 LOSSES = ("ce", "class_balanced")
 
 # The paper's five methods (SPEC.md section 7) as presets of the pieces below. A preset only fills in the
@@ -67,6 +68,7 @@ class SearchConfig:
     # Search space
     channels: int = 16
     layers: int = 8
+    cell_impl: str = "fused"  # "direct": the per-edge reference computation (slower, same function)
     # Optimisation
     epochs: int = 50
     batch_size: int = 64
@@ -114,6 +116,7 @@ class SearchConfig:
         _check(self.cpu_replicas >= 0, "cpu_replicas", self.cpu_replicas,
                "an integer >= 0 (N > 1: mirror over N logical CPU devices)")
         _check(self.order in ORDERS, "order", self.order, f"one of {', '.join(ORDERS)}")
+        _check(self.cell_impl in CELL_IMPLS, "cell_impl", self.cell_impl, f"one of {', '.join(CELL_IMPLS)}")
         _check(self.imbalance_ratio >= 1, "imbalance_ratio", self.imbalance_ratio, "a number >= 1 (N_max / N_min)")
         _check(0 < self.train_portion < 1, "train_portion", self.train_portion, "in (0, 1)")
         _check(self.channels >= 2 and self.channels % 2 == 0, "channels", self.channels, "an even integer >= 2")

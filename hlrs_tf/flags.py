@@ -11,7 +11,7 @@ import dataclasses
 
 from absl import flags
 
-from hlrs_tf.config import LOSSES, METHOD_PRESETS, METHODS, ORDERS, SearchConfig
+from hlrs_tf.config import CELL_IMPLS, LOSSES, METHOD_PRESETS, METHODS, ORDERS, SearchConfig
 from hlrs_tf.data import SAMPLERS
 from hlrs_tf.distribute import STRATEGIES
 from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
@@ -70,6 +70,11 @@ flags.DEFINE_integer("epochs", _D.epochs, "Search epochs.", lower_bound=1)
 flags.DEFINE_integer("batch_size", _D.batch_size, "Batch size of each of the two splits.", lower_bound=1)
 flags.DEFINE_integer(
     "steps_per_epoch", _D.steps_per_epoch, "Steps per epoch; 0 = one pass over the smaller split.", lower_bound=0
+)
+flags.DEFINE_enum(
+    "cell_impl", _D.cell_impl, list(CELL_IMPLS),
+    "How search cells are computed: fused (fast) or direct (one layer per candidate op, the reference form; "
+    "same function, for verification).",
 )
 flags.DEFINE_enum("order", _D.order, list(ORDERS), "DARTS approximation: first or second (unrolled) order.")
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Initial weight learning rate (SGD, cosine decay).")

@@ -105,6 +105,31 @@ class CompositeLayer(keras.layers.Layer):
         del input_shape  # sub-layers infer their input shapes on their first call
 
 
+def dilated_dense_kernel(kernel, dilation_rate: int):
+    """A ``(k, k, C, 1)`` kernel spread to its dense ``(d(k-1)+1)``-sized equivalent (zeros between taps)."""
+    k, d = int(kernel.shape[0]), int(dilation_rate)
+    channels = kernel.shape[2]
+    kern = tf.reshape(kernel, (k, 1, k, 1, channels, 1))
+    kern = tf.pad(kern, ((0, 0), (0, d - 1), (0, 0), (0, d - 1), (0, 0), (0, 0)))
+    kern = tf.reshape(kern, (k * d, k * d, channels, 1))
+    size = d * (k - 1) + 1
+    return kern[:size, :size]
+
+
+def depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1):
+    """Bias-free "same" depthwise convolution of NHWC ``x`` with a ``(k, k, C, 1)`` kernel.
+
+    ``tf.nn.depthwise_conv2d`` refuses a stride together with a dilation, which the reduction cells need
+    (``dil_conv`` on a stride-2 edge); there the kernel is spread into its dense equivalent
+    (:func:`dilated_dense_kernel`) and convolved with the stride -- the same function.
+    """
+    if strides > 1 and dilation_rate > 1:
+        return tf.nn.depthwise_conv2d(x, dilated_dense_kernel(kernel, dilation_rate), [1, strides, strides, 1],
+                                      "SAME")
+    return tf.nn.depthwise_conv2d(x, kernel, [1, strides, strides, 1], "SAME",
+                                  dilations=[dilation_rate, dilation_rate])
+
+
 class DepthwiseConv(keras.layers.Layer):
     """Bias-free depthwise convolution that allows a stride together with a dilation.
 
@@ -133,23 +158,8 @@ class DepthwiseConv(keras.layers.Layer):
             name="kernel", shape=(k, k, channels, 1), initializer="glorot_uniform", trainable=True
         )
 
-    def _dense_kernel(self):
-        # (k, k, C, 1) -> (d(k-1)+1, d(k-1)+1, C, 1) with d-1 zeros between taps.
-        k, d = self.kernel_size, self.dilation_rate
-        kern = self.kernel
-        channels = kern.shape[2]
-        kern = ops.reshape(kern, (k, 1, k, 1, channels, 1))
-        kern = ops.pad(kern, ((0, 0), (0, d - 1), (0, 0), (0, d - 1), (0, 0), (0, 0)))
-        kern = ops.reshape(kern, (k * d, k * d, channels, 1))
-        size = d * (k - 1) + 1
-        return kern[:size, :size]
-
     def call(self, x):
-        if self.strides > 1 and self.dilation_rate > 1:
-            return ops.depthwise_conv(x, self._dense_kernel(), strides=self.strides, padding="same")
-        return ops.depthwise_conv(
-            x, self.kernel, strides=self.strides, padding="same", dilation_rate=self.dilation_rate
-        )
+        return depthwise_conv(x, self.kernel, self.strides, self.dilation_rate)
 
     def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape

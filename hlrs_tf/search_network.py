@@ -17,8 +17,15 @@ import keras
 from keras import ops
 
 from hlrs_tf.cells import SearchCell, num_edges
+from hlrs_tf.fused_cell import FusedSearchCell
 from hlrs_tf.genotypes import PRIMITIVES, Genotype, derive_genotype
 from hlrs_tf.ops import CompositeLayer, batch_norm
+
+
+# How the cells are computed: "fused" (fast; stacked parameters, shared work) or "direct" (one Keras layer per
+# candidate op of every edge, as in the reference; the oracle the fused cell is tested against). Same function,
+# same parameter count; the variable layouts differ, so checkpoints do not transfer between them.
+CELL_IMPLEMENTATIONS = {"fused": FusedSearchCell, "direct": SearchCell}
 
 
 def reduction_layers(layers: int) -> tuple[int, int]:
@@ -37,6 +44,8 @@ class SearchNetwork(CompositeLayer):
         multiplier: Nodes concatenated per cell output (4).
         stem_multiplier: Stem channels = ``stem_multiplier * C`` (3).
         primitives: Candidate op names (the reference order).
+        cell_impl: ``"fused"`` (default, fast) or ``"direct"`` (per-edge layers; see
+            :data:`CELL_IMPLEMENTATIONS`).
         **kwargs: Forwarded to ``keras.layers.Layer``.
     """
 
@@ -49,9 +58,13 @@ class SearchNetwork(CompositeLayer):
         multiplier: int = 4,
         stem_multiplier: int = 3,
         primitives=PRIMITIVES,
+        cell_impl: str = "fused",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if cell_impl not in CELL_IMPLEMENTATIONS:
+            raise ValueError(f"cell_impl must be one of {sorted(CELL_IMPLEMENTATIONS)}, got {cell_impl!r}")
+        self.cell_impl = cell_impl
         if layers < 3:
             raise ValueError(f"layers must be >= 3 (two reduction cells at L//3 and 2L//3), got {layers}")
         self.channels, self.num_classes, self.num_layers = channels, num_classes, layers
@@ -70,7 +83,7 @@ class SearchNetwork(CompositeLayer):
             if reduction:
                 c_curr *= 2
             self.cells.append(
-                SearchCell(c_curr, reduction, reduction_prev, steps, multiplier, self.primitives, name=f"cell_{i}")
+                self.cell_class(c_curr, reduction, reduction_prev, steps, multiplier, self.primitives, name=f"cell_{i}")
             )
             reduction_prev = reduction
         self.feature_dim = multiplier * c_curr
@@ -80,6 +93,11 @@ class SearchNetwork(CompositeLayer):
         init = keras.initializers.RandomNormal(stddev=1e-3)
         self.alphas_normal = self.add_weight(name="alphas_normal", shape=shape, initializer=init)
         self.alphas_reduce = self.add_weight(name="alphas_reduce", shape=shape, initializer=init)
+
+    @property
+    def cell_class(self):
+        """The layer class of the cells (:data:`CELL_IMPLEMENTATIONS` of ``cell_impl``)."""
+        return CELL_IMPLEMENTATIONS[self.cell_impl]
 
     @property
     def arch_variables(self) -> list:
@@ -130,6 +148,7 @@ class SearchNetwork(CompositeLayer):
             "multiplier": self.multiplier,
             "stem_multiplier": self.stem_multiplier,
             "primitives": list(self.primitives),
+            "cell_impl": self.cell_impl,
         }
 
 

@@ -122,26 +122,54 @@ def batch_norm_train(layer, x, scale, offset, reduce_fn=_cross_replica_sum, repl
     Returns:
         The normalised ``x``.
     """
+    y, new_mean, new_variance = batch_norm_train_values(
+        x, scale, offset, layer.moving_mean, layer.moving_variance, layer.momentum, layer.epsilon,
+        reduce_fn, replicas,
+    )
+    layer.moving_mean.assign(new_mean)
+    layer.moving_variance.assign(new_variance)
+    return y
+
+
+@tf.autograph.experimental.do_not_convert
+def batch_norm_train_values(x, scale, offset, moving_mean, moving_variance, momentum: float, epsilon: float,
+                            reduce_fn=_cross_replica_sum, replicas: int | None = None):
+    """Functional form of :func:`batch_norm_train`: returns ``(y, new_moving_mean, new_moving_variance)``.
+
+    For callers that keep the statistics of many BNs stacked in one variable (the fused search cell) and
+    write them back together.
+
+    Args:
+        x: Channels-last 4-D input.
+        scale: Per-channel scale.
+        offset: Per-channel offset.
+        moving_mean: Current moving mean (tensor or variable), ``(C,)``.
+        moving_variance: Current moving variance, ``(C,)``.
+        momentum: Weight of the batch statistics (PyTorch convention).
+        epsilon: Added to the variance.
+        reduce_fn: Sums a packed 1-D float32 vector over replicas.
+        replicas: Replicas taking part in ``reduce_fn`` (default: those of the current replica context).
+    """
     if replicas is None:
         replicas = replicas_in_sync()
     # The moving mean is the same on every replica and near the batch mean once training runs: summing
     # x - shift instead of x keeps E[x^2] - E[x]^2 from cancelling badly. Read outside the custom gradient.
-    shift = tf.convert_to_tensor(layer.moving_mean)
+    shift = tf.convert_to_tensor(moving_mean)
     y, mean_shifted, variance, count = _normalize(
-        x, tf.convert_to_tensor(scale), tf.convert_to_tensor(offset), shift, float(layer.epsilon), reduce_fn,
+        x, tf.convert_to_tensor(scale), tf.convert_to_tensor(offset), shift, float(epsilon), reduce_fn,
         int(replicas),
     )
     # Moving statistics exactly as FusedBatchNormV3 with exponential_avg_factor: new = (1 - momentum) * old +
     # momentum * batch, with the unbiased variance (Bessel's correction over the *global* count) -- and
     # shift + momentum * (mean - shift) is the mean's update since shift is the old moving mean.
-    momentum = float(layer.momentum)
+    momentum = float(momentum)
     if isinstance(count, float):
         bessel = momentum * count / max(count - 1.0, 1.0)  # a Python number: no ops for it
     else:
         bessel = momentum * count / tf.maximum(count - 1.0, 1.0)
-    layer.moving_mean.assign(shift + momentum * mean_shifted)
-    layer.moving_variance.assign((1.0 - momentum) * tf.convert_to_tensor(layer.moving_variance) + bessel * variance)
-    return y
+    new_mean = shift + momentum * mean_shifted
+    new_variance = (1.0 - momentum) * tf.convert_to_tensor(moving_variance) + bessel * variance
+    return y, new_mean, new_variance
 
 
 @tf.autograph.experimental.do_not_convert

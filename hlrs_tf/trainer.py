@@ -82,14 +82,18 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
         grad_clip=config.grad_clip,
     )
     if config.bbn:
-        network = BBNSearchNetwork(config.channels, spec.num_classes, config.layers, name="bbn_supernet")
+        network = BBNSearchNetwork(
+            config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="bbn_supernet"
+        )
         model = BBNSearchModel(network, name="bbn_search", **common)
     else:
         class_weights = None
         if config.loss == "class_balanced":
             counts = np.ones(spec.num_classes) if class_counts is None else class_counts
             class_weights = effective_number_weights(counts, config.reweight_beta).tolist()
-        network = SearchNetwork(config.channels, spec.num_classes, config.layers, name="supernet")
+        network = SearchNetwork(
+            config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="supernet"
+        )
         model = DartsSearchModel(network, class_weights=class_weights, name="darts_search", **common)
     weight_lr = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(total_steps, 1), alpha=config.learning_rate_min / config.learning_rate
@@ -119,6 +123,7 @@ def model_summary(model: DartsSearchModel, spec: data_lib.DatasetSpec, config: S
         "channels": config.channels,
         "layers": config.layers,
         "order": config.order,
+        "cell_impl": config.cell_impl,
         "method": config.method,
         "bbn": config.bbn,
         "loss": config.loss,

@@ -1,0 +1,338 @@
+"""The DARTS search cell computed fast: stacked per-cell parameters, raw ops, work shared between edges.
+
+Same function as :class:`hlrs_tf.cells.SearchCell` (the direct per-edge computation, kept as the reference
+that ``tests/test_fused_cell.py`` compares this one against, in values and in first- and second-order
+gradients), same parameter count, same constructor and ``call``. What differs is how it is computed; each
+point was measured with ``benchmarks/profile_step.py`` (see ``benchmarks/NOTES.md``):
+
+* **Pools shared per source state.** Every edge has its own ``max_pool_3x3`` / ``avg_pool_3x3`` followed by an
+  affine-free BN in the reference; for the edges leaving the same state those are the same function of the same
+  input (no parameters; their running statistics receive identical updates), so they are computed once per
+  state and weighted per edge. A normal cell computes 5 pools of each kind instead of 14; ``MaxPoolGrad``
+  alone was 9% of a step.
+* **Shared ReLU and strided views.** ``relu(h)`` and the two stride-2 views FactorizedReduce takes of it are
+  computed once per state, not once per edge.
+* **Pointwise convs as ``einsum``** (one MatMul-backed op): TF's ``Conv2DBackpropInput`` for 1x1 kernels was
+  the most expensive op type of a step (16%) and ~2.5x slower than a matmul's gradient.
+* **The mixing weight folded into the last BN** of each op: ``w * BN(y) = BN(y; scale=w)``, so the product
+  and its gradient are not separate full-size ops and their inputs need not be kept for the backward pass.
+* **One ``AddN`` per node** over all its edges' terms.
+* **Stacked variables**: each kind of weight of all 14 edges is one ``(E, ...)`` variable (and all BN running
+  statistics of the cell one ``(slots, C)`` pair), sliced with one ``Unpack``. The supernet goes from ~1,400 to
+  ~140 weight variables, which divides the optimizer's per-variable ops (and the graph) accordingly.
+* **No Keras layer per op**: the ops are called directly, so tracing runs ~20 Python calls per edge, not ~25
+  nested ``Layer.__call__`` s.
+
+BN uses the fused kernel with PyTorch's running-statistics rule, like :class:`hlrs_tf.ops.BatchNorm`, and the
+synchronised cross-replica version (:mod:`hlrs_tf.sync_bn`) when several replicas train.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from hlrs_tf import sync_bn
+from hlrs_tf.genotypes import PRIMITIVES
+from hlrs_tf.ops import BN_EPSILON, BN_MOMENTUM, depthwise_conv
+
+# (primitive, [(slot name, kind, kernel size)]) for the parametric ops; kinds: "dw" depthwise (k, k, C, 1),
+# "pw" pointwise (C, C). Slot order = order of use.
+_CONV_OPS = {
+    "sep_conv_3x3": (("dw1", "dw", 3), ("pw1", "pw", 1), ("dw2", "dw", 3), ("pw2", "pw", 1)),
+    "sep_conv_5x5": (("dw1", "dw", 5), ("pw1", "pw", 1), ("dw2", "dw", 5), ("pw2", "pw", 1)),
+    "dil_conv_3x3": (("dw", "dw", 3), ("pw", "pw", 1)),
+    "dil_conv_5x5": (("dw", "dw", 5), ("pw", "pw", 1)),
+}
+SUPPORTED = frozenset(PRIMITIVES)
+
+
+def _glorot_limit(fan_in: int, fan_out: int) -> float:
+    return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+def _stacked_uniform(limit: float) -> keras.initializers.Initializer:
+    """Uniform(-limit, limit): Keras' Glorot uniform of *one* slice, so a stacked kernel is initialised exactly
+    like the per-edge kernels of the direct cell (Glorot on the stacked shape would see the wrong fans)."""
+    return keras.initializers.RandomUniform(-limit, limit)
+
+
+class FusedSearchCell(keras.layers.Layer):
+    """A DARTS search cell (normal or reduction), computed with stacked parameters and shared work.
+
+    Args:
+        channels: Channels C of each node.
+        reduction: Reduction cell (input edges strided by 2).
+        reduction_prev: The previous cell was a reduction cell (``s0`` then needs a FactorizedReduce).
+        steps: Intermediate nodes (4).
+        multiplier: Nodes concatenated into the output (4).
+        primitives: Candidate op names (a subset of :data:`hlrs_tf.genotypes.PRIMITIVES`, any order); the
+            weight rows passed to ``call`` are indexed the same way.
+        **kwargs: Forwarded to ``keras.layers.Layer``.
+    """
+
+    def __init__(
+        self, channels, reduction, reduction_prev, steps=4, multiplier=4, primitives=PRIMITIVES, **kwargs
+    ):
+        super().__init__(**kwargs)
+        unknown = [p for p in primitives if p not in SUPPORTED]
+        if unknown:
+            raise ValueError(f"unknown operation(s) {unknown}; known: {', '.join(PRIMITIVES)}")
+        if channels % 2:
+            raise ValueError(f"channels must be even (FactorizedReduce halves), got {channels}")
+        self.channels, self.reduction, self.reduction_prev = int(channels), bool(reduction), bool(reduction_prev)
+        self.steps, self.multiplier, self.primitives = int(steps), int(multiplier), tuple(primitives)
+        # Edge e of node j from state i, in the reference's row order; stride 2 on the input edges of a
+        # reduction cell.
+        self.edge_list = [(j, i) for j in range(self.steps) for i in range(2 + j)]
+        self.num_edges = len(self.edge_list)
+        self.strided_edges = [e for e, (_, i) in enumerate(self.edge_list) if self._stride(i) == 2]
+        # BN slots of the stacked running statistics: preprocessing, the pools of each source state, then
+        # per edge every op that ends (or, for sep convs, pauses) in a BN.
+        slots = ["pre0", "pre1"]
+        for i in range(self.steps + 1):  # the last node feeds no edge
+            slots += [f"max_{i}", f"avg_{i}"]
+        for e in range(self.num_edges):
+            for name in self.primitives:
+                if name.startswith("sep_conv"):
+                    slots += [f"{name}_bn1_{e}", f"{name}_bn2_{e}"]
+                elif name.startswith("dil_conv"):
+                    slots.append(f"{name}_bn_{e}")
+                elif name == "skip_connect" and e in self.strided_edges:
+                    slots.append(f"skip_bn_{e}")
+        self._slot = {name: k for k, name in enumerate(slots)}
+
+    def _stride(self, source: int) -> int:
+        return 2 if self.reduction and source < 2 else 1
+
+    # ------------------------------------------------------------------ variables
+    def build(self, s0_shape, s1_shape=None, weights_shape=None):
+        c = self.channels
+        half = c // 2
+        c0, c1 = int(s0_shape[-1]), int(s1_shape[-1])
+        add = self.add_weight
+        if self.reduction_prev:
+            self.pre0_fr1 = add(name="pre0_fr1", shape=(c0, half), initializer=_stacked_uniform(_glorot_limit(c0, half)))
+            self.pre0_fr2 = add(name="pre0_fr2", shape=(c0, half), initializer=_stacked_uniform(_glorot_limit(c0, half)))
+        else:
+            self.pre0_kernel = add(name="pre0_kernel", shape=(c0, c), initializer=_stacked_uniform(_glorot_limit(c0, c)))
+        self.pre1_kernel = add(name="pre1_kernel", shape=(c1, c), initializer=_stacked_uniform(_glorot_limit(c1, c)))
+        self.conv_kernels = {}
+        e = self.num_edges
+        for name in self.primitives:
+            for slot, kind, k in _CONV_OPS.get(name, ()):
+                if kind == "dw":  # Keras fans of a (k, k, C, 1) depthwise kernel: k*k*C in, k*k out
+                    shape, limit = (e, k, k, c, 1), _glorot_limit(k * k * c, k * k)
+                else:
+                    shape, limit = (e, c, c), _glorot_limit(c, c)
+                self.conv_kernels[f"{name}/{slot}"] = add(
+                    name=f"{name}_{slot}", shape=shape, initializer=_stacked_uniform(limit)
+                )
+        self.skip_fr = None
+        if "skip_connect" in self.primitives and self.strided_edges:
+            n = len(self.strided_edges)
+            self.skip_fr = [
+                add(name=f"skip_fr{k}", shape=(n, c, half), initializer=_stacked_uniform(_glorot_limit(c, half)))
+                for k in (1, 2)
+            ]
+        n_slots = len(self._slot)
+        self.moving_mean = add(name="moving_mean", shape=(n_slots, c), initializer="zeros", trainable=False)
+        self.moving_variance = add(name="moving_variance", shape=(n_slots, c), initializer="ones", trainable=False)
+
+    # ------------------------------------------------------------------ the computation
+    def _bn(self, bn, x, slot: str, scale, training):
+        """Affine-free BN (times ``scale``) of ``x`` with the running statistics of ``slot``; ``bn`` holds this
+        call's unstacked statistics (``mean``, ``var``), their updates (``new_mean``, ``new_var``), ``zeros``."""
+        k = self._slot[slot]
+        mean, var = bn["mean"][k], bn["var"][k]
+        if not training:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, scale, bn["zeros"], mean=mean, variance=var, epsilon=BN_EPSILON, is_training=False
+            )
+            return y
+        if sync_bn.should_sync():  # >1 replicas: statistics of the global batch
+            y, new_mean, new_var = sync_bn.batch_norm_train_values(
+                x, scale, bn["zeros"], mean, var, BN_MOMENTUM, BN_EPSILON
+            )
+        else:
+            y, new_mean, new_var = tf.compat.v1.nn.fused_batch_norm(
+                x, scale, bn["zeros"], mean=mean, variance=var, epsilon=BN_EPSILON, is_training=True,
+                exponential_avg_factor=BN_MOMENTUM,
+            )
+        bn["new_mean"][k], bn["new_var"][k] = new_mean, new_var
+        return y
+
+    @staticmethod
+    def _pointwise(x, kernel):
+        return tf.einsum("bhwc,cd->bhwd", x, kernel)
+
+    @staticmethod
+    def _strided_views(x):
+        """The two stride-2 samplings FactorizedReduce convolves: even pixels and the one-pixel-shifted odd
+        ones, the latter zero-padded to ``ceil(H/2)`` like :class:`hlrs_tf.ops.FactorizedReduce`."""
+        even = x[:, ::2, ::2, :]
+        odd = x[:, 1::2, 1::2, :]
+        pad_h, pad_w = even.shape[1] - odd.shape[1], even.shape[2] - odd.shape[2]
+        if pad_h or pad_w:
+            odd = tf.pad(odd, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+        return even, odd
+
+    def _factorized_reduce(self, bn, views, w1, w2, slot, scale, training):
+        even, odd = views
+        out = tf.concat([self._pointwise(even, w1), self._pointwise(odd, w2)], axis=-1)
+        return self._bn(bn, out, slot, scale, training)
+
+    def call(self, s0, s1, weights, training=None):
+        """Runs the cell.
+
+        Args:
+            s0: Output of cell k-2.
+            s1: Output of cell k-1.
+            weights: Softmaxed alphas of this cell type, ``(num_edges, len(primitives))``.
+            training: BN mode.
+        """
+        training = bool(training)
+        c = self.channels
+        ones = tf.ones((c,), s1.dtype)
+        means, variances = tf.unstack(self.moving_mean), tf.unstack(self.moving_variance)
+        bn = {"mean": means, "var": variances, "new_mean": list(means), "new_var": list(variances),
+              "zeros": tf.zeros((c,), s1.dtype)}
+        # w[e][o] as a (C,) vector: a BN scale, or a broadcast factor. One op for all 14 x 8 of them.
+        n_ops = len(self.primitives)
+        w = tf.unstack(tf.reshape(weights[:, :, None] * ones, (self.num_edges * n_ops, c)))
+        kernels = {key: tf.unstack(var) for key, var in self.conv_kernels.items()}  # one Unpack per variable
+        skip_fr = [tf.unstack(v) for v in self.skip_fr] if self.skip_fr is not None else None
+
+        if self.reduction_prev:
+            h0 = self._factorized_reduce(
+                bn, self._strided_views(tf.nn.relu(s0)), self.pre0_fr1, self.pre0_fr2, "pre0", ones, training
+            )
+        else:
+            h0 = self._bn(bn, self._pointwise(tf.nn.relu(s0), self.pre0_kernel), "pre0", ones, training)
+        h1 = self._bn(bn, self._pointwise(tf.nn.relu(s1), self.pre1_kernel), "pre1", ones, training)
+        states = [h0, h1]
+        shared = {}  # per source state: relu, pools, strided views -- computed on first use
+
+        def source(i, key, fn):
+            if (i, key) not in shared:
+                shared[(i, key)] = fn()
+            return shared[(i, key)]
+
+        for j in range(self.steps):
+            terms = []
+            for i, h in enumerate(states):
+                e = self.edge_list.index((j, i))
+                stride = self._stride(i)
+                relu_h = lambda i=i, h=h: source(i, "relu", lambda: tf.nn.relu(h))  # noqa: E731
+                for o, name in enumerate(self.primitives):
+                    w_eo = w[e * n_ops + o]
+                    if name == "none":
+                        continue  # zeros: its term of the sum is zero
+                    if name == "max_pool_3x3":
+                        p = source(i, "max", lambda h=h, s=stride, i=i: self._bn(bn,
+                            tf.nn.max_pool2d(h, 3, s, "SAME"), f"max_{i}", ones, training))
+                        terms.append(w_eo * p)
+                    elif name == "avg_pool_3x3":
+                        p = source(i, "avg", lambda h=h, s=stride, i=i: self._bn(bn,
+                            tf.nn.avg_pool2d(h, 3, s, "SAME"), f"avg_{i}", ones, training))
+                        terms.append(w_eo * p)
+                    elif name == "skip_connect":
+                        if stride == 1:
+                            terms.append(w_eo * h)
+                        else:
+                            k = self.strided_edges.index(e)
+                            views = source(i, "views", lambda r=relu_h: self._strided_views(r()))
+                            terms.append(self._factorized_reduce(
+                                bn, views, skip_fr[0][k], skip_fr[1][k], f"skip_bn_{e}", w_eo, training))
+                    elif name.startswith("sep_conv"):
+                        kern = {slot: kernels[f"{name}/{slot}"][e] for slot, _, _ in _CONV_OPS[name]}
+                        y = depthwise_conv(relu_h(), kern["dw1"], stride)
+                        y = self._bn(bn, self._pointwise(y, kern["pw1"]), f"{name}_bn1_{e}", ones, training)
+                        y = depthwise_conv(tf.nn.relu(y), kern["dw2"], 1)
+                        terms.append(self._bn(bn, self._pointwise(y, kern["pw2"]), f"{name}_bn2_{e}", w_eo, training))
+                    else:  # dil_conv
+                        y = depthwise_conv(relu_h(), kernels[f"{name}/dw"][e], stride, dilation_rate=2)
+                        y = self._pointwise(y, kernels[f"{name}/pw"][e])
+                        terms.append(self._bn(bn, y, f"{name}_bn_{e}", w_eo, training))
+            states.append(tf.add_n(terms) if len(terms) > 1 else terms[0])
+
+        if training:
+            # One write per statistics variable for all BNs of the cell (slots not run keep their value).
+            self.moving_mean.assign(tf.stack(bn["new_mean"]))
+            self.moving_variance.assign(tf.stack(bn["new_var"]))
+        return tf.concat(states[-self.multiplier :], axis=-1)
+
+    def copy_from_direct(self, cell) -> None:
+        """Sets every variable from a built direct :class:`hlrs_tf.cells.SearchCell` of the same configuration
+        (weights and running statistics), so both compute the same function. Used by the equivalence tests.
+
+        Args:
+            cell: The direct cell; must have been called once (built).
+        """
+        if (cell.channels, cell.reduction, cell.reduction_prev, cell.steps, tuple(cell.primitives)) != (
+            self.channels, self.reduction, self.reduction_prev, self.steps, self.primitives
+        ):
+            raise ValueError("the direct cell has a different configuration")
+        means, variances = self.moving_mean.numpy(), self.moving_variance.numpy()
+
+        def stats(slot, layer):
+            means[self._slot[slot]] = layer.moving_mean.numpy()
+            variances[self._slot[slot]] = layer.moving_variance.numpy()
+
+        pre0, pre1 = cell.preprocess0, cell.preprocess1
+        if self.reduction_prev:
+            self.pre0_fr1.assign(pre0.conv_1.kernel.numpy()[0, 0])
+            self.pre0_fr2.assign(pre0.conv_2.kernel.numpy()[0, 0])
+        else:
+            self.pre0_kernel.assign(pre0.conv.kernel.numpy()[0, 0])
+        self.pre1_kernel.assign(pre1.conv.kernel.numpy()[0, 0])
+        stats("pre0", pre0.bn)
+        stats("pre1", pre1.bn)
+        stacks = {key: var.numpy() for key, var in self.conv_kernels.items()}
+        skip = [v.numpy() for v in self.skip_fr] if self.skip_fr is not None else None
+        for e, (_, i) in enumerate(self.edge_list):
+            layers = {layer.name: layer for layer in cell.edges[e].candidate_ops}
+            for name, layer in layers.items():
+                if name in ("max_pool_3x3", "avg_pool_3x3"):
+                    stats(f"{name[:3]}_{i}", layer.norm)  # every edge of source i holds the same statistics
+                elif name == "skip_connect" and e in self.strided_edges:
+                    k = self.strided_edges.index(e)
+                    skip[0][k], skip[1][k] = layer.conv_1.kernel.numpy()[0, 0], layer.conv_2.kernel.numpy()[0, 0]
+                    stats(f"skip_bn_{e}", layer.bn)
+                elif name.startswith("sep_conv"):
+                    for slot, sub in (("dw1", layer.dw_1), ("dw2", layer.dw_2)):
+                        stacks[f"{name}/{slot}"][e] = sub.kernel.numpy()
+                    for slot, sub in (("pw1", layer.pw_1), ("pw2", layer.pw_2)):
+                        stacks[f"{name}/{slot}"][e] = sub.kernel.numpy()[0, 0]
+                    stats(f"{name}_bn1_{e}", layer.bn_1)
+                    stats(f"{name}_bn2_{e}", layer.bn_2)
+                elif name.startswith("dil_conv"):
+                    stacks[f"{name}/dw"][e] = layer.dw.kernel.numpy()
+                    stacks[f"{name}/pw"][e] = layer.pw.kernel.numpy()[0, 0]
+                    stats(f"{name}_bn_{e}", layer.bn)
+        for key, var in self.conv_kernels.items():
+            var.assign(stacks[key])
+        if skip is not None:
+            for var, value in zip(self.skip_fr, skip):
+                var.assign(value)
+        self.moving_mean.assign(means)
+        self.moving_variance.assign(variances)
+
+    def compute_output_shape(self, s0_shape, s1_shape=None, weights_shape=None):
+        b, h, w, _ = s1_shape
+        if self.reduction:
+            h, w = (None if h is None else -(-h // 2)), (None if w is None else -(-w // 2))
+        return (b, h, w, self.multiplier * self.channels)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "reduction": self.reduction,
+            "reduction_prev": self.reduction_prev,
+            "steps": self.steps,
+            "multiplier": self.multiplier,
+            "primitives": list(self.primitives),
+        }

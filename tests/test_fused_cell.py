@@ -1,0 +1,194 @@
+"""The fused search cell computes exactly what the direct per-edge cell computes.
+
+The direct cell (:class:`hlrs_tf.cells.SearchCell`: one Keras layer per candidate op of every edge, each op
+applied to the edge input and weighted, as in the reference) is the obviously-correct computation. The fused cell
+shares pools, ReLUs and strided views between edges, folds the mixing weights into BN scales, runs 1x1 convs as
+einsum and stacks its variables. With the same weights both must agree on random inputs: outputs, running
+statistics, gradients with respect to the mixing weights, every parameter and the inputs -- and a whole
+first- and second-order bilevel step of the search model.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hlrs_tf.cells import SearchCell
+from hlrs_tf.darts_model import DartsSearchModel
+from hlrs_tf.fused_cell import FusedSearchCell
+from hlrs_tf.genotypes import PRIMITIVES
+from hlrs_tf.search_network import SearchNetwork
+
+TOL = 2e-5
+
+
+def _max_diff(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+
+
+def _pair(reduction, reduction_prev, channels=4, c0=6, c1=8):
+    direct = SearchCell(channels, reduction, reduction_prev, name="direct")
+    fused = FusedSearchCell(channels, reduction, reduction_prev, name="fused")
+    return direct, fused
+
+
+def _inputs(rng, reduction_prev, size, c0=6, c1=8, batch=3):
+    s0_size = 2 * size if reduction_prev else size
+    s0 = rng.standard_normal((batch, s0_size, s0_size, c0)).astype("float32")
+    s1 = rng.standard_normal((batch, size, size, c1)).astype("float32")
+    return tf.constant(s0), tf.constant(s1)
+
+
+def _fused_view_of_direct(direct, fused):
+    """A fused cell holding the direct cell's current variables (a fresh copy, so nothing is shared)."""
+    clone = FusedSearchCell.from_config(fused.get_config())
+    clone.build(fused._build_shapes_dict["s0_shape"], fused._build_shapes_dict["s1_shape"], None)
+    clone.copy_from_direct(direct)
+    return clone
+
+
+CASES = [  # (reduction, reduction_prev, spatial size of s1); odd sizes exercise FactorizedReduce's padding
+    (False, False, 6),
+    (True, False, 6),
+    (False, True, 4),
+    (True, True, 5),
+    (True, False, 7),
+]
+
+
+@pytest.mark.parametrize("reduction,reduction_prev,size", CASES)
+def test_fused_cell_matches_direct_values_statistics_and_gradients(reduction, reduction_prev, size):
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(1)
+    direct, fused = _pair(reduction, reduction_prev)
+    s0, s1 = _inputs(rng, reduction_prev, size)
+    weights = tf.constant(tf.nn.softmax(rng.standard_normal((14, len(PRIMITIVES))).astype("float32") * 2))
+    direct(s0, s1, weights, training=False)  # build both
+    fused(s0, s1, weights, training=False)
+    fused.copy_from_direct(direct)
+
+    # Forward in training mode (batch statistics), with gradients of a random projection of the output.
+    proj = None
+    results = {}
+    for label, cell in (("direct", direct), ("fused", fused)):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([s0, s1, weights])
+            out = cell(s0, s1, weights, training=True)
+            if proj is None:
+                proj = tf.constant(rng.standard_normal(out.shape).astype("float32"))
+            loss = tf.reduce_sum(out * proj)
+        grads = tape.gradient(loss, [s0, s1, weights] + cell.trainable_variables)
+        results[label] = (out.numpy(), [g.numpy() for g in grads[:3]], grads[3:])
+    out_d, (gs0_d, gs1_d, gw_d), gvars_d = results["direct"]
+    out_f, (gs0_f, gs1_f, gw_f), gvars_f = results["fused"]
+    assert out_d.shape == out_f.shape
+    assert _max_diff(out_d, out_f) < TOL
+    assert _max_diff(gw_d, gw_f) < TOL * 10, "gradient w.r.t. the mixing weights (the alphas' path)"
+    assert np.abs(gw_d).max() > 1e-3  # the comparison is not between zeros
+    assert _max_diff(gs0_d, gs0_f) < TOL * 10 and _max_diff(gs1_d, gs1_f) < TOL * 10
+
+    # Parameter gradients: map the direct gradients through the same layout as the weights.
+    grad_cell = _fused_view_of_direct(direct, fused)
+    saved = [v.numpy() for v in direct.trainable_variables]
+    for var, g in zip(direct.trainable_variables, gvars_d):
+        var.assign(g)
+    grad_cell.copy_from_direct(direct)
+    for var, value in zip(direct.trainable_variables, saved):
+        var.assign(value)
+    for var, g in zip(grad_cell.trainable_variables, gvars_f):
+        assert _max_diff(var.numpy(), g.numpy()) < TOL * 10, var.path
+
+    # Running statistics were updated identically by the training-mode call (direct's are now the gradients'
+    # cell's too: copy_from_direct copies them), and inference mode agrees.
+    assert _max_diff(grad_cell.moving_mean.numpy(), fused.moving_mean.numpy()) < TOL
+    assert _max_diff(grad_cell.moving_variance.numpy(), fused.moving_variance.numpy()) < TOL
+    assert _max_diff(fused.moving_mean.numpy(), 0.0) > 1e-3  # they did move
+    eval_d = direct(s0, s1, weights, training=False).numpy()
+    eval_f = fused(s0, s1, weights, training=False).numpy()
+    assert _max_diff(eval_d, eval_f) < TOL
+
+
+def test_fused_cell_same_parameter_count_and_config_round_trip():
+    for reduction, reduction_prev in ((False, False), (True, False), (False, True)):
+        direct, fused = _pair(reduction, reduction_prev, channels=8)
+        rng = np.random.default_rng(0)
+        s0, s1 = _inputs(rng, reduction_prev, 4)
+        w = tf.fill((14, 8), 1 / 8)
+        direct(s0, s1, w)
+        fused(s0, s1, w)
+        count = lambda c: sum(int(np.prod(v.shape)) for v in c.trainable_variables)  # noqa: E731
+        assert count(direct) == count(fused)
+        assert len(fused.trainable_variables) < len(direct.trainable_variables) / 5
+        clone = FusedSearchCell.from_config(fused.get_config())
+        assert clone.get_config() == fused.get_config()
+
+
+def test_supernet_parameter_count_is_the_reference_count_with_either_cell():
+    for impl in ("fused", "direct"):
+        net = SearchNetwork(16, 10, 8, cell_impl=impl)
+        net(np.zeros((1, 32, 32, 3), "float32"))
+        alphas = sum(int(np.prod(a.shape)) for a in net.arch_variables)
+        assert sum(int(np.prod(v.shape)) for v in net.trainable_variables) - alphas == 1_930_618
+
+
+def test_unknown_cell_impl_is_refused():
+    with pytest.raises(ValueError, match="cell_impl must be one of"):
+        SearchNetwork(4, 10, 3, cell_impl="fast")
+
+
+# ------------------------------------------------------------------ whole bilevel steps
+def _model(impl, order):
+    keras.utils.set_random_seed(3)
+    model = DartsSearchModel(SearchNetwork(4, 10, 4, cell_impl=impl), order=order)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.025, momentum=0.9),
+        arch_optimizer=keras.optimizers.Adam(3e-4, beta_1=0.5, beta_2=0.999),
+    )
+    model.build_all((8, 8, 3))
+    return model
+
+
+def _copy_network(direct_net, fused_net):
+    """Gives the fused supernet the direct supernet's variables."""
+    for d, f in zip(direct_net.cells, fused_net.cells):
+        f.copy_from_direct(d)
+    for name in ("stem_conv", "stem_bn", "classifier"):
+        getattr(fused_net, name).set_weights(getattr(direct_net, name).get_weights())
+    for d, f in zip(direct_net.arch_variables, fused_net.arch_variables):
+        f.assign(d)
+
+
+def _fused_snapshot_of(direct_model, fused_model):
+    """The direct model's current variables in the fused layout, as numpy arrays (trainable, non-trainable)."""
+    probe = SearchNetwork.from_config(fused_model.network.get_config())
+    probe(np.zeros((1, 8, 8, 3), "float32"))
+    _copy_network(direct_model.network, probe)
+    return [v.numpy() for v in probe.trainable_variables], [v.numpy() for v in probe.non_trainable_variables]
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_fused_and_direct_models_take_the_same_bilevel_steps(order):
+    rng = np.random.default_rng(5)
+    batch = lambda: (  # noqa: E731
+        tf.constant(rng.standard_normal((8, 8, 8, 3)).astype("float32")),
+        tf.constant(rng.integers(0, 10, 8).astype("int32")),
+    )
+    data = [(batch(), batch()) for _ in range(2)]
+    direct, fused = _model("direct", order), _model("fused", order)
+    _copy_network(direct.network, fused.network)
+    for step in data:  # two steps, so momentum and Adam state are exercised too
+        logs_d = direct.train_step(step)
+        logs_f = fused.train_step(step)
+        for key in ("loss", "arch_loss"):
+            assert abs(float(logs_d[key]) - float(logs_f[key])) < 1e-5
+    trainable, non_trainable = _fused_snapshot_of(direct, fused)
+    alphas_d = [a.numpy() for a in direct.network.arch_variables]
+    alphas_f = [a.numpy() for a in fused.network.arch_variables]
+    moved = max(_max_diff(a, 0.0) for a in alphas_d)
+    assert moved > 5e-4  # the alphas did move (two Adam steps of 3e-4 from 1e-3 * N(0, 1))
+    for a, b in zip(alphas_d, alphas_f):
+        assert _max_diff(a, b) < 1e-6
+    for a, v in zip(trainable, fused.network.trainable_variables):
+        assert _max_diff(a, v.numpy()) < 1e-5, v.path
+    for a, v in zip(non_trainable, fused.network.non_trainable_variables):
+        assert _max_diff(a, v.numpy()) < 1e-4, v.path
