@@ -16,6 +16,13 @@ point was measured with ``benchmarks/profile_step.py`` (see ``benchmarks/NOTES.m
   the most expensive op type of a step (16%) and ~2.5x slower than a matmul's gradient.
 * **The mixing weight folded into the last BN** of each op: ``w * BN(y) = BN(y; scale=w)``, so the product
   and its gradient are not separate full-size ops and their inputs need not be kept for the backward pass.
+* **Dilated convs in phase space.** A 3x3/5x5 depthwise conv with dilation 2 on an even-sized map is an
+  ordinary "same" conv on each of its four 2x2 phase sub-images (``space_to_batch`` with block 2: pixel
+  ``(2i+r, 2j+c)`` is pixel ``(i, j)`` of phase ``(r, c)``, and out-of-range taps stay out of range). TF does
+  exactly that per call (``SpaceToBatchND`` / ``BatchToSpaceND`` around every dilated conv, 11% of a step);
+  here the phases of ``relu(h)`` are made once per state, and since the 1x1 conv, the BN (per-channel
+  statistics over all pixels) and the weighted sum are all indifferent to where a pixel sits, the dilated ops'
+  terms of a node are summed in phase space and mapped back with one ``batch_to_space`` per node.
 * **One ``AddN`` per node** over all its edges' terms.
 * **Stacked variables**: each kind of weight of all 14 edges is one ``(E, ...)`` variable (and all BN running
   statistics of the cell one ``(slots, C)`` pair), sliced with one ``Unpack``. The supernet goes from ~1,400 to
@@ -47,6 +54,13 @@ _CONV_OPS = {
     "dil_conv_5x5": (("dw", "dw", 5), ("pw", "pw", 1)),
 }
 SUPPORTED = frozenset(PRIMITIVES)
+
+
+_NO_PAD = [[0, 0], [0, 0]]
+
+
+def _add_n(tensors):
+    return tensors[0] if len(tensors) == 1 else tf.add_n(tensors)
 
 
 def _glorot_limit(fan_in: int, fan_out: int) -> float:
@@ -221,10 +235,11 @@ class FusedSearchCell(keras.layers.Layer):
             return shared[(i, key)]
 
         for j in range(self.steps):
-            terms = []
+            terms, phase_terms = [], []  # phase_terms: dilated-conv outputs still in phase space
             for i, h in enumerate(states):
                 e = self.edge_list.index((j, i))
                 stride = self._stride(i)
+                even = h.shape[1] % 2 == 0 and h.shape[2] % 2 == 0
                 relu_h = lambda i=i, h=h: source(i, "relu", lambda: tf.nn.relu(h))  # noqa: E731
                 for o, name in enumerate(self.primitives):
                     w_eo = w[e * n_ops + o]
@@ -252,11 +267,18 @@ class FusedSearchCell(keras.layers.Layer):
                         y = self._bn(bn, self._pointwise(y, kern["pw1"]), f"{name}_bn1_{e}", ones, training)
                         y = depthwise_conv(tf.nn.relu(y), kern["dw2"], 1)
                         terms.append(self._bn(bn, self._pointwise(y, kern["pw2"]), f"{name}_bn2_{e}", w_eo, training))
-                    else:  # dil_conv
+                    elif stride == 1 and even:  # dil_conv, in phase space (see the module docstring)
+                        phases = source(i, "phases", lambda r=relu_h: tf.space_to_batch(r(), [2, 2], _NO_PAD))
+                        y = tf.nn.depthwise_conv2d(phases, kernels[f"{name}/dw"][e], [1, 1, 1, 1], "SAME")
+                        y = self._pointwise(y, kernels[f"{name}/pw"][e])
+                        phase_terms.append(self._bn(bn, y, f"{name}_bn_{e}", w_eo, training))
+                    else:  # dil_conv on a strided edge or an odd-sized map
                         y = depthwise_conv(relu_h(), kernels[f"{name}/dw"][e], stride, dilation_rate=2)
                         y = self._pointwise(y, kernels[f"{name}/pw"][e])
                         terms.append(self._bn(bn, y, f"{name}_bn_{e}", w_eo, training))
-            states.append(tf.add_n(terms) if len(terms) > 1 else terms[0])
+            if phase_terms:
+                terms.append(tf.batch_to_space(_add_n(phase_terms), [2, 2], _NO_PAD))
+            states.append(_add_n(terms))
 
         if training:
             # One write per statistics variable for all BNs of the cell (slots not run keep their value).
