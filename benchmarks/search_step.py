@@ -36,7 +36,9 @@ def main(argv=None) -> dict:
     p.add_argument("--method", choices=("darts", "darts_resample", "darts_reweight", "darts_bbn", "hlrs"),
                    default="darts", help="method preset (the BBN ones run two batches per side and step)")
     p.add_argument("--steps", type=int, default=5, help="timed steps after the first")
-    p.add_argument("--threads", type=int, default=0, help="intra/inter-op threads (0 = TF default)")
+    p.add_argument("--threads", type=int, default=0, help="cores to use (0 = all)")
+    p.add_argument("--thread_policy", choices=("search", "tf"), default="search",
+                   help="'search': 1 intra-op x N inter-op threads, as the search runs; 'tf': N x N (TF's style)")
     p.add_argument("--grappler", choices=("default", "off"), default="default",
                    help="'off' disables TF's graph optimizer (disable_meta_optimizer), to measure its cost")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
@@ -47,7 +49,11 @@ def main(argv=None) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    if args.threads:
+    from hlrs_tf.trainer import configure_threads
+
+    if args.thread_policy == "search":
+        configure_threads(args.threads)  # what hlrs_tf.search does: 1 intra-op x N inter-op threads
+    elif args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if args.grappler == "off":
@@ -94,7 +100,8 @@ def main(argv=None) -> dict:
         "order": args.order,
         "cell_impl": args.cell_impl,
         "method": args.method,
-        "threads": args.threads or "default",
+        "threads": args.threads or "all",
+        "thread_policy": args.thread_policy,
         "grappler": args.grappler,
         "weight_params": sum(int(np.prod(v.shape)) for v in model.split_variables()[0]),
         "import_s": round(import_s, 2),

@@ -137,7 +137,7 @@ class SearchConfig:
         _check(0 <= self.arch_beta2 < 1, "arch_beta2", self.arch_beta2, "in [0, 1)")
         _check(self.arch_weight_decay >= 0, "arch_weight_decay", self.arch_weight_decay, ">= 0")
         _check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1")
-        _check(self.threads >= 0, "threads", self.threads, "an integer >= 0 (0 = TensorFlow's default)")
+        _check(self.threads >= 0, "threads", self.threads, "an integer >= 0 (0 = all cores)")
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> "SearchConfig":

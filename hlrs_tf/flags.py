@@ -101,7 +101,9 @@ flags.DEFINE_bool("deterministic", _D.deterministic, "TensorFlow op determinism:
                   "genotype and history (slower). Without it runs with the same seed may differ slightly.")
 flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Batch size of the test-set evaluation.", lower_bound=1)
 flags.DEFINE_integer("verbose", _D.verbose, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
-flags.DEFINE_integer("threads", _D.threads, "TensorFlow intra/inter-op threads (0 = default).", lower_bound=0)
+flags.DEFINE_integer(
+    "threads", _D.threads, "Cores for the search step: inter-op threads, one thread per op (0 = all cores).", lower_bound=0
+)
 flags.DEFINE_string("workdir", None, "Run directory; default: a new folder under runs/.")
 flags.DEFINE_bool("dry_run", False, "Build the model and data specs, write flags.cfg and model_summary.json, "
                   "run nothing (works offline for every dataset name).")

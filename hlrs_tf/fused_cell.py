@@ -59,6 +59,23 @@ SUPPORTED = frozenset(PRIMITIVES)
 _NO_PAD = [[0, 0], [0, 0]]
 
 
+def _fused_bn(x, scale, offset, mean, variance, is_training):
+    """The fused BN kernel, V2: the same kernel as V3, but for V3 the gradient tape materialises a zeros
+    constant (and its shape) for each of the four unused statistics outputs -- 6,000 dead constants and 5,000
+    shapes in the traced search step, a quarter of the graph. V2's gradient accepts ``None`` for them."""
+    return tf.raw_ops.FusedBatchNormV2(
+        x=x, scale=scale, offset=offset, mean=mean, variance=variance, epsilon=BN_EPSILON,
+        exponential_avg_factor=BN_MOMENTUM if is_training else 1.0, data_format="NHWC", is_training=is_training,
+    )
+
+
+def _depthwise(x, kernel, strides: int = 1):
+    """"Same" depthwise conv as the raw op (``tf.nn.depthwise_conv2d`` adds two dead constants per call)."""
+    return tf.raw_ops.DepthwiseConv2dNative(
+        input=x, filter=kernel, strides=[1, strides, strides, 1], padding="SAME"
+    )
+
+
 def _add_n(tensors):
     return tensors[0] if len(tensors) == 1 else tf.add_n(tensors)
 
@@ -162,19 +179,13 @@ class FusedSearchCell(keras.layers.Layer):
         k = self._slot[slot]
         mean, var = bn["mean"][k], bn["var"][k]
         if not training:
-            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                x, scale, bn["zeros"], mean=mean, variance=var, epsilon=BN_EPSILON, is_training=False
-            )
-            return y
+            return _fused_bn(x, scale, bn["zeros"], mean, var, is_training=False)[0]
         if sync_bn.should_sync():  # >1 replicas: statistics of the global batch
             y, new_mean, new_var = sync_bn.batch_norm_train_values(
                 x, scale, bn["zeros"], mean, var, BN_MOMENTUM, BN_EPSILON
             )
         else:
-            y, new_mean, new_var = tf.compat.v1.nn.fused_batch_norm(
-                x, scale, bn["zeros"], mean=mean, variance=var, epsilon=BN_EPSILON, is_training=True,
-                exponential_avg_factor=BN_MOMENTUM,
-            )
+            y, new_mean, new_var = _fused_bn(x, scale, bn["zeros"], mean, var, is_training=True)[:3]
         bn["new_mean"][k], bn["new_var"][k] = new_mean, new_var
         return y
 
@@ -263,13 +274,13 @@ class FusedSearchCell(keras.layers.Layer):
                                 bn, views, skip_fr[0][k], skip_fr[1][k], f"skip_bn_{e}", w_eo, training))
                     elif name.startswith("sep_conv"):
                         kern = {slot: kernels[f"{name}/{slot}"][e] for slot, _, _ in _CONV_OPS[name]}
-                        y = depthwise_conv(relu_h(), kern["dw1"], stride)
+                        y = _depthwise(relu_h(), kern["dw1"], stride)
                         y = self._bn(bn, self._pointwise(y, kern["pw1"]), f"{name}_bn1_{e}", ones, training)
-                        y = depthwise_conv(tf.nn.relu(y), kern["dw2"], 1)
+                        y = _depthwise(tf.nn.relu(y), kern["dw2"])
                         terms.append(self._bn(bn, self._pointwise(y, kern["pw2"]), f"{name}_bn2_{e}", w_eo, training))
                     elif stride == 1 and even:  # dil_conv, in phase space (see the module docstring)
                         phases = source(i, "phases", lambda r=relu_h: tf.space_to_batch(r(), [2, 2], _NO_PAD))
-                        y = tf.nn.depthwise_conv2d(phases, kernels[f"{name}/dw"][e], [1, 1, 1, 1], "SAME")
+                        y = _depthwise(phases, kernels[f"{name}/dw"][e])
                         y = self._pointwise(y, kernels[f"{name}/pw"][e])
                         phase_terms.append(self._bn(bn, y, f"{name}_bn_{e}", w_eo, training))
                     else:  # dil_conv on a strided edge or an odd-sized map
