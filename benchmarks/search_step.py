@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="cores to use (0 = all)")
     p.add_argument("--thread_policy", choices=("search", "tf"), default="search",
                    help="'search': 1 intra-op x N inter-op threads, as the search runs; 'tf': N x N (TF's style)")
-    p.add_argument("--grappler", choices=("default", "off"), default="default",
+    p.add_argument("--grappler", choices=("default", "off", "memory"), default="default",
                    help="'off' disables TF's graph optimizer (disable_meta_optimizer), to measure its cost")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     args = p.parse_args(argv)
@@ -58,6 +58,12 @@ def main(argv=None) -> dict:
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if args.grappler == "off":
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    elif args.grappler == "memory":
+        passes = ("layout_optimizer", "constant_folding", "shape_optimization", "remapping",
+                  "arithmetic_optimization", "dependency_optimization", "loop_optimization", "function_optimization",
+                  "debug_stripper", "scoped_allocator_optimization", "pin_to_host_optimization",
+                  "implementation_selector", "auto_mixed_precision")
+        tf.config.optimizer.set_experimental_options({name: False for name in passes})
     from hlrs_tf.config import SearchConfig
     from hlrs_tf.data import DatasetSpec
     from hlrs_tf.trainer import build_model

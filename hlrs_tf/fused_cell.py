@@ -60,10 +60,10 @@ _NO_PAD = [[0, 0], [0, 0]]
 
 
 def _fused_bn(x, scale, offset, mean, variance, is_training):
-    """The fused BN kernel, V2: the same kernel as V3, but for V3 the gradient tape materialises a zeros
+    """The fused BN kernel, V1: the same kernel as V3, but for V2 and V3 the gradient tape materialises a zeros
     constant (and its shape) for each of the four unused statistics outputs -- 6,000 dead constants and 5,000
-    shapes in the traced search step, a quarter of the graph. V2's gradient accepts ``None`` for them."""
-    return tf.raw_ops.FusedBatchNormV2(
+    shapes in the traced search step, a sixth of the graph. V1 is registered as accepting ``None`` for them."""
+    return tf.raw_ops.FusedBatchNorm(
         x=x, scale=scale, offset=offset, mean=mean, variance=variance, epsilon=BN_EPSILON,
         exponential_avg_factor=BN_MOMENTUM if is_training else 1.0, data_format="NHWC", is_training=is_training,
     )
