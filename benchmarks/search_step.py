@@ -19,7 +19,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as hlrs_tf.search; =0 to measure without
 
 
 def main(argv=None) -> dict:
@@ -39,8 +39,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="cores to use (0 = all)")
     p.add_argument("--thread_policy", choices=("search", "tf"), default="search",
                    help="'search': 1 intra-op x N inter-op threads, as the search runs; 'tf': N x N (TF's style)")
-    p.add_argument("--grappler", choices=("default", "off", "memory"), default="default",
-                   help="'off' disables TF's graph optimizer (disable_meta_optimizer), to measure its cost")
+    p.add_argument("--grappler", choices=("search", "default", "off"), default="search",
+                   help="'search': only the memory optimizer, as the search runs; 'default': TF's full grappler; 'off': none")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     args = p.parse_args(argv)
 
@@ -58,12 +58,10 @@ def main(argv=None) -> dict:
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if args.grappler == "off":
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    elif args.grappler == "memory":
-        passes = ("layout_optimizer", "constant_folding", "shape_optimization", "remapping",
-                  "arithmetic_optimization", "dependency_optimization", "loop_optimization", "function_optimization",
-                  "debug_stripper", "scoped_allocator_optimization", "pin_to_host_optimization",
-                  "implementation_selector", "auto_mixed_precision")
-        tf.config.optimizer.set_experimental_options({name: False for name in passes})
+    elif args.grappler == "search":
+        from hlrs_tf.trainer import configure_graph_optimizer
+
+        configure_graph_optimizer()  # what hlrs_tf.search does: only the memory optimizer
     from hlrs_tf.config import SearchConfig
     from hlrs_tf.data import DatasetSpec
     from hlrs_tf.trainer import build_model
