@@ -19,7 +19,7 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as hlrs_tf.search; =0 to measure without
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as hlrs_tf.search; =1 to measure oneDNN
 
 
 def main(argv=None) -> dict:

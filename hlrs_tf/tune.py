@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # oneDNN kernels, as in hlrs_tf.search
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF's own kernels, as in hlrs_tf.search
 
 from absl import app, flags  # noqa: E402
 

@@ -8,10 +8,6 @@ statistics, gradients with respect to the mixing weights, every parameter and th
 first- and second-order bilevel step of the search model.
 """
 
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -232,16 +228,3 @@ def test_fused_and_direct_models_take_the_same_bilevel_steps(order):
     for a, v in zip(non_trainable, fused.network.non_trainable_variables):
         assert _max_diff(a, v.numpy()) < 1e-4, v.path
 
-
-def test_fused_cell_matches_direct_with_onednn_kernels():
-    """The search runs on oneDNN's kernels (``TF_ENABLE_ONEDNN_OPTS=1``); this module otherwise runs on TF's own
-    (``conftest.py``). Repeat the cell and architecture-gradient comparisons in a process with oneDNN on."""
-    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         "-k", "values_statistics_and_gradients or compute_the_same_architecture_gradient"],
-        env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-4000:]
-    assert f"{len(CASES) + 2} passed" in result.stdout
-    assert "oneDNN custom operations are on" in result.stderr  # the kernels under test really were oneDNN's
