@@ -283,7 +283,9 @@ def test_predict_onnx_runs_without_tensorflow(round_trip, digits, tmp_path):
 
 def test_parity_failure_fails_loudly_and_keeps_the_good_export(round_trip, tmp_path):
     out = str(tmp_path / "strict")
-    with pytest.raises(ParityError, match="parity check failed on 64 digits test images: saved_model: max"):
+    # Which format trips a 1e-12 tolerance depends on the thread layout (one intra-op thread makes the SavedModel
+    # bit-identical to Keras); ONNX Runtime's kernels always differ in the last bits.
+    with pytest.raises(ParityError, match=r"parity check failed on 64 digits test images: (saved_model|onnx): max"):
         export_model(round_trip["train"], out, ExportOptions(num_images=64, tolerance=1e-12))
     assert not os.path.exists(out)
     rejected = json.load(open(out + ".rejected/export_report.json"))
