@@ -44,6 +44,9 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     args = p.parse_args(argv)
 
+    from hlrs_tf.cli import limit_malloc_arenas
+
+    limit_malloc_arenas()  # as hlrs_tf.search does
     t_import = time.perf_counter()
     import keras
     import numpy as np

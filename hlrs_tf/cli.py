@@ -7,6 +7,8 @@ exit status 2.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import sys
 
 from absl import flags
@@ -29,3 +31,19 @@ def flags_parser(prog: str, flag_values=flags.FLAGS):
             fail(prog, f"{e} (see --helpfull)")
 
     return parse
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Caps glibc's malloc arenas (``M_ARENA_MAX``) for this process, unless ``MALLOC_ARENA_MAX`` is set.
+
+    glibc gives threads their own arenas (up to 8 per core); with TensorFlow's executor threads handing large
+    activation buffers back and forth, freed memory stays spread over many arenas and peak RSS grows. At
+    C=16, 8 cells, batch 64 the search step peaked at 6.3-6.9 GB with the default and 5.9 GB with 2 arenas, at
+    the same step time (benchmarks/NOTES.md). Call before TensorFlow starts its threads; a no-op without glibc.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, int(arenas))  # -8 = M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass

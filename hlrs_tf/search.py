@@ -19,6 +19,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app  # noqa: E402
 
 from hlrs_tf import cli  # noqa: E402
+
+cli.limit_malloc_arenas()  # before TensorFlow starts threads: lower peak RSS
 from hlrs_tf import flags as cli_flags  # noqa: E402
 from hlrs_tf.config import ConfigError  # noqa: E402
 

@@ -20,6 +20,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF's own kernels, as in h
 from absl import app, flags  # noqa: E402
 
 from hlrs_tf import cli  # noqa: E402
+
+cli.limit_malloc_arenas()  # before TensorFlow starts threads: lower peak RSS
 from hlrs_tf import flags as cli_flags  # noqa: E402  (defines every search flag)
 from hlrs_tf.config import ConfigError  # noqa: E402
 
