@@ -80,7 +80,23 @@ class MixedOp(CompositeLayer):
         }
 
 
-class SearchCell(CompositeLayer):
+class SearchCellConfig:
+    """``get_config`` of the search-cell implementations (this module's and :mod:`hlrs_tf.fused_cell`'s), which
+    share their constructor arguments. Mix in before the Keras layer base."""
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "reduction": self.reduction,
+            "reduction_prev": self.reduction_prev,
+            "steps": self.steps,
+            "multiplier": self.multiplier,
+            "primitives": list(self.primitives),
+        }
+
+
+class SearchCell(SearchCellConfig, CompositeLayer):
     """A DARTS search cell (normal or reduction) whose edges are mixed ops.
 
     Args:
@@ -128,13 +144,3 @@ class SearchCell(CompositeLayer):
             states.append(add_n(node))
         return ops.concatenate(states[-self.multiplier :], axis=-1)
 
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "channels": self.channels,
-            "reduction": self.reduction,
-            "reduction_prev": self.reduction_prev,
-            "steps": self.steps,
-            "multiplier": self.multiplier,
-            "primitives": list(self.primitives),
-        }

@@ -42,6 +42,7 @@ import keras
 import tensorflow as tf
 
 from hlrs_tf import sync_bn
+from hlrs_tf.cells import SearchCellConfig
 from hlrs_tf.genotypes import PRIMITIVES
 from hlrs_tf.ops import BN_EPSILON, BN_MOMENTUM, depthwise_conv
 
@@ -69,13 +70,6 @@ def _fused_bn(x, scale, offset, mean, variance, is_training):
     )
 
 
-def _depthwise(x, kernel, strides: int = 1):
-    """"Same" depthwise conv as the raw op (``tf.nn.depthwise_conv2d`` adds two dead constants per call)."""
-    return tf.raw_ops.DepthwiseConv2dNative(
-        input=x, filter=kernel, strides=[1, strides, strides, 1], padding="SAME"
-    )
-
-
 def _add_n(tensors):
     return tensors[0] if len(tensors) == 1 else tf.add_n(tensors)
 
@@ -90,7 +84,7 @@ def _stacked_uniform(limit: float) -> keras.initializers.Initializer:
     return keras.initializers.RandomUniform(-limit, limit)
 
 
-class FusedSearchCell(keras.layers.Layer):
+class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
     """A DARTS search cell (normal or reduction), computed with stacked parameters and shared work.
 
     Args:
@@ -245,10 +239,11 @@ class FusedSearchCell(keras.layers.Layer):
                 shared[(i, key)] = fn()
             return shared[(i, key)]
 
+        e = -1  # edge index: edges run in edge_list order, node by node
         for j in range(self.steps):
             terms, phase_terms = [], []  # phase_terms: dilated-conv outputs still in phase space
             for i, h in enumerate(states):
-                e = self.edge_list.index((j, i))
+                e += 1
                 stride = self._stride(i)
                 even = h.shape[1] % 2 == 0 and h.shape[2] % 2 == 0
                 relu_h = lambda i=i, h=h: source(i, "relu", lambda: tf.nn.relu(h))  # noqa: E731
@@ -274,13 +269,13 @@ class FusedSearchCell(keras.layers.Layer):
                                 bn, views, skip_fr[0][k], skip_fr[1][k], f"skip_bn_{e}", w_eo, training))
                     elif name.startswith("sep_conv"):
                         kern = {slot: kernels[f"{name}/{slot}"][e] for slot, _, _ in _CONV_OPS[name]}
-                        y = _depthwise(relu_h(), kern["dw1"], stride)
+                        y = depthwise_conv(relu_h(), kern["dw1"], stride)
                         y = self._bn(bn, self._pointwise(y, kern["pw1"]), f"{name}_bn1_{e}", ones, training)
-                        y = _depthwise(tf.nn.relu(y), kern["dw2"])
+                        y = depthwise_conv(tf.nn.relu(y), kern["dw2"])
                         terms.append(self._bn(bn, self._pointwise(y, kern["pw2"]), f"{name}_bn2_{e}", w_eo, training))
                     elif stride == 1 and even:  # dil_conv, in phase space (see the module docstring)
                         phases = source(i, "phases", lambda r=relu_h: tf.space_to_batch(r(), [2, 2], _NO_PAD))
-                        y = _depthwise(phases, kernels[f"{name}/dw"][e])
+                        y = depthwise_conv(phases, kernels[f"{name}/dw"][e])
                         y = self._pointwise(y, kernels[f"{name}/pw"][e])
                         phase_terms.append(self._bn(bn, y, f"{name}_bn_{e}", w_eo, training))
                     else:  # dil_conv on a strided edge or an odd-sized map
@@ -358,14 +353,3 @@ class FusedSearchCell(keras.layers.Layer):
         if self.reduction:
             h, w = (None if h is None else -(-h // 2)), (None if w is None else -(-w // 2))
         return (b, h, w, self.multiplier * self.channels)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "channels": self.channels,
-            "reduction": self.reduction,
-            "reduction_prev": self.reduction_prev,
-            "steps": self.steps,
-            "multiplier": self.multiplier,
-            "primitives": list(self.primitives),
-        }

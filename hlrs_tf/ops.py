@@ -123,11 +123,13 @@ def depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1):
     (``dil_conv`` on a stride-2 edge); there the kernel is spread into its dense equivalent
     (:func:`dilated_dense_kernel`) and convolved with the stride -- the same function.
     """
-    if strides > 1 and dilation_rate > 1:
+    if dilation_rate == 1:
+        # The raw op: ``tf.nn.depthwise_conv2d`` adds two dead constants per call to a traced graph.
+        return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, strides=[1, strides, strides, 1], padding="SAME")
+    if strides > 1:
         return tf.nn.depthwise_conv2d(x, dilated_dense_kernel(kernel, dilation_rate), [1, strides, strides, 1],
                                       "SAME")
-    return tf.nn.depthwise_conv2d(x, kernel, [1, strides, strides, 1], "SAME",
-                                  dilations=[dilation_rate, dilation_rate])
+    return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=[dilation_rate, dilation_rate])
 
 
 class DepthwiseConv(keras.layers.Layer):

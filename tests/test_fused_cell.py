@@ -26,7 +26,7 @@ def _max_diff(a, b):
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
-def _pair(reduction, reduction_prev, channels=4, c0=6, c1=8):
+def _pair(reduction, reduction_prev, channels=4):
     direct = SearchCell(channels, reduction, reduction_prev, name="direct")
     fused = FusedSearchCell(channels, reduction, reduction_prev, name="fused")
     return direct, fused
