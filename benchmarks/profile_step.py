@@ -3,11 +3,12 @@
     python benchmarks/profile_step.py --channels=16 --layers=8 --batch_size=64 --order=first
     python benchmarks/profile_step.py --by=name --top=40      # per op instance instead of per op type
 
-Builds the same model as ``benchmarks/search_step.py``, runs two warm-up steps, profiles ``--steps`` steps
-with ``tf.profiler`` and prints, per op type (``Conv2D``, ``DepthwiseConv2dNativeBackpropFilter``, ...), the
-number of op executions per step, the total op time per step and its share. Op times add up across threads, so
-on 2 cores the total can exceed the wall time of the step. Also prints the number of ops in the traced step
-function's graph (what trace and start-up time scale with).
+Builds the same model with the same runtime settings as ``benchmarks/search_step.py``, runs two warm-up
+steps, profiles ``--steps`` steps with ``tf.profiler`` and prints the number of op executions per step, the
+total op time per step and its share: per candidate op (named only by the direct cell's per-op layers,
+``--cell_impl=direct``; the fused cell's ops all count as "other"), and per op type (``Einsum``,
+``DepthwiseConv2dNativeBackpropInput``, ...) or per op. Op times add up across threads, so on 2 cores the total
+can exceed the wall time of the step; the profiler also slows the step down (read shares, not seconds).
 """
 
 from __future__ import annotations
@@ -21,48 +22,25 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from search_step import add_model_args, build_model_and_data, configure_runtime  # sets the TF environment
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--channels", type=int, default=16)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--image_size", type=int, default=32)
-    p.add_argument("--image_channels", type=int, default=3)
-    p.add_argument("--order", choices=("first", "second"), default="first")
-    p.add_argument("--cell_impl", choices=("fused", "direct"), default="fused")
-    p.add_argument("--method", default="darts")
+    add_model_args(p)
     p.add_argument("--steps", type=int, default=2, help="profiled steps")
     p.add_argument("--by", choices=("type", "name"), default="type", help="second table: per op type or per op")
     p.add_argument("--top", type=int, default=30)
     args = p.parse_args(argv)
 
-    import keras
-    import numpy as np
+    configure_runtime(args)  # the search's runtime settings, as search_step.py measures them
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    from hlrs_tf.config import SearchConfig
-    from hlrs_tf.data import DatasetSpec
     from hlrs_tf.genotypes import PRIMITIVES
-    from hlrs_tf.trainer import build_model
 
-    keras.utils.set_random_seed(0)
-    shape = (args.image_size, args.image_size, args.image_channels)
-    config = SearchConfig.for_method(args.method, channels=args.channels, layers=args.layers, order=args.order,
-                                     batch_size=args.batch_size, cell_impl=args.cell_impl)
-    spec = DatasetSpec("bench", shape, 10, (0.5,) * shape[-1], (0.25,) * shape[-1])
-    model = build_model(config, spec, total_steps=1000, class_counts=np.arange(10) + 1)
-    rng = np.random.default_rng(0)
-    n = args.batch_size
-    x = rng.standard_normal((n, *shape)).astype("float32")
-    y = rng.integers(0, 10, n).astype("int32")
-    side = (x, y, x[::-1], y[::-1]) if config.bbn else (x, y)
-    ds = tf.data.Dataset.from_tensors((side, side)).repeat()
-    model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
+    model, ds = build_model_and_data(args)
+    model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)  # trace and warm up outside the profile
 
     logdir = tempfile.mkdtemp(prefix="hlrs_profile_")
     tf.profiler.experimental.start(logdir)

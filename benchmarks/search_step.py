@@ -22,8 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as hlrs_tf.search; =1 to measure oneDNN
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model, data and runtime arguments (shared with ``profile_step.py``)."""
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--batch_size", type=int, default=64)
@@ -35,56 +35,76 @@ def main(argv=None) -> dict:
                    help="fused search cell (default) or the direct per-edge reference computation")
     p.add_argument("--method", choices=("darts", "darts_resample", "darts_reweight", "darts_bbn", "hlrs"),
                    default="darts", help="method preset (the BBN ones run two batches per side and step)")
-    p.add_argument("--steps", type=int, default=5, help="timed steps after the first")
     p.add_argument("--threads", type=int, default=0, help="cores to use (0 = all)")
     p.add_argument("--thread_policy", choices=("search", "tf"), default="search",
                    help="'search': 1 intra-op x N inter-op threads, as the search runs; 'tf': N x N (TF's style)")
     p.add_argument("--grappler", choices=("search", "default", "off"), default="search",
                    help="'search': only the memory optimizer, as the search runs; 'default': TF's full grappler; 'off': none")
-    p.add_argument("--json", default=None, help="also write the result to this JSON file")
-    args = p.parse_args(argv)
 
+
+def configure_runtime(args) -> None:
+    """malloc arenas, thread pools and grappler as ``args`` say (by default what ``hlrs_tf.search`` does)."""
     from hlrs_tf.cli import limit_malloc_arenas
 
-    limit_malloc_arenas()  # as hlrs_tf.search does
-    t_import = time.perf_counter()
-    import keras
-    import numpy as np
+    limit_malloc_arenas()
     import tensorflow as tf
 
-    from hlrs_tf.trainer import configure_threads
+    from hlrs_tf.trainer import configure_graph_optimizer, configure_threads
 
     if args.thread_policy == "search":
-        configure_threads(args.threads)  # what hlrs_tf.search does: 1 intra-op x N inter-op threads
+        configure_threads(args.threads)
     elif args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if args.grappler == "off":
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     elif args.grappler == "search":
-        from hlrs_tf.trainer import configure_graph_optimizer
+        configure_graph_optimizer()
 
-        configure_graph_optimizer()  # what hlrs_tf.search does: only the memory optimizer
+
+def build_model_and_data(args):
+    """``(model, dataset)``: the compiled, built search model and an endless dataset of one random batch pair
+    (timing does not depend on the pixel values)."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
     from hlrs_tf.config import SearchConfig
     from hlrs_tf.data import DatasetSpec
     from hlrs_tf.trainer import build_model
 
-    t0 = time.perf_counter()
-    import_s = t0 - t_import
     keras.utils.set_random_seed(0)
     shape = (args.image_size, args.image_size, args.image_channels)
     config = SearchConfig.for_method(args.method, channels=args.channels, layers=args.layers, order=args.order,
                                      batch_size=args.batch_size, cell_impl=args.cell_impl)
     spec = DatasetSpec("bench", shape, args.num_classes, (0.5,) * shape[-1], (0.25,) * shape[-1])
     model = build_model(config, spec, total_steps=1000, class_counts=np.arange(args.num_classes) + 1)
-    build_s = time.perf_counter() - t0
-
     rng = np.random.default_rng(0)
     n = args.batch_size
     x = rng.standard_normal((n, *shape)).astype("float32")
     y = rng.integers(0, args.num_classes, n).astype("int32")
     side = (x, y, x[::-1], y[::-1]) if config.bbn else (x, y)
-    ds = tf.data.Dataset.from_tensors((side, side)).repeat()
+    return model, tf.data.Dataset.from_tensors((side, side)).repeat()
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--steps", type=int, default=5, help="timed steps after the first")
+    p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    args = p.parse_args(argv)
+
+    t_import = time.perf_counter()
+    configure_runtime(args)  # imports TensorFlow
+    import keras
+    import numpy as np
+
+    t0 = time.perf_counter()
+    import_s = t0 - t_import
+    model, ds = build_model_and_data(args)
+    build_s = time.perf_counter() - t0
+    n = args.batch_size
+    shape = (args.image_size, args.image_size, args.image_channels)
 
     times = []
 
