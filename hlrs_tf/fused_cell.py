@@ -44,7 +44,7 @@ import tensorflow as tf
 from hlrs_tf import sync_bn
 from hlrs_tf.cells import SearchCellConfig
 from hlrs_tf.genotypes import PRIMITIVES
-from hlrs_tf.ops import BN_EPSILON, BN_MOMENTUM, depthwise_conv
+from hlrs_tf.ops import BN_EPSILON, BN_MOMENTUM, depthwise_conv, strided_views
 
 # (primitive, [(slot name, kind, kernel size)]) for the parametric ops; kinds: "dw" depthwise (k, k, C, 1),
 # "pw" pointwise (C, C). Slot order = order of use.
@@ -187,17 +187,6 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
     def _pointwise(x, kernel):
         return tf.einsum("bhwc,cd->bhwd", x, kernel)
 
-    @staticmethod
-    def _strided_views(x):
-        """The two stride-2 samplings FactorizedReduce convolves: even pixels and the one-pixel-shifted odd
-        ones, the latter zero-padded to ``ceil(H/2)`` like :class:`hlrs_tf.ops.FactorizedReduce`."""
-        even = x[:, ::2, ::2, :]
-        odd = x[:, 1::2, 1::2, :]
-        pad_h, pad_w = even.shape[1] - odd.shape[1], even.shape[2] - odd.shape[2]
-        if pad_h or pad_w:
-            odd = tf.pad(odd, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-        return even, odd
-
     def _factorized_reduce(self, bn, views, w1, w2, slot, scale, training):
         even, odd = views
         out = tf.concat([self._pointwise(even, w1), self._pointwise(odd, w2)], axis=-1)
@@ -226,7 +215,7 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
 
         if self.reduction_prev:
             h0 = self._factorized_reduce(
-                bn, self._strided_views(tf.nn.relu(s0)), self.pre0_fr1, self.pre0_fr2, "pre0", ones, training
+                bn, strided_views(tf.nn.relu(s0)), self.pre0_fr1, self.pre0_fr2, "pre0", ones, training
             )
         else:
             h0 = self._bn(bn, self._pointwise(tf.nn.relu(s0), self.pre0_kernel), "pre0", ones, training)
@@ -264,7 +253,7 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                             terms.append(w_eo * h)
                         else:
                             k = self.strided_edges.index(e)
-                            views = source(i, "views", lambda r=relu_h: self._strided_views(r()))
+                            views = source(i, "views", lambda r=relu_h: strided_views(r()))
                             terms.append(self._factorized_reduce(
                                 bn, views, skip_fr[0][k], skip_fr[1][k], f"skip_bn_{e}", w_eo, training))
                     elif name.startswith("sep_conv"):

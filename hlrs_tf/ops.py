@@ -212,11 +212,39 @@ class ReLUConvBN(CompositeLayer):
         }
 
 
+def strided_views(x):
+    """The two stride-2 samplings of an NHWC map that FactorizedReduce convolves.
+
+    ``even`` is ``x[:, ::2, ::2]``; ``odd`` is the one-pixel-shifted ``x[:, 1::2, 1::2]``, zero-padded at the end
+    to ``ceil(H/2) x ceil(W/2)`` -- exactly what a 1x1 stride-2 conv sees of ``x`` and of ``x`` shifted by one
+    pixel and zero-padded back to full size.
+
+    Args:
+        x: ``(B, H, W, C)`` tensor.
+
+    Returns:
+        ``(even, odd)``, both ``(B, ceil(H/2), ceil(W/2), C)``.
+    """
+    even = x[:, ::2, ::2, :]
+    h, w = x.shape[1], x.shape[2]
+    if h is None or w is None:  # dynamic size: shift and pad the full map, then sample
+        return even, ops.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))[:, ::2, ::2, :]
+    odd = x[:, 1::2, 1::2, :]
+    if h % 2 or w % 2:  # odd sizes: the last sample of the shifted map is padding
+        odd = ops.pad(odd, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    return even, odd
+
+
 class FactorizedReduce(CompositeLayer):
     """ReLU, two 1x1 stride-2 convs (the second on the input shifted by one pixel), concat, BN.
 
     The shifted input is zero-padded back to full size so both halves have ``ceil(H/2)`` rows for odd sizes
     too (the reference's ``x[:, :, 1:, 1:]`` only lines up for even sizes); for even sizes it is identical.
+
+    A 1x1 stride-2 conv is a 1x1 conv of the stride-2 sampling, and that is how it runs here
+    (:func:`strided_views`, then stride-1 convs): oneDNN's filter gradient of a 1x1 *stride-2* ``Conv2D`` is
+    wrong for 5-7 input channels on this stack (``tests/test_onednn_kernels.py``), and the sampled form also
+    skips three quarters of the multiply-adds' inputs.
 
     Args:
         filters: Output channels (even).
@@ -230,15 +258,15 @@ class FactorizedReduce(CompositeLayer):
         if filters % 2:
             raise ValueError(f"FactorizedReduce needs an even number of filters, got {filters}")
         self.filters, self.affine, self.apply_relu = filters, affine, apply_relu
-        self.conv_1 = pointwise_conv(filters // 2, strides=2)
-        self.conv_2 = pointwise_conv(filters // 2, strides=2)
+        self.conv_1 = pointwise_conv(filters // 2)  # on the stride-2 samplings (see above)
+        self.conv_2 = pointwise_conv(filters // 2)
         self.bn = batch_norm(affine)
 
     def call(self, x, training=None):
         if self.apply_relu:
             x = ops.relu(x)
-        shifted = ops.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
-        out = ops.concatenate([self.conv_1(x), self.conv_2(shifted)], axis=-1)
+        even, odd = strided_views(x)
+        out = ops.concatenate([self.conv_1(even), self.conv_2(odd)], axis=-1)
         return self.bn(out, training=training)
 
     def get_config(self):
