@@ -3,6 +3,7 @@
     python benchmarks/search_step.py --channels=16 --layers=8 --batch_size=64 --order=first --steps=5
     python benchmarks/search_step.py --method=hlrs ...                  # BBN: two batches per side and step
     OMP_NUM_THREADS=1 python benchmarks/search_step.py --threads=1 ...   # 1-thread figure beside 2-thread
+    TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/search_step.py ...         # TensorFlow's own (Eigen) kernels
 
 Runs the real ``DartsSearchModel.fit`` on random images of the given size (timing does not depend on the
 pixel values) with a callback timing each batch; the first batch's time is the trace + first step.
@@ -18,8 +19,9 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as hlrs_tf.search; =1 to measure oneDNN
+from hlrs_tf.cli import prepare_process
+
+prepare_process()  # as hlrs_tf.search does: oneDNN kernels unless TF_ENABLE_ONEDNN_OPTS=0, malloc arenas
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -43,10 +45,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def configure_runtime(args) -> None:
-    """malloc arenas, thread pools and grappler as ``args`` say (by default what ``hlrs_tf.search`` does)."""
-    from hlrs_tf.cli import limit_malloc_arenas
-
-    limit_malloc_arenas()
+    """Thread pools and grappler as ``args`` say (by default what ``hlrs_tf.search`` does)."""
     import tensorflow as tf
 
     from hlrs_tf.trainer import configure_graph_optimizer, configure_threads
@@ -99,6 +98,8 @@ def main(argv=None) -> dict:
     import keras
     import numpy as np
 
+    from hlrs_tf.cli import onednn_enabled
+
     t0 = time.perf_counter()
     import_s = t0 - t_import
     model, ds = build_model_and_data(args)
@@ -130,6 +131,7 @@ def main(argv=None) -> dict:
         "threads": args.threads or "all",
         "thread_policy": args.thread_policy,
         "grappler": args.grappler,
+        "onednn": onednn_enabled(),
         "weight_params": sum(int(np.prod(v.shape)) for v in model.split_variables()[0]),
         "import_s": round(import_s, 2),
         "build_s": round(build_s, 2),

@@ -8,7 +8,6 @@ output is the channel concatenation of the last ``multiplier`` nodes.
 
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 from keras import ops
 

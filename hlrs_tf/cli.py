@@ -3,6 +3,9 @@
 absl's own handling of a bad flag prints ``FATAL Flags parsing error: ...`` plus a help hint and exits 1;
 every hlrs_tf command instead reports it like any other bad input: ``<prog>: error: <cause>`` on stderr,
 exit status 2.
+
+It also holds the process set-up every entry point does before it imports TensorFlow
+(:func:`prepare_process`): TensorFlow reads these settings once, at import.
 """
 
 from __future__ import annotations
@@ -47,3 +50,31 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         ctypes.CDLL("libc.so.6").mallopt(-8, int(arenas))  # -8 = M_ARENA_MAX
     except (OSError, AttributeError):
         pass
+
+
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def prepare_process(onednn: bool = True) -> None:
+    """Process settings TensorFlow reads once: call at the top of an entry point, before importing it.
+
+    * ``TF_CPP_MIN_LOG_LEVEL=2``: no C++ info/warning lines on the console.
+    * ``TF_ENABLE_ONEDNN_OPTS``: oneDNN's CPU kernels (default on). On the search step they are 2-2.4x faster
+      than TensorFlow's own (Eigen) kernels (benchmarks/NOTES.md), and every kernel the networks use is
+      checked against Eigen's by ``tests/test_onednn_kernels.py``. ``TF_ENABLE_ONEDNN_OPTS=0`` in the
+      environment turns them off (a value already set always wins).
+    * glibc malloc capped at 2 arenas (:func:`limit_malloc_arenas`).
+
+    Args:
+        onednn: The default for ``TF_ENABLE_ONEDNN_OPTS`` when the environment does not set it.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault(ONEDNN_ENV, "1" if onednn else "0")
+    limit_malloc_arenas()
+
+
+def onednn_enabled() -> bool:
+    """Whether this process runs oneDNN's kernels (TensorFlow's own answer; imports TensorFlow)."""
+    from tensorflow.python.util import _pywrap_util_port  # the flag TF itself consults
+
+    return bool(_pywrap_util_port.IsMklEnabled())

@@ -14,12 +14,11 @@ from __future__ import annotations
 import dataclasses
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF's own kernels, as in hlrs_tf.search
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+from hlrs_tf import cli
 
-from hlrs_tf import cli  # noqa: E402
+cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
 from hlrs_tf import flags as cli_flags  # noqa: E402  (defines every search flag)
 from hlrs_tf.config import METHODS, ConfigError, SearchConfig  # noqa: E402
 

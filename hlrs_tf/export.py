@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
+from hlrs_tf import cli
 
-from hlrs_tf import cli  # noqa: E402
+cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
 
 flags.DEFINE_string("model", None, "Train work directory (holding model.keras) or a .keras file. Required.")
 flags.DEFINE_string("out", None, "Output folder, e.g. export/<name>; default: export/<name of the work directory>.")

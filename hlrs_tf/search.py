@@ -9,18 +9,11 @@ and exit status 2, never a traceback.
 
 from __future__ import annotations
 
-import os
+from absl import app
 
-# Before TensorFlow is imported: quiet C++ logs; oneDNN off by default. Its kernels make the search step 2.2x
-# faster here, but crashed intermittently on this stack (benchmarks/NOTES.md); TF_ENABLE_ONEDNN_OPTS=1 opts in.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from hlrs_tf import cli
 
-from absl import app  # noqa: E402
-
-from hlrs_tf import cli  # noqa: E402
-
-cli.limit_malloc_arenas()  # before TensorFlow starts threads: lower peak RSS
+cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
 from hlrs_tf import flags as cli_flags  # noqa: E402
 from hlrs_tf.config import ConfigError  # noqa: E402
 

@@ -9,15 +9,11 @@ and exit status 2, never a traceback.
 
 from __future__ import annotations
 
-import os
+from absl import app
 
-# Before TensorFlow is imported: quiet C++ logs; oneDNN off (it only adds a banner and was slower here).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from hlrs_tf import cli
 
-from absl import app  # noqa: E402
-
-from hlrs_tf import cli  # noqa: E402
+cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
 from hlrs_tf import train_flags  # noqa: E402
 from hlrs_tf.train_config import ConfigError  # noqa: E402
 

@@ -23,6 +23,7 @@ from hlrs_tf.callbacks import (
     LearningRateLogger,
     TensorBoardLogger,
 )
+from hlrs_tf.cli import onednn_enabled
 from hlrs_tf.config import SearchConfig
 from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.diagrams import plot_genotype
@@ -160,6 +161,7 @@ def model_summary(model: DartsSearchModel, spec: data_lib.DatasetSpec, config: S
         "arch_sampler": config.arch_sampler,
         "mixing": config.mixing,
         "arch_lr_schedule": config.arch_lr_schedule,
+        "onednn": onednn_enabled(),  # which CPU kernels ran: timings differ ~2x (hlrs_tf.cli.prepare_process)
         **extra,
     }
 

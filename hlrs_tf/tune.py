@@ -12,16 +12,11 @@ trials are kept, an interrupted one continues from its checkpoints. The best set
 
 from __future__ import annotations
 
-import os
+from absl import app, flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # TF's own kernels, as in hlrs_tf.search
+from hlrs_tf import cli
 
-from absl import app, flags  # noqa: E402
-
-from hlrs_tf import cli  # noqa: E402
-
-cli.limit_malloc_arenas()  # before TensorFlow starts threads: lower peak RSS
+cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
 from hlrs_tf import flags as cli_flags  # noqa: E402  (defines every search flag)
 from hlrs_tf.config import ConfigError  # noqa: E402
 

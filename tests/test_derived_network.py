@@ -7,7 +7,14 @@ import tensorflow as tf
 import keras
 
 from hlrs_tf import ops as darts_ops
-from hlrs_tf.derived_network import AuxiliaryHead, DerivedCell, DerivedNetwork, drop_path, reduction_layers
+from hlrs_tf.derived_network import (
+    AuxiliaryHead,
+    DerivedCell,
+    DerivedNetwork,
+    average_pool_same,
+    drop_path,
+    reduction_layers,
+)
 from hlrs_tf.genotypes import DARTS_V1, DARTS_V2, Genotype, GenotypeError
 
 
@@ -120,6 +127,42 @@ def test_auxiliary_head_only_while_training(shape):
     np.testing.assert_allclose(net(x, training=False).numpy(), logits.numpy(), atol=1e-6)
     head = net.auxiliary_head
     assert isinstance(head, AuxiliaryHead) and head.conv2.kernel.shape == (2, 2, 128, 768)
+
+
+def _same_average_pool_reference(x, proj, k, s):
+    """Value and input gradient (of ``sum(y * proj)``) of a "same" average pool excluding padding, by looping
+    over the windows in numpy: the obviously-correct computation."""
+    b, n, m, c = x.shape
+    out_h, out_w = -(-n // s), -(-m // s)
+    top = max((out_h - 1) * s + k - n, 0) // 2
+    left = max((out_w - 1) * s + k - m, 0) // 2
+    y, g = np.zeros((b, out_h, out_w, c)), np.zeros(x.shape)
+    for i in range(out_h):
+        for j in range(out_w):
+            rows = slice(max(s * i - top, 0), min(s * i - top + k, n))
+            cols = slice(max(s * j - left, 0), min(s * j - left + k, m))
+            cells = (rows.stop - rows.start) * (cols.stop - cols.start)
+            y[:, i, j] = x[:, rows, cols].sum(axis=(1, 2)) / cells
+            g[:, rows, cols] += proj[:, i : i + 1, j : j + 1] / cells
+    return y, g
+
+
+@pytest.mark.parametrize("size", [(4, 4), (3, 3), (2, 2), (1, 1), (4, 2), (7, 7)])
+def test_average_pool_same_is_exact_in_value_and_gradient(size):
+    """The auxiliary head's small-map pool (sum / valid cells over a zero-padded map) against the window loop.
+    TF's own "same" average pool has the right value but, on a 4x4 map with a 5x5 window, a wrong gradient
+    (0.07 off on TF's kernels, right on oneDNN's), which is why the head does not use it."""
+    x = _images(3, (*size, 5))
+    proj = _images(3, (-(-size[0] // 3), -(-size[1] // 3), 5), seed=1)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = average_pool_same(xt, 5, 3)
+        loss = tf.reduce_sum(y * proj)
+    y_ref, g_ref = _same_average_pool_reference(x, proj, 5, 3)
+    np.testing.assert_allclose(y.numpy(), y_ref, atol=1e-5)
+    np.testing.assert_allclose(tape.gradient(loss, xt).numpy(), g_ref, atol=1e-5)
+    np.testing.assert_allclose(tf.nn.avg_pool2d(xt, 5, 3, "SAME").numpy(), y_ref, atol=1e-5)  # same function
 
 
 def test_bbn_head_shares_the_trunk_and_concats_at_inference():
