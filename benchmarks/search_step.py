@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import sys
@@ -86,12 +85,54 @@ def build_model_and_data(args):
     return model, tf.data.Dataset.from_tensors((side, side)).repeat()
 
 
+def breakdown(args) -> dict:
+    """Where the start-up goes: Python tracing of ``train_step`` vs its first call vs a plain step."""
+    configure_runtime(args)
+    import tensorflow as tf
+
+    from hlrs_tf.cli import onednn_enabled
+
+    t0 = time.perf_counter()
+    model, ds = build_model_and_data(args)
+    build_s = time.perf_counter() - t0
+    batch = next(iter(ds))
+    step = tf.function(model.train_step)
+    t0 = time.perf_counter()
+    concrete = step.get_concrete_function(batch)
+    trace_s = time.perf_counter() - t0
+    ops = len(concrete.graph.get_operations())
+    t0 = time.perf_counter()
+    concrete(batch)
+    first_call_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        concrete(batch)
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    result = {
+        "channels": args.channels, "layers": args.layers, "batch_size": args.batch_size, "order": args.order,
+        "onednn": onednn_enabled(), "build_s": round(build_s, 2), "python_trace_s": round(trace_s, 2),
+        "graph_ops": ops, "first_call_s": round(first_call_s, 2),
+        "first_call_minus_step_s (optimise + instantiate)": round(first_call_s - step_s, 2),
+        "median_step_s": round(step_s, 3),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+    }
+    print(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--steps", type=int, default=5, help="timed steps after the first")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    p.add_argument("--breakdown", action="store_true",
+                   help="instead of fit: time the Python trace of train_step, its first call (graph optimisation, "
+                        "executor set-up, kernel creation and one step) and the next calls, one by one")
     args = p.parse_args(argv)
+    if args.breakdown:
+        return breakdown(args)
 
     t_import = time.perf_counter()
     configure_runtime(args)  # imports TensorFlow

@@ -23,6 +23,14 @@ wrong (STACK.md trap 10):
 * ``H v ~ (grad_a L_train(w + eps v, a) - grad_a L_train(w - eps v, a)) / (2 eps)``, ``eps = 0.01 / ||v||``;
 * architecture gradient ``dalpha - xi * H v``.
 
+That is five forward/backward passes where first order runs two (three of them with weight gradients, against
+one), so a second-order step costs ~2.5-2.7x a first-order one here; the reference's "about 2x" counts
+PyTorch's first-order step, whose architecture pass computes the weight gradients too. A one-sided difference
+reusing the virtual step's pass at ``(w, a)`` would save one pass (~2.1x) but was measured to change the
+architecture gradient by 79-93% (relative norm) on small supernets: the Hessian-vector product of this
+piecewise-smooth loss (ReLU, max pooling) is far from its linearisation at ``eps * ||v|| = 0.01``, so the
+scheme matters as much as the signal, and the reference's central difference is kept.
+
 BatchNorm statistics computed by these virtual passes are discarded; the real forward passes update them.
 """
 

@@ -1,10 +1,14 @@
-"""Shared test setup: quiet TensorFlow, oneDNN off (as the CLI does), repository paths."""
+"""Shared test setup: the commands' process settings (quiet TensorFlow, oneDNN kernels), repository paths.
+
+``TF_ENABLE_ONEDNN_OPTS=0 bash scripts/test.sh`` runs the whole suite on TensorFlow's own kernels instead.
+"""
 
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from hlrs_tf.cli import prepare_process
+
+prepare_process()  # before TensorFlow is imported; subprocesses inherit the environment
 
 import pytest  # noqa: E402
 

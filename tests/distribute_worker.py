@@ -25,9 +25,10 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hlrs_tf.cli import prepare_process  # noqa: E402
+
+prepare_process()  # the commands' settings (the parent test's environment wins)
 
 from hlrs_tf import distribute  # noqa: E402  (imports TF; creates no op)
 

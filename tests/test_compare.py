@@ -4,7 +4,6 @@ import csv
 import math
 import os
 
-import numpy as np
 import pytest
 from PIL import Image
 

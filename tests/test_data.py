@@ -2,10 +2,6 @@
 
 import os
 
-# Before TensorFlow is imported anywhere: quiet C++ logs and the oneDNN banner (STACK.md trap 2).
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
-
 import math  # noqa: E402
 
 import numpy as np  # noqa: E402

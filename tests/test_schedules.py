@@ -1,11 +1,6 @@
 """BBN mixing and HLRS architecture learning-rate schedules: formulas, validation, and the callback on a real
 (tiny) search model -- the rate it sets is the one the architecture step uses, and Adam's state is kept."""
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
 import dataclasses  # noqa: E402
 import math  # noqa: E402
 import types  # noqa: E402
