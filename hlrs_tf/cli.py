@@ -52,24 +52,18 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
-ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
-
-
-def prepare_process(onednn: bool = True) -> None:
+def prepare_process() -> None:
     """Process settings TensorFlow reads once: call at the top of an entry point, before importing it.
 
     * ``TF_CPP_MIN_LOG_LEVEL=2``: no C++ info/warning lines on the console.
-    * ``TF_ENABLE_ONEDNN_OPTS``: oneDNN's CPU kernels (default on). On the search step they are 2-2.4x faster
-      than TensorFlow's own (Eigen) kernels (benchmarks/NOTES.md), and every kernel the networks use is
-      checked against Eigen's by ``tests/test_onednn_kernels.py``. ``TF_ENABLE_ONEDNN_OPTS=0`` in the
-      environment turns them off (a value already set always wins).
+    * ``TF_ENABLE_ONEDNN_OPTS=1``: oneDNN's CPU kernels. On the search step they are 2-2.4x faster than
+      TensorFlow's own (Eigen) kernels (benchmarks/NOTES.md), and every kernel the networks use is checked
+      against Eigen's by ``tests/test_onednn_kernels.py``. ``TF_ENABLE_ONEDNN_OPTS=0`` in the environment
+      turns them off (a value already set always wins).
     * glibc malloc capped at 2 arenas (:func:`limit_malloc_arenas`).
-
-    Args:
-        onednn: The default for ``TF_ENABLE_ONEDNN_OPTS`` when the environment does not set it.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault(ONEDNN_ENV, "1" if onednn else "0")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     limit_malloc_arenas()
 
 

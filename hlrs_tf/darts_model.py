@@ -24,7 +24,7 @@ wrong (STACK.md trap 10):
 * architecture gradient ``dalpha - xi * H v``.
 
 That is five forward/backward passes where first order runs two (three of them with weight gradients, against
-one), so a second-order step costs ~2.5-2.7x a first-order one here; the reference's "about 2x" counts
+one), so a second-order step costs ~2.4-2.8x a first-order one here; the reference's "about 2x" counts
 PyTorch's first-order step, whose architecture pass computes the weight gradients too. A one-sided difference
 reusing the virtual step's pass at ``(w, a)`` would save one pass (~2.1x) but was measured to change the
 architecture gradient by 79-93% (relative norm) on small supernets: the Hessian-vector product of this

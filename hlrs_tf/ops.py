@@ -243,8 +243,7 @@ class FactorizedReduce(CompositeLayer):
 
     A 1x1 stride-2 conv is a 1x1 conv of the stride-2 sampling, and that is how it runs here
     (:func:`strided_views`, then stride-1 convs): oneDNN's filter gradient of a 1x1 *stride-2* ``Conv2D`` is
-    wrong for 5-7 input channels on this stack (``tests/test_onednn_kernels.py``), and the sampled form also
-    skips three quarters of the multiply-adds' inputs.
+    wrong for 5-7 input channels on this stack (``tests/test_onednn_kernels.py``).
 
     Args:
         filters: Output channels (even).

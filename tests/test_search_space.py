@@ -105,6 +105,32 @@ def test_factorized_reduce_shapes_even_and_odd():
     assert tuple(fr2(np.ones((2, 7, 7, 4), "float32")).shape) == (2, 4, 4, 8)
 
 
+@pytest.mark.parametrize("size", [(8, 8), (7, 7), (5, 6)])
+def test_strided_views_are_what_a_1x1_stride_2_conv_sees(size):
+    """FactorizedReduce's samplings: x and x shifted by one pixel (zero-padded back), taken at stride 2 -- for
+    static sizes, and for sizes only known at run time (the other code path)."""
+    x = np.random.default_rng(0).standard_normal((2, *size, 3)).astype("float32")
+    shifted = np.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
+    expected = (x[:, ::2, ::2, :], shifted[:, ::2, ::2, :])
+    dynamic = tf.function(darts_ops.strided_views, input_signature=[tf.TensorSpec((None, None, None, 3))])
+    for even, odd in (darts_ops.strided_views(tf.constant(x)), dynamic(tf.constant(x))):
+        np.testing.assert_array_equal(even.numpy(), expected[0])
+        np.testing.assert_array_equal(odd.numpy(), expected[1])
+
+
+def test_factorized_reduce_is_two_1x1_stride_2_convs():
+    """The reference form (ReLU, 1x1 stride-2 conv of x and of x shifted by one pixel, concat, BN), written with
+    TF's strided conv, against the layer (which convolves the samplings with stride 1)."""
+    x = np.random.default_rng(1).standard_normal((2, 7, 7, 6)).astype("float32")
+    fr = darts_ops.FactorizedReduce(8, affine=False)
+    got = fr(x, training=False).numpy()
+    r = np.maximum(x, 0.0)
+    shifted = np.pad(r[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))
+    halves = [tf.nn.conv2d(v, conv.kernel.numpy(), 2, "VALID") for v, conv in ((r, fr.conv_1), (shifted, fr.conv_2))]
+    expected = tf.concat(halves, axis=-1).numpy() / np.sqrt(1 + 1e-5)  # BN at its initial statistics
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def _one_hot(name):
     w = np.zeros(len(PRIMITIVES), "float32")
     w[PRIMITIVES.index(name)] = 1.0
