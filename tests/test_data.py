@@ -1,14 +1,13 @@
 """Tests of hlrs_tf.data on real data, offline: Debian Fashion-MNIST, sklearn digits, tiny files."""
 
+import math
 import os
 
-import math  # noqa: E402
+import numpy as np
+import pytest
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from hlrs_tf import data  # noqa: E402
+from hlrs_tf import data
 
 FMNIST_DIR = data.DEFAULT_FASHION_MNIST_DIR
 needs_fmnist = pytest.mark.skipif(

@@ -1,17 +1,17 @@
 """BBN mixing and HLRS architecture learning-rate schedules: formulas, validation, and the callback on a real
 (tiny) search model -- the rate it sets is the one the architecture step uses, and Adam's state is kept."""
 
-import dataclasses  # noqa: E402
-import math  # noqa: E402
-import types  # noqa: E402
+import dataclasses
+import math
+import types
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
-from hlrs_tf import data as data_lib  # noqa: E402
-from hlrs_tf.darts_model import DartsSearchModel  # noqa: E402
-from hlrs_tf.schedules import (  # noqa: E402
+from hlrs_tf import data as data_lib
+from hlrs_tf.darts_model import DartsSearchModel
+from hlrs_tf.schedules import (
     ARCH_LR_SCHEDULES,
     MIXING_SCHEDULES,
     HLRSCallback,
@@ -19,7 +19,7 @@ from hlrs_tf.schedules import (  # noqa: E402
     arch_learning_rate,
     mixing_factor,
 )
-from hlrs_tf.search_network import SearchNetwork  # noqa: E402
+from hlrs_tf.search_network import SearchNetwork
 
 # The formulas of SPEC.md sections 4-5, written out independently of the module.
 FORMULAS = {
