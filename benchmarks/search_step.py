@@ -39,8 +39,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="cores to use (0 = all)")
     p.add_argument("--thread_policy", choices=("search", "tf"), default="search",
                    help="'search': 1 intra-op x N inter-op threads, as the search runs; 'tf': N x N (TF's style)")
-    p.add_argument("--grappler", choices=("search", "default", "off"), default="search",
-                   help="'search': only the memory optimizer, as the search runs; 'default': TF's full grappler; 'off': none")
+    p.add_argument("--grappler", choices=("search", "default", "memory"), default="search",
+                   help="'search': off, as the search runs; 'default': TF's full grappler; 'memory': only its "
+                        "memory optimizer (the search's setting before each pass was traced once)")
+
+
+# Every grappler pass but the memory optimizer (``--grappler=memory``).
+GRAPPLER_PASSES_BUT_MEMORY = (
+    "layout_optimizer", "constant_folding", "shape_optimization", "remapping", "arithmetic_optimization",
+    "dependency_optimization", "loop_optimization", "function_optimization", "debug_stripper",
+    "scoped_allocator_optimization", "pin_to_host_optimization", "implementation_selector", "auto_mixed_precision",
+)
 
 
 def configure_runtime(args) -> None:
@@ -54,10 +63,10 @@ def configure_runtime(args) -> None:
     elif args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    if args.grappler == "off":
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    elif args.grappler == "search":
+    if args.grappler == "search":
         configure_graph_optimizer()
+    elif args.grappler == "memory":
+        tf.config.optimizer.set_experimental_options({name: False for name in GRAPPLER_PASSES_BUT_MEMORY})
 
 
 def build_model_and_data(args):

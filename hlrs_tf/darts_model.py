@@ -40,6 +40,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from hlrs_tf import sync_bn
 from hlrs_tf.distribute import PrebuiltModelMixin, step_logs
 from hlrs_tf.search_network import SearchNetwork, split_variables
 
@@ -49,6 +50,32 @@ ORDERS = ("first", "second")
 def num_replicas() -> int:
     """Replicas in sync of the current ``tf.distribute`` strategy (1 outside any)."""
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def traced_once(fn):
+    """``fn`` as a ``tf.function`` of its own when called while a step is being traced, else ``fn`` itself.
+
+    A step runs the same forward/backward pass on other batches or other variable values: twice in first
+    order (architecture and weight pass), five times in second order. Traced inline, every call adds its own
+    copy of the pass -- 15k graph ops at C=16 / 8 cells, built in Python at ~0.5 ms each -- and that was half of
+    the start-up. A nested ``tf.function`` is traced once and called as a function op. When TensorFlow
+    instantiates the step it inlines the calls and drops what a call's results do not reach (the weight
+    gradients of the architecture pass), so the step runs the same kernels as before (benchmarks/NOTES.md:
+    same step time, Python trace 12.2 -> 6.6 s at quickstart size). Eager calls (tests, debugging) stay
+    plain Python, and so do passes with synchronised BN over several replicas: its cross-replica sums are
+    synchronisation points (``merge_call``), which TensorFlow refuses inside a nested ``tf.function``, so a
+    multi-replica step is traced inline as before.
+
+    Args:
+        fn: The pass, a function of tensors (nests of tensors) only.
+
+    Returns:
+        A new ``tf.function`` of ``fn`` inside a trace (one per traced step), ``fn`` outside or when BN
+        synchronises replicas.
+    """
+    if not tf.inside_function() or sync_bn.should_sync():
+        return fn
+    return tf.function(fn, autograph=False)
 
 
 def clip_by_global_norm(grads, clip_norm: float):
@@ -220,12 +247,17 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         return self._loss_from_logits(batch, logits), logits
 
     # ---------------------------------------------------------------- the bilevel step
+    # No tensor-dependent Python control flow here or below, so autograph's source conversion (~1 s of
+    # start-up at the paper size) is skipped.
+    @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
         train_batch, val_batch = data
         weights, alphas = self.split_variables()
 
+        # The step runs the same forward/backward pass several times; each is traced once (see traced_once).
+        loss_and_grads = traced_once(self._loss_and_grads)
         if self.order == "first":
-            arch_loss, arch_logits, arch_grads = self._first_order_arch_grads(val_batch, alphas)
+            arch_loss, arch_logits, arch_grads = self._first_order_arch_grads(val_batch, loss_and_grads)
         else:
             arch_loss, arch_logits, arch_grads = self._second_order_arch_grads(
                 train_batch, val_batch, weights, alphas
@@ -234,9 +266,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         arch_grads = [g + (self.arch_weight_decay * scale) * a for g, a in zip(arch_grads, alphas)]
         self.arch_optimizer.apply(arch_grads, alphas)
 
-        with tf.GradientTape() as tape:
-            loss, logits = self._loss(train_batch, training=True)
-        grads = tape.gradient(loss, weights)
+        loss, logits, grads, _ = loss_and_grads(train_batch)
         grads, _ = clip_by_global_norm(grads, self.grad_clip)
         grads = [g + (self.weight_decay * scale) * w for g, w in zip(grads, weights)]
         self.optimizer.apply(grads, weights)
@@ -248,10 +278,30 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         self._update_accuracy(self.arch_accuracy_tracker, val_batch, arch_logits)
         return step_logs({m.name: m.result() for m in self.metrics})  # MWMS-safe shape
 
-    def _first_order_arch_grads(self, val_batch, alphas):
+    def _loss_and_grads(self, batch):
+        """``(loss, logits, weight_grads, arch_grads)`` of one batch at the current variables.
+
+        Both gradient groups are returned so that one trace serves the architecture pass and the weight pass;
+        inside a traced step the group a pass does not use is never computed (see :func:`traced_once`).
+        """
+        weights, alphas = self.split_variables()
         with tf.GradientTape() as tape:
-            loss, logits = self._loss(val_batch, training=True)
-        return loss, logits, tape.gradient(loss, alphas)
+            loss, logits = self._loss(batch, training=True)
+        grads = tape.gradient(loss, weights + alphas)
+        return loss, logits, grads[: len(weights)], grads[len(weights) :]
+
+    def _first_order_arch_grads(self, val_batch, loss_and_grads=None):
+        loss, logits, _, arch_grads = (loss_and_grads or self._loss_and_grads)(val_batch)
+        return loss, logits, arch_grads
+
+    def _stateless_loss_and_grads(self, assemble, w_vals, a_vals, non_trainable, batch):
+        """``(loss, logits, weight_grads, arch_grads)`` at given weight and alpha values (the unrolled passes)."""
+        with tf.GradientTape() as tape:
+            tape.watch(w_vals)
+            tape.watch(a_vals)
+            loss, logits = self._stateless_loss(assemble(w_vals, a_vals), non_trainable, batch)
+        grads = tape.gradient(loss, list(w_vals) + list(a_vals))
+        return loss, logits, grads[: len(w_vals)], grads[len(w_vals) :]
 
     def _momentum_values(self, weights):
         """Keras SGD momentum buffers (``m = mu m - lr g``) for ``weights``; zeros without momentum."""
@@ -265,9 +315,11 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         arch_ids = {id(a) for a in alphas}
         w_pos = [i for i, v in enumerate(trainable) if id(v) not in arch_ids]
         a_pos = [i for i, v in enumerate(trainable) if id(v) in arch_ids]
-        non_trainable = [v.value for v in self.non_trainable_variables]
-        w_vals = [v.value for v in weights]
-        a_vals = [v.value for v in alphas]
+        # Tensors, not the variables ``v.value`` is on this backend: the shared pass below must see the same
+        # argument types in every call, or it is traced again.
+        non_trainable = [tf.convert_to_tensor(v) for v in self.non_trainable_variables]
+        w_vals = [tf.convert_to_tensor(v) for v in weights]
+        a_vals = [tf.convert_to_tensor(v) for v in alphas]
 
         def assemble(ws, as_):
             values = [None] * len(trainable)
@@ -278,12 +330,13 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
             return values
 
         xi = ops.cast(self.optimizer.learning_rate, "float32")
+        # All four passes are one function of (weights, alphas, batch), traced once (see traced_once).
+        grads_at = traced_once(
+            lambda ws, as_, batch: self._stateless_loss_and_grads(assemble, ws, as_, non_trainable, batch)
+        )
 
         # 1. Virtual weight step w' on the training batch.
-        with tf.GradientTape() as tape:
-            tape.watch(w_vals)
-            loss_train, _ = self._stateless_loss(assemble(w_vals, a_vals), non_trainable, train_batch)
-        g_train = tape.gradient(loss_train, w_vals)
+        _, _, g_train, _ = grads_at(w_vals, a_vals, train_batch)
         # Each replica holds its share of the gradient (losses are scaled by 1/replicas); the virtual step
         # and v must be the global ones, identical on every replica.
         ctx = tf.distribute.get_replica_context()
@@ -297,12 +350,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         ]
 
         # 2. Validation loss at (w', a): dalpha and v.
-        with tf.GradientTape() as tape:
-            tape.watch(w_virtual)
-            tape.watch(a_vals)
-            loss_val, logits_val = self._stateless_loss(assemble(w_virtual, a_vals), non_trainable, val_batch)
-        grads = tape.gradient(loss_val, a_vals + w_virtual)
-        d_alpha, v = grads[: len(a_vals)], grads[len(a_vals) :]
+        loss_val, logits_val, v, d_alpha = grads_at(w_virtual, a_vals, val_batch)
         if replicated:
             v = ctx.all_reduce(tf.distribute.ReduceOp.SUM, v)
 
@@ -311,10 +359,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
 
         def arch_grad_at(sign):
             ws = [w + sign * eps * vi for w, vi in zip(w_vals, v)]
-            with tf.GradientTape() as tape:
-                tape.watch(a_vals)
-                loss, _ = self._stateless_loss(assemble(ws, a_vals), non_trainable, train_batch)
-            return tape.gradient(loss, a_vals)
+            return grads_at(ws, a_vals, train_batch)[3]
 
         g_plus = arch_grad_at(1.0)
         # The two passes are independent, so the executor would run them side by side and hold both passes'

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from hlrs_tf import darts_model
 from hlrs_tf import data as data_lib
 from hlrs_tf.darts_model import DartsSearchModel, clip_by_global_norm
 from hlrs_tf.search_network import SearchNetwork
@@ -150,3 +151,54 @@ def test_genotype_follows_alphas():
     g = model.genotype()
     assert {op for op, _ in g.normal} == {"sep_conv_3x3"}
     assert g.normal_concat == (2, 3, 4, 5)
+
+
+def _function_calls(concrete):
+    """``{function name: number of call ops}`` in a traced step's own graph."""
+    calls = {}
+    for op in concrete.graph.get_operations():
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall"):
+            name = op.get_attr("f").name
+            calls[name] = calls.get(name, 0) + 1
+    return calls
+
+
+@pytest.mark.parametrize("order, expected", [("first", [2]), ("second", [1, 4])])
+def test_each_pass_of_a_traced_step_is_traced_once(digits_batch, order, expected):
+    """First order: one traced pass called twice (architecture, weights); second order: the unrolled pass called
+    four times (virtual step, validation, w + eps v, w - eps v) and the weight pass once."""
+    model = make_model(order)
+    concrete = tf.function(model.train_step).get_concrete_function(digits_batch)
+    assert sorted(_function_calls(concrete).values()) == expected
+    # the step's own graph is the optimizer updates and the bookkeeping, not the network
+    inner = sum(len(f.graph.get_operations()) for f in concrete.graph._functions.values()
+                if hasattr(f, "graph"))
+    assert len(concrete.graph.get_operations()) < inner
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_shared_passes_take_the_same_steps_as_inline_passes(digits_batch, order, monkeypatch):
+    """The traced step with each pass traced once (called as a function, unused gradients pruned) moves every
+    variable exactly as the step with every pass traced inline does, over two steps so momentum and the
+    optimizers' state are exercised. (Both traced: eager and traced second-order steps differ by more than
+    rounding, because the finite-difference Hessian term magnifies the kernels' different rounding.)"""
+    (xt, yt), (xv, yv) = digits_batch
+    steps = [digits_batch, ((xv, yv), (xt, yt))]
+    shared, inline = make_model(order), make_model(order)
+    shared_step, inline_step = tf.function(shared.train_step), tf.function(inline.train_step)
+    with monkeypatch.context() as m:
+        m.setattr(darts_model, "traced_once", lambda fn: fn)  # the direct computation: every pass inline
+        inline_step.get_concrete_function(digits_batch)
+    assert _function_calls(inline_step.get_concrete_function(digits_batch)) == {}
+    a0 = [a.numpy() for a in shared.network.arch_variables]
+    for batch in steps:
+        logs_s, logs_i = shared_step(batch), inline_step(batch)
+        for key in ("loss", "arch_loss", "accuracy", "arch_accuracy"):
+            assert float(logs_s[key]) == pytest.approx(float(logs_i[key]), abs=1e-6), key
+    moved = max(np.abs(a.numpy() - b).max() for a, b in zip(shared.network.arch_variables, a0))
+    assert moved > 1e-4
+    # Measured: bitwise equal. The tolerances leave room for summation order only.
+    for s, i in zip(shared.network.arch_variables, inline.network.arch_variables):
+        assert np.abs(s.numpy() - i.numpy()).max() < 1e-4 * moved
+    for s, i in zip(shared.network.weights, inline.network.weights):
+        assert np.abs(s.numpy() - i.numpy()).max() < 1e-6 * max(1.0, np.abs(i.numpy()).max()), s.path

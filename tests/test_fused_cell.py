@@ -185,7 +185,7 @@ def test_fused_and_direct_models_compute_the_same_architecture_gradient(order):
     for label, model in (("direct", direct), ("fused", fused)):
         weights, alphas = model.split_variables()
         if order == "first":
-            _, _, g = model._first_order_arch_grads(val, alphas)
+            _, _, g = model._first_order_arch_grads(val)
         else:
             _, _, g = model._second_order_arch_grads(train, val, weights, alphas)
         grads[label] = np.concatenate([np.ravel(x) for x in g])
