@@ -3,6 +3,7 @@
     python benchmarks/search_step.py --channels=16 --layers=8 --batch_size=64 --order=first --steps=5
     python benchmarks/search_step.py --method=hlrs ...                  # BBN: two batches per side and step
     OMP_NUM_THREADS=1 python benchmarks/search_step.py --threads=1 ...   # 1-thread figure beside 2-thread
+    python benchmarks/search_step.py --precision=mixed_bfloat16 ...     # mixed precision (hlrs_tf.precision)
     TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/search_step.py ...         # TensorFlow's own (Eigen) kernels
 
 Runs the real ``DartsSearchModel.fit`` on random images of the given size (timing does not depend on the
@@ -36,6 +37,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="fused search cell (default) or the direct per-edge reference computation")
     p.add_argument("--method", choices=("darts", "darts_resample", "darts_reweight", "darts_bbn", "hlrs"),
                    default="darts", help="method preset (the BBN ones run two batches per side and step)")
+    p.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32",
+                   help="the search's --precision (Keras dtype policy of the supernet)")
     p.add_argument("--threads", type=int, default=0, help="cores to use (0 = all)")
     p.add_argument("--thread_policy", choices=("search", "tf"), default="search",
                    help="'search': 1 intra-op x N inter-op threads, as the search runs; 'tf': N x N (TF's style)")
@@ -53,18 +56,21 @@ GRAPPLER_PASSES_BUT_MEMORY = (
 
 
 def configure_runtime(args) -> None:
-    """Thread pools and grappler as ``args`` say (by default what ``hlrs_tf.search`` does)."""
+    """Devices, thread pools and grappler as ``args`` say (by default what ``hlrs_tf.search`` does: the CPU
+    settings only when TensorFlow lists no GPU, ``hlrs_tf.runtime.configure_devices``)."""
     import tensorflow as tf
 
+    from hlrs_tf.runtime import configure_devices, set_thread_pools
     from hlrs_tf.trainer import configure_graph_optimizer, configure_threads
 
-    if args.thread_policy == "search":
+    cpu_only = configure_devices().cpu_only
+    if args.thread_policy == "search" and cpu_only:
         configure_threads(args.threads)
-    elif args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    else:
+        set_thread_pools(args.threads)
     if args.grappler == "search":
-        configure_graph_optimizer()
+        if cpu_only:
+            configure_graph_optimizer()
     elif args.grappler == "memory":
         tf.config.optimizer.set_experimental_options({name: False for name in GRAPPLER_PASSES_BUT_MEMORY})
 
@@ -83,7 +89,8 @@ def build_model_and_data(args):
     keras.utils.set_random_seed(0)
     shape = (args.image_size, args.image_size, args.image_channels)
     config = SearchConfig.for_method(args.method, channels=args.channels, layers=args.layers, order=args.order,
-                                     batch_size=args.batch_size, cell_impl=args.cell_impl)
+                                     batch_size=args.batch_size, cell_impl=args.cell_impl,
+                                     precision=args.precision)
     spec = DatasetSpec("bench", shape, args.num_classes, (0.5,) * shape[-1], (0.25,) * shape[-1])
     model = build_model(config, spec, total_steps=1000, class_counts=np.arange(args.num_classes) + 1)
     rng = np.random.default_rng(0)
@@ -100,6 +107,7 @@ def breakdown(args) -> dict:
     import tensorflow as tf
 
     from hlrs_tf.cli import onednn_enabled
+    from hlrs_tf.runtime import visible_devices
 
     t0 = time.perf_counter()
     model, ds = build_model_and_data(args)
@@ -121,7 +129,8 @@ def breakdown(args) -> dict:
     step_s = statistics.median(times)
     result = {
         "channels": args.channels, "layers": args.layers, "batch_size": args.batch_size, "order": args.order,
-        "onednn": onednn_enabled(), "build_s": round(build_s, 2), "python_trace_s": round(trace_s, 2),
+        "onednn": onednn_enabled(), "devices": visible_devices().names(), "build_s": round(build_s, 2),
+        "python_trace_s": round(trace_s, 2),
         "graph_ops": ops, "first_call_s": round(first_call_s, 2),
         "first_call_minus_step_s (optimise + instantiate)": round(first_call_s - step_s, 2),
         "median_step_s": round(step_s, 3),
@@ -149,6 +158,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     from hlrs_tf.cli import onednn_enabled
+    from hlrs_tf.runtime import visible_devices
 
     t0 = time.perf_counter()
     import_s = t0 - t_import
@@ -178,10 +188,12 @@ def main(argv=None) -> dict:
         "order": args.order,
         "cell_impl": args.cell_impl,
         "method": args.method,
+        "precision": args.precision,
         "threads": args.threads or "all",
         "thread_policy": args.thread_policy,
         "grappler": args.grappler,
         "onednn": onednn_enabled(),
+        "devices": visible_devices().names(),
         "weight_params": sum(int(np.prod(v.shape)) for v in model.split_variables()[0]),
         "import_s": round(import_s, 2),
         "build_s": round(build_s, 2),

@@ -22,6 +22,7 @@ import tensorflow as tf
 from keras import ops
 
 from hlrs_tf.darts_model import DartsSearchModel
+from hlrs_tf.precision import policy_scope
 from hlrs_tf.search_network import SearchNetwork
 
 
@@ -58,10 +59,11 @@ class BBNSearchNetwork(SearchNetwork):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         last = self.cells[-1]
-        self.rebalancing_cell = self.cell_class(
-            last.channels, last.reduction, last.reduction_prev, last.steps, last.multiplier, self.primitives,
-            name="cell_rebalancing",
-        )
+        with policy_scope(self.dtype_policy):  # the network's dtype policy, as for its other cells
+            self.rebalancing_cell = self.cell_class(
+                last.channels, last.reduction, last.reduction_prev, last.steps, last.multiplier, self.primitives,
+                name="cell_rebalancing",
+            )
         # The classifier (built on first call) sees the concatenation of both branches: 2 * feature_dim.
 
     @property

@@ -5,7 +5,8 @@ every hlrs_tf command instead reports it like any other bad input: ``<prog>: err
 exit status 2.
 
 It also holds the process set-up every entry point does before it imports TensorFlow
-(:func:`prepare_process`): TensorFlow reads these settings once, at import.
+(:func:`prepare_process`): TensorFlow reads these settings once, at import. Which of them apply depends on
+whether a GPU is expected (:mod:`hlrs_tf.runtime`).
 """
 
 from __future__ import annotations
@@ -55,16 +56,29 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 def prepare_process() -> None:
     """Process settings TensorFlow reads once: call at the top of an entry point, before importing it.
 
+    * TensorFlow missing, or ``tensorflow`` and ``tensorflow-cpu`` both installed: one line naming the fix
+      (:func:`hlrs_tf.runtime.tensorflow_install_problem`), exit status 2.
     * ``TF_CPP_MIN_LOG_LEVEL=2``: no C++ info/warning lines on the console.
+
+    Only when no GPU is expected (:func:`hlrs_tf.runtime.gpu_expected`, a guess without importing
+    TensorFlow; the thread and grappler settings wait for TensorFlow's own device list,
+    :func:`hlrs_tf.runtime.configure_devices`):
+
     * ``TF_ENABLE_ONEDNN_OPTS=1``: oneDNN's CPU kernels. On the search step they are 2-2.4x faster than
       TensorFlow's own (Eigen) kernels (benchmarks/NOTES.md), and every kernel the networks use is checked
       against Eigen's by ``tests/test_onednn_kernels.py``. ``TF_ENABLE_ONEDNN_OPTS=0`` in the environment
-      turns them off (a value already set always wins).
-    * glibc malloc capped at 2 arenas (:func:`limit_malloc_arenas`).
+      turns them off (a value already set always wins). With a GPU, TensorFlow's default stays.
+    * glibc malloc capped at 2 arenas (:func:`limit_malloc_arenas`; measured on the CPU step's buffers).
     """
+    from hlrs_tf import runtime  # imports no TensorFlow
+
+    problem = runtime.tensorflow_install_problem()
+    if problem:
+        fail("hlrs_tf", problem)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    limit_malloc_arenas()
+    if not runtime.gpu_expected():
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+        limit_malloc_arenas()
 
 
 def onednn_enabled() -> bool:

@@ -6,7 +6,8 @@ Every search flag is accepted and passed on to each run (explicit ones only, so 
 still applies); ``--methods`` and ``--seeds`` choose the grid; ``--workdir`` holds one sub-workdir per run
 plus ``comparison.csv``, ``comparison.md``, ``accuracy.png`` and ``schedules.png``. Rerunning the same
 command skips finished runs and resumes an interrupted one. ``--report_only`` rewrites the table and plots
-from what has finished.
+from what has finished. The harness locks ``--workdir`` while it runs (a second compare on it is refused); each
+run locks its own sub-workdir, in its own process.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
     from hlrs_tf.comparison import CompareConfig, report, run_all
-    from hlrs_tf.workdir import atomic_write_text, default_workdir
+    from hlrs_tf.workdir import WorkdirLock, atomic_write_text, default_workdir
 
     unknown = [m for m in FLAGS.methods if m not in METHODS]
     if unknown:
@@ -73,12 +74,19 @@ def main(argv) -> None:
         fail(str(e))
 
     root = FLAGS.workdir or default_workdir("compare")
-    os.makedirs(root, exist_ok=True)
-    atomic_write_text(os.path.join(root, "compare_flags.cfg"), "\n".join(
-        [f"--methods={','.join(config.methods)}", f"--seeds={','.join(map(str, seeds))}",
-         *config.search_args]) + "\n")
-    failed = [] if FLAGS.report_only else run_all(config, root)
-    print(report(config, root))
+    try:
+        # The searches run in their own processes and lock their own sub-workdirs: none waits on this one.
+        lock = WorkdirLock(root).acquire()
+    except OSError as e:
+        fail(str(e))
+    try:
+        atomic_write_text(os.path.join(root, "compare_flags.cfg"), "\n".join(
+            [f"--methods={','.join(config.methods)}", f"--seeds={','.join(map(str, seeds))}",
+             *config.search_args]) + "\n")
+        failed = [] if FLAGS.report_only else run_all(config, root)
+        print(report(config, root))
+    finally:
+        lock.release()
     print(f"comparison: {root}/comparison.csv, comparison.md, accuracy.png, schedules.png")
     if failed:
         fail(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to retry them")

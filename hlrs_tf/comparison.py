@@ -75,6 +75,8 @@ def run_all(config: CompareConfig, root: str, log=print, python: str = sys.execu
     """Runs every (method, seed) search not finished yet, one process each; returns the failed runs.
 
     Each search's output goes to ``<run dir>/search.log``. A failed run is reported and the others go on.
+    Each search locks its own run dir (a hand-started search there meanwhile is refused, and vice versa); the
+    command line (:mod:`hlrs_tf.compare`) also locks ``root`` for the harness's lifetime.
     """
     os.makedirs(root, exist_ok=True)
     failed = []

@@ -8,9 +8,12 @@ SGD 0.025 cosine to 0.001, momentum 0.9, wd 3e-4, clip 5; Adam 3e-4, betas (0.5,
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 from hlrs_tf.data import SAMPLERS
 from hlrs_tf.distribute import STRATEGIES
+from hlrs_tf.precision import PRECISIONS, SECOND_ORDER_REASON
 from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
 
 ORDERS = ("first", "second")
@@ -89,55 +92,44 @@ class SearchConfig:
     # Run
     seed: int = 0
     deterministic: bool = False
+    precision: str = "float32"  # Keras dtype policy of the supernet (hlrs_tf.precision)
     eval_batch_size: int = 256
     verbose: int = 1
     threads: int = 0
 
     def __post_init__(self):
-        _check(self.method in METHODS, "method", self.method, f"one of {', '.join(METHODS)}")
+        check_floats(self)  # every float setting: finite and in its range (FLOAT_RANGES)
+        require(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        require(self.order == "first" or self.precision == "float32", "precision", self.precision,
+                f"float32 with --order=second ({SECOND_ORDER_REASON})")
+        require(self.method in METHODS, "method", self.method, f"one of {', '.join(METHODS)}")
         for flag in ("weight_sampler", "arch_sampler"):
-            _check(getattr(self, flag) in SAMPLERS, flag, getattr(self, flag), f"one of {', '.join(SAMPLERS)}")
-        _check(self.loss in LOSSES, "loss", self.loss, f"one of {', '.join(LOSSES)}")
-        _check(0 <= self.reweight_beta < 1, "reweight_beta", self.reweight_beta, "in [0, 1)")
-        _check(self.mixing in MIXING_SCHEDULES, "mixing", self.mixing, f"one of {', '.join(MIXING_SCHEDULES)}")
-        _check(self.arch_lr_schedule in ARCH_LR_SCHEDULES, "arch_lr_schedule", self.arch_lr_schedule,
-               f"one of {', '.join(ARCH_LR_SCHEDULES)}")
-        _check(0 <= self.freeze_threshold <= 1, "freeze_threshold", self.freeze_threshold, "in [0, 1]")
-        _check(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", self.warmup_epochs,
-               f"an integer in [0, epochs={self.epochs})")
+            require(getattr(self, flag) in SAMPLERS, flag, getattr(self, flag), f"one of {', '.join(SAMPLERS)}")
+        require(self.loss in LOSSES, "loss", self.loss, f"one of {', '.join(LOSSES)}")
+        require(self.mixing in MIXING_SCHEDULES, "mixing", self.mixing, f"one of {', '.join(MIXING_SCHEDULES)}")
+        require(self.arch_lr_schedule in ARCH_LR_SCHEDULES, "arch_lr_schedule", self.arch_lr_schedule,
+                f"one of {', '.join(ARCH_LR_SCHEDULES)}")
+        require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", self.warmup_epochs,
+                f"an integer in [0, epochs={self.epochs})")
         if self.bbn:
             # BBN fixes its samplers (uniform + reversed) and its loss (the mixed CE).
             for flag in ("weight_sampler", "arch_sampler"):
-                _check(getattr(self, flag) == "uniform", flag, getattr(self, flag),
-                       "uniform with --bbn (the conventional branch samples uniformly; the re-balancing "
-                       "branch always uses the reversed sampler)")
-            _check(self.loss == "ce", "loss", self.loss, "ce with --bbn (BBN's loss is its mixed cross-entropy)")
-        _check(self.strategy in STRATEGIES, "strategy", self.strategy, f"one of {', '.join(STRATEGIES)}")
-        _check(self.cpu_replicas >= 0, "cpu_replicas", self.cpu_replicas,
-               "an integer >= 0 (N > 1: mirror over N logical CPU devices)")
-        _check(self.order in ORDERS, "order", self.order, f"one of {', '.join(ORDERS)}")
-        _check(self.cell_impl in CELL_IMPLS, "cell_impl", self.cell_impl, f"one of {', '.join(CELL_IMPLS)}")
-        _check(self.imbalance_ratio >= 1, "imbalance_ratio", self.imbalance_ratio, "a number >= 1 (N_max / N_min)")
-        _check(0 < self.train_portion < 1, "train_portion", self.train_portion, "in (0, 1)")
-        _check(self.channels >= 2 and self.channels % 2 == 0, "channels", self.channels, "an even integer >= 2")
-        _check(self.layers >= 3, "layers", self.layers, "an integer >= 3 (reductions at L//3 and 2L//3)")
-        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _check(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, "an integer >= 0 (0 = full split)")
-        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
-        _check(
-            0 <= self.learning_rate_min <= self.learning_rate,
-            "learning_rate_min", self.learning_rate_min, "in [0, learning_rate]",
-        )
-        _check(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
-        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
-        _check(self.grad_clip > 0, "grad_clip", self.grad_clip, "> 0")
-        _check(self.arch_learning_rate >= 0, "arch_learning_rate", self.arch_learning_rate, ">= 0")
-        _check(0 <= self.arch_beta1 < 1, "arch_beta1", self.arch_beta1, "in [0, 1)")
-        _check(0 <= self.arch_beta2 < 1, "arch_beta2", self.arch_beta2, "in [0, 1)")
-        _check(self.arch_weight_decay >= 0, "arch_weight_decay", self.arch_weight_decay, ">= 0")
-        _check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1")
-        _check(self.threads >= 0, "threads", self.threads, "an integer >= 0 (0 = all cores)")
+                require(getattr(self, flag) == "uniform", flag, getattr(self, flag),
+                        "uniform with --bbn (the conventional branch samples uniformly; the re-balancing "
+                        "branch always uses the reversed sampler)")
+            require(self.loss == "ce", "loss", self.loss, "ce with --bbn (BBN's loss is its mixed cross-entropy)")
+        require(self.strategy in STRATEGIES, "strategy", self.strategy, f"one of {', '.join(STRATEGIES)}")
+        require(self.cpu_replicas >= 0, "cpu_replicas", self.cpu_replicas,
+                "an integer >= 0 (N > 1: mirror over N logical CPU devices)")
+        require(self.order in ORDERS, "order", self.order, f"one of {', '.join(ORDERS)}")
+        require(self.cell_impl in CELL_IMPLS, "cell_impl", self.cell_impl, f"one of {', '.join(CELL_IMPLS)}")
+        require(self.channels >= 2 and self.channels % 2 == 0, "channels", self.channels, "an even integer >= 2")
+        require(self.layers >= 3, "layers", self.layers, "an integer >= 3 (reductions at L//3 and 2L//3)")
+        require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        require(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, "an integer >= 0 (0 = full split)")
+        require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        require(self.threads >= 0, "threads", self.threads, "an integer >= 0 (0 = all cores)")
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> "SearchConfig":
@@ -171,6 +163,99 @@ class SearchConfig:
         return dataclasses.asdict(self)
 
 
-def _check(ok: bool, flag: str, value, allowed: str) -> None:
+def require(ok: bool, flag: str, value, allowed: str, error: type[Exception] = ConfigError) -> None:
+    """Refuses a setting unless ``ok``: ``--<flag>=<value> is invalid: it must be <allowed>``.
+
+    Raises:
+        error: (:class:`ConfigError` by default) when ``ok`` is false.
+    """
     if not ok:
-        raise ConfigError(f"--{flag}={value!r} is invalid: it must be {allowed}")
+        raise error(f"--{flag}={value!r} is invalid: it must be {allowed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatRange:
+    """The allowed values of a float setting: a finite number in an interval.
+
+    Attributes:
+        interval: ``"[low, high]"``, with ``(`` or ``)`` for an open end. ``high`` may be ``inf`` (no upper
+            bound; the value must still be finite) or the name of another setting of the same config, which is
+            then the bound (``learning_rate_min`` in ``[0, learning_rate]``).
+        note: What the number is, added to the refusal.
+    """
+
+    interval: str
+    note: str = ""
+
+    def _bounds(self) -> tuple[bool, float, str, bool]:
+        text = self.interval.strip()
+        low, high = (part.strip() for part in text[1:-1].split(","))
+        return text[0] == "(", float(low), high, text[-1] == ")"
+
+    def allows(self, value, settings) -> bool:
+        """Whether ``value`` is a finite real number in the interval (``settings`` supplies a named bound)."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            return False
+        low_open, low, high, high_open = self._bounds()
+        high = float(getattr(settings, high)) if high.isidentifier() and high != "inf" else float(high)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        return above and below
+
+    def describe(self, settings=None) -> str:
+        """The allowed values in words, e.g. ``in [0, 1)`` or ``> 0 and finite`` (``settings``: the value of a
+        bound named by another setting is shown too)."""
+        low_open, _, high, _ = self._bounds()
+        if high == "inf":
+            low = self.interval.strip()[1:].split(",")[0].strip()
+            text = "a finite number" if low == "-inf" else f"{'>' if low_open else '>='} {low} and finite"
+        else:
+            text = f"in {self.interval}"
+            if high.isidentifier() and settings is not None:
+                text += f" (--{high}={getattr(settings, high)!r})"
+        return f"{text} ({self.note})" if self.note else text
+
+
+#: The range of every float setting of the search, retraining and export configs, by flag name (one meaning
+#: per name across the commands). A float setting missing here must still be finite.
+FLOAT_RANGES: dict[str, FloatRange] = {
+    "imbalance_ratio": FloatRange("[1, inf)", "N_max / N_min"),
+    "train_portion": FloatRange("(0, 1)", "share of each class on the weight split"),
+    "reweight_beta": FloatRange("[0, 1)"),  # the effective number (1 - beta^n) / (1 - beta) needs beta < 1
+    "freeze_threshold": FloatRange("[0, 1]"),  # compared with alpha_T, which lies in [0, 1]
+    "learning_rate": FloatRange("(0, inf)"),
+    "learning_rate_min": FloatRange("[0, learning_rate]"),  # the end of a decay from learning_rate
+    "momentum": FloatRange("[0, 1)"),  # 1 or more: the velocity never decays
+    "weight_decay": FloatRange("[0, inf)"),
+    "grad_clip": FloatRange("(0, inf)"),  # a global-norm bound: 0 would zero every step
+    "arch_learning_rate": FloatRange("[0, inf)"),  # 0: the alphas stay as initialised
+    "arch_beta1": FloatRange("[0, 1)"),  # Adam's moment decays
+    "arch_beta2": FloatRange("[0, 1)"),
+    "arch_weight_decay": FloatRange("[0, inf)"),
+    "auxiliary_weight": FloatRange("[0, inf)"),
+    "drop_path_prob": FloatRange("[0, 1)"),  # 1 would drop every path
+    "tolerance": FloatRange("(0, inf)", "largest allowed |logit difference|"),
+}
+_ANY_FINITE = FloatRange("(-inf, inf)")
+
+
+def float_settings(config_class) -> tuple[str, ...]:
+    """Names of the float settings (fields annotated ``float``) of a config dataclass, in field order."""
+    return tuple(f.name for f in dataclasses.fields(config_class) if f.type in (float, "float"))
+
+
+def check_floats(settings, error: type[Exception] = ConfigError) -> None:
+    """Refuses a float setting of a config dataclass that is not finite or outside its :data:`FLOAT_RANGES`.
+
+    The one check of every float flag of every command (called from the configs' ``__post_init__``, so
+    library callers get it too). Fields are checked in order, so a bound named by another setting
+    (``learning_rate``) has been checked before it is used.
+
+    Raises:
+        error: (:class:`ConfigError` by default) naming the flag, the value and the allowed range, e.g.
+            ``--learning_rate=inf is invalid: it must be > 0 and finite``.
+    """
+    for name in float_settings(type(settings)):
+        value = getattr(settings, name)
+        allowed = FLOAT_RANGES.get(name, _ANY_FINITE)
+        require(allowed.allows(value, settings), name, value, allowed.describe(settings), error)

@@ -32,6 +32,14 @@ piecewise-smooth loss (ReLU, max pooling) is far from its linearisation at ``eps
 scheme matters as much as the signal, and the reference's central difference is kept.
 
 BatchNorm statistics computed by these virtual passes are discarded; the real forward passes update them.
+
+Mixed precision (:mod:`hlrs_tf.precision`), first order only: the network computes in bfloat16 / float16, the
+losses and all gradients reaching the optimizers are float32. With ``mixed_float16`` both optimizers are
+``LossScaleOptimizer`` s: each pass differentiates its loss times the scale of the optimizer its gradients are
+for and divides the scale out at once (:func:`hlrs_tf.precision.gradients`), so the clipping and the coupled
+decay see true gradients; :func:`hlrs_tf.precision.apply_gradients` leaves the overflow check and the scale
+updates to the optimizers. Second order refuses a mixed network (``precision.SECOND_ORDER_REASON``): its
+finite difference moves the weights by less than bfloat16 / float16 can resolve.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from hlrs_tf import sync_bn
+from hlrs_tf import precision, sync_bn
 from hlrs_tf.distribute import PrebuiltModelMixin, step_logs
 from hlrs_tf.search_network import SearchNetwork, split_variables
 
@@ -170,6 +178,9 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
                 slower on CPU and fails under MirroredStrategy).
         """
         kwargs.setdefault("jit_compile", False)
+        if self.order == "second" and self.network.compute_dtype != "float32":
+            raise ValueError(f"order='second' needs a float32 network, not {self.network.dtype_policy.name}: "
+                             f"{precision.SECOND_ORDER_REASON}")
         super().compile(optimizer=optimizer, **kwargs)
         self.arch_optimizer = arch_optimizer
 
@@ -263,13 +274,17 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
                 train_batch, val_batch, weights, alphas
             )
         scale = 1.0 / num_replicas()  # the decay term must sum to wd * a over replicas
-        arch_grads = [g + (self.arch_weight_decay * scale) * a for g, a in zip(arch_grads, alphas)]
-        self.arch_optimizer.apply(arch_grads, alphas)
+        precision.apply_gradients(
+            self.arch_optimizer, arch_grads, alphas,
+            lambda gs: [g + (self.arch_weight_decay * scale) * a for g, a in zip(gs, alphas)],
+        )
 
-        loss, logits, grads, _ = loss_and_grads(train_batch)
-        grads, _ = clip_by_global_norm(grads, self.grad_clip)
-        grads = [g + (self.weight_decay * scale) * w for g, w in zip(grads, weights)]
-        self.optimizer.apply(grads, weights)
+        def clip_and_decay(gs):  # on the true gradient: clip first, then the coupled decay (the reference)
+            gs, _ = clip_by_global_norm(gs, self.grad_clip)
+            return [g + (self.weight_decay * scale) * w for g, w in zip(gs, weights)]
+
+        loss, logits, grads, _ = loss_and_grads(train_batch, precision.loss_scale(self.optimizer))
+        precision.apply_gradients(self.optimizer, grads, weights, clip_and_decay)
 
         unscale = float(num_replicas())  # trackers want the plain mean loss (trap 6)
         self.loss_tracker.update_state(loss * unscale)
@@ -278,20 +293,23 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         self._update_accuracy(self.arch_accuracy_tracker, val_batch, arch_logits)
         return step_logs({m.name: m.result() for m in self.metrics})  # MWMS-safe shape
 
-    def _loss_and_grads(self, batch):
+    def _loss_and_grads(self, batch, loss_scale=None):
         """``(loss, logits, weight_grads, arch_grads)`` of one batch at the current variables.
 
         Both gradient groups are returned so that one trace serves the architecture pass and the weight pass;
         inside a traced step the group a pass does not use is never computed (see :func:`traced_once`).
+        ``loss_scale``: the loss scale of the optimizer the gradients are for (``None``: no loss scaling); the
+        gradients returned are unscaled (:func:`hlrs_tf.precision.gradients`).
         """
         weights, alphas = self.split_variables()
         with tf.GradientTape() as tape:
             loss, logits = self._loss(batch, training=True)
-        grads = tape.gradient(loss, weights + alphas)
+        grads = precision.gradients(tape, loss, weights + alphas, loss_scale)
         return loss, logits, grads[: len(weights)], grads[len(weights) :]
 
     def _first_order_arch_grads(self, val_batch, loss_and_grads=None):
-        loss, logits, _, arch_grads = (loss_and_grads or self._loss_and_grads)(val_batch)
+        loss_scale = precision.loss_scale(self.arch_optimizer)
+        loss, logits, _, arch_grads = (loss_and_grads or self._loss_and_grads)(val_batch, loss_scale)
         return loss, logits, arch_grads
 
     def _stateless_loss_and_grads(self, assemble, w_vals, a_vals, non_trainable, batch):
@@ -305,7 +323,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
 
     def _momentum_values(self, weights):
         """Keras SGD momentum buffers (``m = mu m - lr g``) for ``weights``; zeros without momentum."""
-        opt = self.optimizer
+        opt = precision.base_optimizer(self.optimizer)  # the SGD inside a LossScaleOptimizer
         if getattr(opt, "momentum", 0.0) and getattr(opt, "momentums", None):
             return [opt.momentums[opt._get_variable_index(w)] for w in weights], float(opt.momentum)
         return [tf.zeros_like(w) for w in weights], 0.0
@@ -330,7 +348,8 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
             return values
 
         xi = ops.cast(self.optimizer.learning_rate, "float32")
-        # All four passes are one function of (weights, alphas, batch), traced once (see traced_once).
+        # All four passes are one function of (weights, alphas, batch), traced once (see traced_once). Always
+        # float32, without loss scaling (see compile: second order refuses mixed precision).
         grads_at = traced_once(
             lambda ws, as_, batch: self._stateless_loss_and_grads(assemble, ws, as_, non_trainable, batch)
         )

@@ -13,6 +13,11 @@ Sources (see SPEC.md section 6):
 * ``npz:<path>``: an ``.npz`` with ``x_train, y_train, x_test, y_test``.
 * ``folder:<path>``: ``<path>/<class_name>/*.png|jpg`` (optionally under ``train/`` and ``test/``).
 
+Every source passes one validation at load (``_validated``): pixels finite and within their dtype's range, test
+labels among the training classes, every class with training images, one image shape and class list for both
+splits; a failure is one :class:`DatasetError` line naming the file. :func:`check_class_counts` refuses a
+long-tail profile that would leave a class without images, from the labels alone, before anything is built.
+
 Pixel arrays stay ``uint8`` (NHWC) until the tf.data ``map`` converts them, so CIFAR-sized data costs
 ~150 MB rather than ~600 MB of float32.
 """
@@ -36,14 +41,17 @@ __all__ = [
     "DatasetSpec",
     "KNOWN_DATASETS",
     "augment",
+    "check_class_counts",
     "class_counts",
     "dataset_spec",
     "eval_dataset",
     "load_dataset",
     "long_tail_counts",
+    "long_tailed_class_counts",
     "make_long_tailed",
     "normalize",
     "search_dataset",
+    "split_class_counts",
     "stratified_split",
     "uniform_stream",
 ]
@@ -210,21 +218,28 @@ def load_dataset(name: str, data_dir: str | None = None, manual_dir: str | None 
             preparation with tensorflow-datasets (``DownloadConfig(manual_dir=...)``).
         fashion_mnist_dir: Directory with the Fashion-MNIST IDX ``.gz`` files.
 
+    Every source is checked by one validation (:func:`_validated`) before anything uses it: pixels finite and
+    in their dtype's range, labels whole numbers, test labels among the training classes, every class with
+    training images, the same image shape and class list in both splits.
+
     Returns:
         The :class:`ArrayDataset`.
 
     Raises:
-        DatasetError: If the data is missing, corrupt or cannot be prepared; the message says how to fix it.
+        DatasetError: If the data is missing, corrupt, inconsistent or cannot be prepared; one line naming the
+            file and the problem (and how to fix it).
     """
     if name == "fashion_mnist":
-        return _load_fashion_mnist(fashion_mnist_dir)
-    if name == "digits":
-        return _load_digits()
-    if name.startswith("npz:"):
-        return _load_npz(name, name[len("npz:"):])
-    if name.startswith("folder:"):
-        return _load_folder(name, name[len("folder:"):])
-    return _load_tfds(name, data_dir, manual_dir)
+        read = _load_fashion_mnist(fashion_mnist_dir)
+    elif name == "digits":
+        read = _load_digits()
+    elif name.startswith("npz:"):
+        read = _load_npz(name[len("npz:"):])
+    elif name.startswith("folder:"):
+        read = _load_folder(name[len("folder:"):])
+    else:
+        read = _load_tfds(name, data_dir, manual_dir)
+    return _validated(name, read)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,9 +324,8 @@ def make_long_tailed(x: np.ndarray, y: np.ndarray, imbalance_ratio: float, seed:
         # "All data", still grouped by class (stable, so the original order within a class is kept).
         order = np.argsort(y, kind="stable")
         return x[order], y[order]
-    if n_max is None:
-        n_max = int(counts[counts > 0].min())
-    targets = long_tail_counts(n_max, num_classes, imbalance_ratio)
+    targets = long_tailed_class_counts(counts, imbalance_ratio, n_max)
+    n_max = int(targets[0])
     rng = np.random.default_rng(seed)
     keep = []
     for c, k in enumerate(targets):
@@ -323,6 +337,102 @@ def make_long_tailed(x: np.ndarray, y: np.ndarray, imbalance_ratio: float, seed:
         keep.append(np.sort(rng.choice(idx, size=k, replace=False)))
     idx = np.concatenate(keep)
     return x[idx], y[idx]
+
+
+def long_tailed_class_counts(counts, imbalance_ratio: float, n_max: int | None = None) -> np.ndarray:
+    """The per-class counts :func:`make_long_tailed` keeps from a training set with ``counts`` per class.
+
+    Args:
+        counts: Examples per class of the full training set.
+        imbalance_ratio: ``N_max / N_min`` (>= 1); 1 without ``n_max`` keeps everything.
+        n_max: Head-class count; default the smallest class size present.
+
+    Returns:
+        ``int64 [C]`` (before :func:`make_long_tailed`'s check that every class has enough examples).
+    """
+    counts = np.asarray(counts, np.int64).reshape(-1)
+    if imbalance_ratio == 1 and n_max is None:
+        return counts.copy()
+    if n_max is None:
+        n_max = int(counts[counts > 0].min())
+    return np.asarray(long_tail_counts(n_max, len(counts), imbalance_ratio), np.int64)
+
+
+def _split_size(n: int, fraction: float) -> int:
+    """How many of a class's ``n`` examples :func:`stratified_split` puts on side ``a``."""
+    # The epsilon keeps e.g. 0.7 * 10 = 7.000000000000001 from rounding up to 8.
+    k = math.ceil(fraction * n - 1e-9)
+    return min(max(k, 1), n - 1) if n >= 2 else k
+
+
+def split_class_counts(counts, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The per-class sizes of the two sides of :func:`stratified_split` for a set with ``counts`` per class.
+
+    Returns:
+        ``(a_counts, b_counts)``, ``int64 [C]`` each.
+    """
+    counts = np.asarray(counts, np.int64).reshape(-1)
+    a = np.asarray([_split_size(int(n), fraction) for n in counts], np.int64)
+    return a, counts - a
+
+
+def check_class_counts(y_train: np.ndarray, num_classes: int, imbalance_ratio: float,
+                       train_portion: float | None = None, class_names=None) -> None:
+    """Refuses a long-tail profile that leaves a class without a training image, from the labels alone.
+
+    Mirrors :func:`make_long_tailed` and, for a search (``train_portion`` given), :func:`stratified_split`:
+    every class must keep at least one image on each search split (so at least two in all), or one image for
+    retraining. Call before building anything: the counts are known as soon as the labels are.
+
+    Args:
+        y_train: Labels of the full training set.
+        num_classes: Number of classes.
+        imbalance_ratio: ``N_max / N_min`` of the long-tailed set.
+        train_portion: Share of each class on the search's weight split; ``None`` for retraining (no split).
+        class_names: Optional names, index = label, for the message.
+
+    Raises:
+        DatasetError: One line naming the class, its count, the counts per class (and per split) and the fix.
+    """
+    raw = class_counts(y_train, num_classes)
+    kept = long_tailed_class_counts(raw, imbalance_ratio)
+    splits = split_class_counts(kept, train_portion) if train_portion is not None else (kept,)
+    least = np.min(np.stack(splits), axis=0)
+    if least.min() >= 1:
+        return
+    short = int(np.argmin(least))  # the first class left short (counts fall along the tail: the head-most)
+    name = _class_name(short, class_names)
+    n = int(kept[short])
+    message = (f"--imbalance_ratio={imbalance_ratio:g} leaves class {short}{name} with {n} training "
+               f"image{'' if n == 1 else 's'}")
+    if train_portion is not None and n >= 1:
+        message += f", so none on the {'weight' if splits[0][short] < 1 else 'architecture'} search split"
+    message += f" (counts per class: {_short_counts(kept)})"
+    if train_portion is not None:
+        message += (f"; per search split (--train_portion={train_portion:g}): weights {_short_counts(splits[0])}, "
+                    f"architecture {_short_counts(splits[1])}")
+    need = 1 if train_portion is None else 2
+    message += (": every class needs at least 1 image on each search split (2 in all)" if need == 2
+                else ": every class needs at least 1 training image")
+    limit = _largest_ratio(raw, need)
+    if limit is None:
+        message += (f", and class {int(np.argmin(raw))} has only {int(raw.min())} even without subsampling: add "
+                    "images to it")
+    else:
+        message += f": lower --imbalance_ratio to at most {limit:g}"
+    raise DatasetError(message)
+
+
+def _largest_ratio(counts, need: int) -> float | None:
+    """The largest whole ``imbalance_ratio`` that keeps ``need`` images of every class (``None``: not even 1)."""
+    counts = np.asarray(counts, np.int64)
+    if counts.min() < need:
+        return None
+    guess = max(1, int(counts[counts > 0].min()) // need)
+    for ratio in range(guess, max(guess - 3, 1) - 1, -1):  # float rounding can cost the tail one image
+        if long_tailed_class_counts(counts, ratio).min() >= need:
+            return float(ratio)
+    return 1.0
 
 
 def stratified_split(y: np.ndarray, fraction: float = 0.5,
@@ -352,10 +462,7 @@ def stratified_split(y: np.ndarray, fraction: float = 0.5,
     a, b = [], []
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
-        # The epsilon keeps e.g. 0.7 * 10 = 7.000000000000001 from rounding up to 8.
-        k = math.ceil(fraction * idx.size - 1e-9)
-        if idx.size >= 2:
-            k = min(max(k, 1), idx.size - 1)
+        k = _split_size(idx.size, fraction)
         a.append(idx[:k])
         b.append(idx[k:])
     empty = np.zeros(0, np.int64)
@@ -661,8 +768,33 @@ def _channel_mean_std(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ..
     return tuple(float(v) for v in mean / 255.0), tuple(float(v) for v in std / 255.0)
 
 
-def _to_uint8_images(x: np.ndarray, where: str) -> np.ndarray:
-    """Converts ``N,H,W`` or ``N,H,W,C`` images to uint8 NHWC; floats in [0, 1] are scaled by 255."""
+def _pixel_scale(x: np.ndarray, where: str) -> float:
+    """The factor that brings stored pixels to 0..255, after checking they are finite and in their dtype's range.
+
+    ``uint8``, other integers and bools are taken as 0..255 (factor 1; integers outside it are refused).
+    Floats must be finite and are read as [0, 1] when none exceeds 1 (factor 255), else as 0..255 (factor 1);
+    a float outside [0, 255] is refused.
+    """
+    if x.dtype == np.uint8:
+        return 1.0
+    if np.issubdtype(x.dtype, np.floating):
+        if x.size and not np.all(np.isfinite(x)):
+            bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+            raise DatasetError(f"{where}: {bad} of {x.size} pixel values are not finite (NaN or inf): images must "
+                               f"be uint8 0..255 or float in [0, 1] (or 0..255)")
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if lo < 0.0 or hi > 255.0:
+            raise DatasetError(f"{where}: float images must be in [0, 1] (or 0..255), got values in [{lo:g}, {hi:g}]")
+        return 255.0 if hi <= 1.0 else 1.0
+    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise DatasetError(f"{where}: integer images must be in 0..255, got [{x.min()}, {x.max()}]")
+        return 1.0
+    raise DatasetError(f"{where}: unsupported image dtype {x.dtype}; use uint8 or float in [0, 1]")
+
+
+def _to_uint8_images(x: np.ndarray, where: str, scale: float) -> np.ndarray:
+    """Converts ``N,H,W`` or ``N,H,W,C`` images to uint8 NHWC; ``scale`` from :func:`_pixel_scale` (the checks)."""
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[..., None]
@@ -672,34 +804,139 @@ def _to_uint8_images(x: np.ndarray, where: str) -> np.ndarray:
     if x.dtype == np.uint8:
         return x
     if np.issubdtype(x.dtype, np.floating):
-        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
-        if lo < 0.0:
-            raise DatasetError(f"{where}: float images must be in [0, 1] (or 0..255), got min {lo}")
-        scale = 255.0 if hi <= 1.0 else 1.0
-        if hi * scale > 255.0 + 1e-6:
-            raise DatasetError(f"{where}: float images must be in [0, 1] (or 0..255), got max {hi}")
         return np.clip(np.rint(x * scale), 0, 255).astype(np.uint8)
-    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
-        if x.size and (x.min() < 0 or x.max() > 255):
-            raise DatasetError(f"{where}: integer images must be in 0..255, got "
-                               f"[{x.min()}, {x.max()}]")
-        return x.astype(np.uint8)
-    raise DatasetError(f"{where}: unsupported image dtype {x.dtype}; use uint8 or float in [0, 1]")
+    return x.astype(np.uint8)
 
 
 def _to_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Integer class labels as ``int64 (N,)``: whole, finite numbers >= 0 (``(N, 1)`` is flattened)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
         raise DatasetError(f"{where}: labels must be integer class indices of shape (N,), got shape "
                            f"{y.shape} (one-hot labels: store argmax)")
-    if y.size and np.issubdtype(y.dtype, np.floating) and not np.all(y == np.round(y)):
-        raise DatasetError(f"{where}: labels must be integer class indices")
-    y = y.astype(np.int64)
+    if y.size and not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.isfinite(y) & (y == np.round(y))):
+            raise DatasetError(f"{where}: labels must be integer class indices, got {y.dtype} values that are "
+                               f"not whole finite numbers")
     if y.size and y.min() < 0:
         raise DatasetError(f"{where}: labels must be >= 0, got {y.min()}")
-    return y
+    return y.astype(np.int64)
+
+
+@dataclasses.dataclass
+class _Read:
+    """What a loader read, before :func:`_validated` checks and converts it.
+
+    Attributes:
+        arrays: ``x_train, y_train, x_test, y_test`` as stored (any dtype; images ``(N, H, W[, C])``).
+        sources: Where each of the four came from, for the messages: ``(file or folder, array name or None)``.
+        spec: The fixed spec of a known dataset; ``None``: derived from the data (mean/std of ``x_train``).
+        num_classes: The declared class count (class folders, a tfds ClassLabel); ``None``: largest training
+            label + 1.
+        class_names: Class names, index = label.
+        split_classes: Folder layouts with ``train/`` and ``test/``: the class folders of each.
+    """
+
+    arrays: dict[str, np.ndarray]
+    sources: dict[str, tuple[str, str | None]]
+    spec: DatasetSpec | None = None
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    split_classes: dict[str, list[str]] | None = None
+
+
+def _where(source: tuple[str, str | None]) -> str:
+    file, member = source
+    return f"{file}: {member}" if member else file
+
+
+def _class_name(label: int, names) -> str:
+    """`` (name)`` of a class for a message, or nothing when there are no names or the name is the label."""
+    if names is None or label >= len(names) or str(names[label]) == str(label):
+        return ""
+    return f" ({names[label]})"
+
+
+def _short_counts(counts) -> str:
+    """``6000, 1666, ..., 0``: every count for up to 12 classes, else the first and last five."""
+    counts = [int(c) for c in counts]
+    shown = counts if len(counts) <= 12 else counts[:5] + ["..."] + counts[-5:]
+    return ", ".join(str(c) for c in shown)
+
+
+def _validated(name: str, read: _Read) -> ArrayDataset:
+    """The one check of every loaded dataset (all sources), and its conversion to uint8 NHWC + int64 labels.
+
+    Raises:
+        DatasetError: one line naming the file (or folder) and the problem.
+    """
+    src = read.sources
+    raw = {k: np.asarray(v) for k, v in read.arrays.items()}
+    scales = {split: _pixel_scale(raw[f"x_{split}"], _where(src[f"x_{split}"])) for split in ("train", "test")}
+    floats = [split for split in ("train", "test")
+              if np.issubdtype(raw[f"x_{split}"].dtype, np.floating) and raw[f"x_{split}"].size]
+    if len(floats) == 2 and scales["train"] != scales["test"]:
+        on = {split: "[0, 1]" if scales[split] == 255.0 else "0..255" for split in floats}
+        raise DatasetError(f"{_where(src['x_test'])}: float test images are on the {on['test']} scale but the "
+                           f"training images ({_where(src['x_train'])}) on {on['train']}: store both on one scale")
+    arrays = {}
+    for split in ("train", "test"):
+        kx, ky = f"x_{split}", f"y_{split}"
+        x = _to_uint8_images(raw[kx], _where(src[kx]), scales[split])
+        y = _to_labels(raw[ky], _where(src[ky]))
+        if len(x) != len(y):
+            (fx, mx), (fy, my) = src[kx], src[ky]
+            if fx == fy and mx and my:
+                raise DatasetError(f"{fx}: {mx} has {len(x)} images but {my} {len(y)} labels")
+            raise DatasetError(f"{_where(src[kx])} has {len(x)} images but {_where(src[ky])} {len(y)} labels")
+        arrays[kx], arrays[ky] = x, y
+    x_tr, y_tr, y_te = arrays["x_train"], arrays["y_train"], arrays["y_test"]
+    if len(y_tr) == 0:
+        raise DatasetError(f"{_where(src['x_train'])}: the training split is empty")
+    shape = tuple(int(d) for d in x_tr.shape[1:])
+    if tuple(arrays["x_test"].shape[1:]) != shape:
+        raise DatasetError(f"{_where(src['x_test'])}: test images {tuple(arrays['x_test'].shape[1:])} and training "
+                           f"images {shape} differ in shape")
+    if read.spec is not None and tuple(read.spec.image_shape) != shape:
+        raise DatasetError(f"{_where(src['x_train'])}: images of shape {shape}, {name} has "
+                           f"{tuple(read.spec.image_shape)}")
+
+    if read.split_classes and read.split_classes["train"] != read.split_classes["test"]:
+        train, test = read.split_classes["train"], read.split_classes["test"]
+        only_train, only_test = sorted(set(train) - set(test)), sorted(set(test) - set(train))
+        raise DatasetError(f"{src['x_test'][0]}: its class folders differ from {src['x_train'][0]}'s (only in "
+                           f"train/: {only_train}; only in test/: {only_test}): use the same class sub-folders "
+                           f"in train/ and test/")
+
+    declared = read.spec.num_classes if read.spec is not None else read.num_classes
+    num_classes = int(declared) if declared else int(y_tr.max()) + 1
+    names = read.class_names if read.spec is None else read.spec.class_names
+    if names is not None and len(names) != num_classes:
+        raise DatasetError(f"{_where(src['y_train'])}: {len(names)} class names for {num_classes} classes")
+    if y_tr.max() >= num_classes:
+        raise DatasetError(f"{_where(src['y_train'])}: labels must lie in 0..{num_classes - 1} ({num_classes} "
+                           f"classes), got {int(y_tr.max())}")
+    train_counts = np.bincount(y_tr, minlength=num_classes)
+    empty = np.flatnonzero(train_counts == 0)
+    if empty.size:
+        which = ", ".join(f"{c}{_class_name(c, names)}" for c in empty[:10])
+        raise DatasetError(f"{_where(src['y_train'])}: class{'es' if empty.size > 1 else ''} {which} "
+                           f"{'have' if empty.size > 1 else 'has'} no training images (per class: "
+                           f"{_short_counts(train_counts)}): labels must be 0..C-1 with every class trained")
+    # Every training class has images now, so a test label is a training class exactly when it is < C.
+    unknown = np.unique(y_te[y_te >= num_classes])
+    if unknown.size:
+        raise DatasetError(f"{_where(src['y_test'])}: test labels {unknown[:10].tolist()} are not among the "
+                           f"training classes (0..{num_classes - 1}): use the same classes in both splits")
+
+    spec = read.spec
+    if spec is None:
+        mean, std = _channel_mean_std(x_tr)
+        spec = DatasetSpec(name, shape, num_classes, mean, std, names,
+                           crop_padding=_default_crop_padding(shape[0]))
+    return ArrayDataset(spec, **arrays)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -741,26 +978,20 @@ def _read_idx(path: str, images: bool) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
-def _load_fashion_mnist(directory: str) -> ArrayDataset:
+def _load_fashion_mnist(directory: str) -> _Read:
     if not os.path.isdir(directory):
         raise DatasetError(f"Fashion-MNIST directory {directory} not found: install it with "
                            f"`{_FASHION_MNIST_APT}` or pass fashion_mnist_dir=<dir with the IDX .gz files>")
-    arrays = {}
-    for key, fname in _IDX_FILES.items():
-        arr = _read_idx(os.path.join(directory, fname), images=key.startswith("x"))
-        arrays[key] = arr[..., None] if key.startswith("x") else arr.astype(np.int64)
-    for split in ("train", "test"):
-        if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
-            raise DatasetError(f"Fashion-MNIST {split} images and labels differ in count in {directory}: "
-                               f"reinstall with `{_FASHION_MNIST_APT}`")
-    return ArrayDataset(_KNOWN_SPECS["fashion_mnist"], **arrays)
+    paths = {key: os.path.join(directory, fname) for key, fname in _IDX_FILES.items()}
+    arrays = {key: _read_idx(path, images=key.startswith("x")) for key, path in paths.items()}
+    return _Read(arrays, {key: (path, None) for key, path in paths.items()}, _KNOWN_SPECS["fashion_mnist"])
 
 
 # --------------------------------------------------------------------------------------------------
 # sklearn digits.
 
 
-def _load_digits() -> ArrayDataset:
+def _load_digits() -> _Read:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -769,7 +1000,8 @@ def _load_digits() -> ArrayDataset:
     x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     y = d.target.astype(np.int64)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-    return ArrayDataset(_KNOWN_SPECS["digits"], x_tr, y_tr, x_te, y_te)
+    arrays = dict(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    return _Read(arrays, {key: ("scikit-learn digits", key) for key in arrays}, _KNOWN_SPECS["digits"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -800,8 +1032,7 @@ def _npz_spec(name: str, path: str) -> DatasetSpec:
                                else np.lib.format.read_array_header_2_0)
                 shape, _, _ = read_header(f)
         with np.load(path, allow_pickle=False) as z:
-            y = np.concatenate([_to_labels(z["y_train"], f"{path}: y_train"),
-                                _to_labels(z["y_test"], f"{path}: y_test")])
+            y = _to_labels(z["y_train"], f"{path}: y_train")  # the training labels define the classes
     except (zipfile.BadZipFile, ValueError, OSError) as e:
         raise DatasetError(f"npz file {path} is unreadable ({e}): write it with np.savez") from e
     if len(shape) == 3:
@@ -812,7 +1043,7 @@ def _npz_spec(name: str, path: str) -> DatasetSpec:
     return _placeholder_spec(name, tuple(int(s) for s in shape[1:]), num_classes)
 
 
-def _load_npz(name: str, path: str) -> ArrayDataset:
+def _load_npz(path: str) -> _Read:
     _check_npz_path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -823,24 +1054,7 @@ def _load_npz(name: str, path: str) -> ArrayDataset:
             raw = {k: z[k] for k in _NPZ_KEYS}
     except (zipfile.BadZipFile, ValueError, OSError) as e:
         raise DatasetError(f"npz file {path} is unreadable ({e}): write it with np.savez") from e
-    arrays = {}
-    for split in ("train", "test"):
-        x = _to_uint8_images(raw[f"x_{split}"], f"{path}: x_{split}")
-        y = _to_labels(raw[f"y_{split}"], f"{path}: y_{split}")
-        if len(x) != len(y):
-            raise DatasetError(f"{path}: x_{split} has {len(x)} images but y_{split} {len(y)} labels")
-        arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y
-    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise DatasetError(f"{path}: train images {arrays['x_train'].shape[1:]} and test images "
-                           f"{arrays['x_test'].shape[1:]} differ in shape")
-    if len(arrays["y_train"]) == 0:
-        raise DatasetError(f"{path}: x_train is empty")
-    num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max(initial=0))) + 1
-    mean, std = _channel_mean_std(arrays["x_train"])
-    shape = arrays["x_train"].shape[1:]
-    spec = DatasetSpec(name, tuple(int(s) for s in shape), num_classes, mean, std,
-                       crop_padding=_default_crop_padding(shape[0]))
-    return ArrayDataset(spec, **arrays)
+    return _Read(raw, {k: (path, k) for k in _NPZ_KEYS})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -864,12 +1078,7 @@ def _folder_layout(path: str) -> tuple[list[str], dict[str, str] | None]:
                            f"images (.png/.jpg) per class, optionally under train/ and test/")
     train, test = os.path.join(path, "train"), os.path.join(path, "test")
     if os.path.isdir(train) and os.path.isdir(test):
-        classes = _list_classes(train)
-        test_classes = _list_classes(test)
-        unknown = sorted(set(test_classes) - set(classes))
-        if unknown:
-            raise DatasetError(f"{test} has classes {unknown} that {train} lacks: use the same class "
-                               f"sub-folders in train/ and test/")
+        classes = _list_classes(train)  # test/ must have the same ones (checked at load: _validated)
         split_dirs = {"train": train, "test": test}
     else:
         classes, split_dirs = _list_classes(path), None
@@ -933,23 +1142,26 @@ def _collect(root: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
     return files, np.asarray(labels, np.int64)
 
 
-def _load_folder(name: str, path: str) -> ArrayDataset:
+def _load_folder(path: str) -> _Read:
     classes, split_dirs = _folder_layout(path)
     mode, shape = _image_mode_shape(_first_image(path, classes, split_dirs))
     hw = shape[:2]
+    split_classes = None
     if split_dirs:
         f_tr, y_tr = _collect(split_dirs["train"], classes)
         f_te, y_te = _collect(split_dirs["test"], classes)
         x_tr, x_te = _read_images(f_tr, mode, hw), _read_images(f_te, mode, hw)
+        split_classes = {"train": classes, "test": _list_classes(split_dirs["test"])}
+        where = {"train": split_dirs["train"], "test": split_dirs["test"]}
     else:
         files, y = _collect(path, classes)
         x = _read_images(files, mode, hw)
         tr, te = stratified_split(y, fraction=0.8, seed=0)
         x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
-    mean, std = _channel_mean_std(x_tr)
-    spec = DatasetSpec(name, shape, len(classes), mean, std, tuple(classes),
-                       crop_padding=_default_crop_padding(shape[0]))
-    return ArrayDataset(spec, x_tr, y_tr, x_te, y_te)
+        where = {"train": path, "test": path}
+    arrays = dict(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    sources = {key: (where[key.split("_")[1]], None) for key in arrays}
+    return _Read(arrays, sources, num_classes=len(classes), class_names=tuple(classes), split_classes=split_classes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1056,7 +1268,7 @@ def _offline_help(name: str, builder, data_dir: str | None, archives: list[str])
             f"folder:<dir>.")
 
 
-def _tfds_to_arrays(builder, name: str) -> ArrayDataset:
+def _tfds_to_arrays(builder, name: str) -> _Read:
     tfds = _import_tfds()
     img_key, lbl_key = _tfds_keys(builder, name)
     splits = builder.info.splits
@@ -1064,7 +1276,7 @@ def _tfds_to_arrays(builder, name: str) -> ArrayDataset:
     if splits and ("train" not in splits or "test" not in splits):
         raise DatasetError(f"tensorflow-datasets {name!r} has splits {sorted(splits)}, need 'train' "
                            f"and 'test': convert it to npz:<path> with your own split")
-    arrays = {}
+    arrays, sources = {}, {}
     for split in ("train", "test"):
         # batch_size=-1: the whole split as one batch of tensors, then as numpy.
         try:
@@ -1073,19 +1285,16 @@ def _tfds_to_arrays(builder, name: str) -> ArrayDataset:
             raise DatasetError(f"reading split {split!r} of prepared tfds {name!r} from "
                                f"{builder.data_path} failed ({type(e).__name__}: {str(e)[:300]}): "
                                f"delete that directory and prepare it again") from e
-        arrays[f"x_{split}"] = _to_uint8_images(data[img_key], f"{name}:{split}")
-        arrays[f"y_{split}"] = _to_labels(data[lbl_key], f"{name}:{split}")
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = data[img_key], data[lbl_key]
+        sources[f"x_{split}"] = (f"{name}:{split} ({builder.data_path})", img_key)
+        sources[f"y_{split}"] = (f"{name}:{split} ({builder.data_path})", lbl_key)
     if name in _KNOWN_SPECS:
-        spec = _KNOWN_SPECS[name]
-    else:
-        shape, num_classes, names = _tfds_image_label_info(builder, name)
-        mean, std = _channel_mean_std(arrays["x_train"])
-        spec = DatasetSpec(name, shape, num_classes, mean, std, names,
-                           crop_padding=_default_crop_padding(shape[0]))
-    return ArrayDataset(spec, **arrays)
+        return _Read(arrays, sources, _KNOWN_SPECS[name])
+    _, num_classes, names = _tfds_image_label_info(builder, name)
+    return _Read(arrays, sources, num_classes=num_classes, class_names=names)
 
 
-def _load_tfds(name: str, data_dir: str | None, manual_dir: str | None) -> ArrayDataset:
+def _load_tfds(name: str, data_dir: str | None, manual_dir: str | None) -> _Read:
     tfds = _import_tfds()
     builder = _tfds_builder(name, data_dir)
     _tfds_image_label_info(builder, name)  # fail early on non-image datasets

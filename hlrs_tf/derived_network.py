@@ -43,7 +43,8 @@ from keras import ops
 from hlrs_tf import ops as darts_ops
 from hlrs_tf.bbn import bbn_mix
 from hlrs_tf.genotypes import Genotype
-from hlrs_tf.ops import CompositeLayer, batch_norm
+from hlrs_tf.ops import CompositeLayer, batch_norm, pointwise_conv
+from hlrs_tf.precision import policy_scope
 
 __all__ = ["AuxiliaryHead", "DerivedCell", "DerivedNetwork", "drop_path", "reduction_layers"]
 
@@ -194,11 +195,12 @@ class AuxiliaryHead(CompositeLayer):
     def __init__(self, num_classes: int, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
-        self.conv1 = keras.layers.Conv2D(128, 1, use_bias=False, name="conv1")
+        self.conv1 = pointwise_conv(128, name="conv1")
         self.bn1 = batch_norm(True, name="bn1")
         self.conv2 = keras.layers.Conv2D(768, 2, padding="valid", use_bias=False, name="conv2")
         self.bn2 = batch_norm(True, name="bn2")
-        self.classifier = keras.layers.Dense(num_classes, name="classifier")
+        # float32 under any policy: its logits enter the loss (as the network's classifier).
+        self.classifier = keras.layers.Dense(num_classes, name="classifier", dtype="float32")
 
     def call(self, x, training=None):
         x = ops.relu(x)
@@ -240,7 +242,8 @@ class DerivedNetwork(keras.Model):
         bbn: Build BBN's two branch cells in place of the last cell.
         stem_multiplier: Stem channels = ``stem_multiplier * C`` (3).
         metadata: Optional JSON-ready dict kept in the config (dataset, mean/std, class names, ...).
-        **kwargs: Forwarded to ``keras.Model``.
+        **kwargs: Forwarded to ``keras.Model``; ``dtype`` (a dtype policy such as ``"mixed_bfloat16"``,
+            :mod:`hlrs_tf.precision`) applies to every sub-layer but the classifiers, which stay float32.
 
     Raises:
         ValueError: ``layers < 3``, or ``bbn`` with an auxiliary head on the last cell (``layers == 3``).
@@ -271,7 +274,16 @@ class DerivedNetwork(keras.Model):
         self.channels, self.num_classes, self.num_layers = int(channels), int(num_classes), int(layers)
         self.auxiliary, self.bbn, self.stem_multiplier = bool(auxiliary), bool(bbn), int(stem_multiplier)
         self.metadata = dict(metadata) if metadata else None
+        # Every sub-layer gets this network's dtype policy (Keras gives a layer the global one, which the scope
+        # restores afterwards), so a saved model.keras reloads with the precision it was trained in.
+        with policy_scope(self.dtype_policy):
+            self._build_layers(channels, num_classes, layers, auxiliary, bbn, stem_multiplier)
+        # Set by a callback each epoch (linear ramp to the maximum); read by the traced train step.
+        self.drop_path_prob = self.add_weight(
+            name="drop_path_prob", shape=(), initializer="zeros", trainable=False
+        )
 
+    def _build_layers(self, channels, num_classes, layers, auxiliary, bbn, stem_multiplier):
         self.stem_conv = keras.layers.Conv2D(
             stem_multiplier * channels, 3, padding="same", use_bias=False, name="stem_conv"
         )
@@ -293,11 +305,8 @@ class DerivedNetwork(keras.Model):
                 self.cells.append(DerivedCell(self.genotype, c_curr, reduction, reduction_prev, name=f"cell_{i}"))
             reduction_prev = reduction
         self.auxiliary_head = AuxiliaryHead(num_classes, name="auxiliary_head") if auxiliary else None
-        self.classifier = keras.layers.Dense(num_classes, name="classifier")
-        # Set by a callback each epoch (linear ramp to the maximum); read by the traced train step.
-        self.drop_path_prob = self.add_weight(
-            name="drop_path_prob", shape=(), initializer="zeros", trainable=False
-        )
+        # float32 under any policy: logits and loss in float32 (Keras' practice for the output layer).
+        self.classifier = keras.layers.Dense(num_classes, name="classifier", dtype="float32")
 
     # ---------------------------------------------------------------- forward passes
     def _trunk(self, x, training, with_aux):

@@ -24,7 +24,7 @@ How a distributed search is meant to run (Keras 3 ``fit`` under a strategy):
 * Only the chief writes the work directory (:func:`is_chief`). Under ``multi_worker`` every worker must still run
   the same callbacks (saving reads variables and metrics, which can involve collectives), so the other workers
   write into a throw-away temporary directory (:func:`worker_workdir`), as the Keras multi-worker guide does for
-  checkpoints.
+  checkpoints. Likewise only the chief holds the work directory's lock (:func:`workdir_lock`).
 * ``jit_compile`` stays off with more than one replica (STACK.md trap 9).
 * Two Keras 3.15 quirks need the model's cooperation (:class:`PrebuiltModelMixin`, :func:`step_logs`): under a
   strategy ``fit`` draws a batch from a throw-away iterator of the training set (which advances tf.data's
@@ -46,6 +46,8 @@ import tempfile
 
 import tensorflow as tf
 
+from hlrs_tf.workdir import WorkdirLock
+
 __all__ = [
     "STRATEGIES",
     "DistributeError",
@@ -59,6 +61,7 @@ __all__ = [
     "parse_tf_config",
     "per_replica_batch_size",
     "step_logs",
+    "workdir_lock",
     "worker_info",
     "worker_workdir",
 ]
@@ -215,6 +218,26 @@ def worker_workdir(workdir: str, strategy: tf.distribute.Strategy | None = None)
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def workdir_lock(workdir: str, strategy: tf.distribute.Strategy | None = None):
+    """The lock that keeps other runs out of ``workdir`` (:class:`~hlrs_tf.workdir.WorkdirLock`): the chief's.
+
+    On the chief (every single-process run) a context holding the lock; on any other worker a no-op context.
+    The workers of one multi-worker run all use the same ``--workdir`` on a shared file system, but only the
+    chief writes it (:func:`worker_workdir`): a worker that tried to lock it would be refused by its own chief.
+
+    Args:
+        workdir: The run's work directory.
+        strategy: As for :func:`worker_info`; ``None`` reads ``TF_CONFIG``, so the lock can be taken before the
+            strategy exists (a refused chief then never starts the collective runtime its workers wait on).
+
+    Returns:
+        A context manager.
+    """
+    if worker_info(strategy).is_chief:
+        return WorkdirLock(workdir)
+    return contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------------------------------------ strategies

@@ -21,6 +21,16 @@ or when a top-1 prediction differs where Keras' top-2 margin is larger than ``2 
 near-tie cannot explain). The export is written to a staging folder first and moved into place only when the
 check passes; a failing export is left in ``<out>.rejected/`` with its report.
 
+Precision: the export is always float32. A network trained with mixed precision (``--precision``,
+:mod:`hlrs_tf.precision`) is rebuilt from its config with the float32 policy and given the loaded weights
+(:func:`as_float32`; the variables of a mixed policy are float32 already, so they are copied unchanged), and the
+parity reference is that float32 Keras network. The report records the precision the model was trained in.
+
+One export per output folder at a time: the export holds a lock on ``out`` for its whole run. The lock file is
+``<parent>/.<name>.lock`` beside the folder, not inside it, because the finished export replaces the folder by
+renaming (a lock inside would be renamed away with the old folder). A second export to the same ``--out`` is
+refused at once (:class:`hlrs_tf.workdir.WorkdirInUseError`).
+
 The library never reads absl flags; :mod:`hlrs_tf.export` is the command line.
 """
 
@@ -40,7 +50,9 @@ import tensorflow as tf
 
 from hlrs_tf import data as data_lib
 from hlrs_tf import derived_network  # noqa: F401  (registers the classes a model.keras needs)
-from hlrs_tf.workdir import atomic_write_json
+from hlrs_tf.config import check_floats
+from hlrs_tf.precision import policy_name, policy_scope
+from hlrs_tf.workdir import WorkdirLock, atomic_write_json
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -51,6 +63,7 @@ __all__ = [
     "ExportOptions",
     "ParityError",
     "Preprocess",
+    "as_float32",
     "build_serving_model",
     "export_model",
     "load_network",
@@ -104,8 +117,7 @@ class ExportOptions:
     def __post_init__(self):
         if self.num_images < 1:
             raise ExportError(f"--num_images={self.num_images} is invalid: it must be an integer >= 1")
-        if not self.tolerance > 0:
-            raise ExportError(f"--tolerance={self.tolerance} is invalid: it must be > 0")
+        check_floats(self, error=ExportError)  # --tolerance: finite, > 0 (config.FLOAT_RANGES)
         if not 13 <= self.opset <= 18:
             raise ExportError(f"--opset={self.opset} is invalid: it must be in 13..18 (tf2onnx 1.17)")
         if self.batch_size < 1:
@@ -160,6 +172,37 @@ def load_network(path: str) -> keras.Model:
     if shape is None:
         raise ExportError(f"--model={path}: the model does not take (batch, H, W, C) images")
     return model
+
+
+def as_float32(network: keras.Model) -> keras.Model:
+    """``network`` computing in float32: itself if it does, else a float32 rebuild holding the same weights.
+
+    The rebuild is the network's class from its config with ``dtype="float32"`` (the hlrs_tf networks hand
+    their policy to every sub-layer they build), built on the image shape and given ``network``'s weights.
+
+    Raises:
+        ExportError: The model does not take images, or some layer still computes in another dtype after the
+            rebuild (a model whose layers do not follow their network's policy).
+    """
+    if _compute_dtypes(network) == {"float32"}:
+        return network
+    shape = _image_shape(network)
+    if shape is None:
+        raise ExportError("the model does not take (batch, H, W, C) images")
+    with policy_scope("float32"):
+        clone = type(network).from_config({**network.get_config(), "dtype": "float32"})
+    clone.build((None, *shape))
+    clone.set_weights(network.get_weights())
+    if _compute_dtypes(clone) != {"float32"}:
+        raise ExportError(
+            f"cannot rebuild the {policy_name(network)} model in float32: layers computing in "
+            f"{sorted(_compute_dtypes(clone) - {'float32'})} remain"
+        )
+    return clone
+
+
+def _compute_dtypes(model) -> set[str]:
+    return {layer.dtype_policy.compute_dtype for layer in model._flatten_layers(include_self=True)}
 
 
 def _image_shape(model) -> tuple[int, int, int] | None:
@@ -340,9 +383,15 @@ def _check_out_dir(out: str) -> str:
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
-        raise ExportError(f"--out={out}: cannot create its parent folder: {e}") from e
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"--out={out}: parent folder {parent} is not writable")
+        raise ExportError(f"--out={out}: cannot create its parent folder {parent} ({e.strerror or e})") from e
+    # The export is staged in a sibling folder and renamed into place, so the parent must take a new folder.
+    # Making one is the real test: os.access says yes to root on /proc or a read-only mount.
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix="." + os.path.basename(out) + ".probe-", dir=parent))
+    except OSError as e:
+        raise ExportError(
+            f"--out={out}: cannot create the export there ({parent} is not writable: {e.strerror or e})"
+        ) from e
     return out
 
 
@@ -363,7 +412,8 @@ def export_model(target: str, out: str, options: ExportOptions = ExportOptions()
 
     Args:
         target: A train work directory or a ``.keras`` file.
-        out: Output folder (created; an earlier export there is replaced).
+        out: Output folder (created; an earlier export there is replaced). Locked while the export runs, by
+            ``<parent>/.<name>.lock`` (see the module docstring).
         options: Export settings.
 
     Returns:
@@ -372,10 +422,17 @@ def export_model(target: str, out: str, options: ExportOptions = ExportOptions()
     Raises:
         ExportError: bad target or output folder, a model that cannot be loaded, missing parity data.
         ParityError: the exported models disagree with Keras (the export is left in ``<out>.rejected``).
+        hlrs_tf.workdir.WorkdirInUseError: another process is exporting to ``out``.
     """
     model_path, workdir = resolve_model(target)
     out = _check_out_dir(out)
-    network = load_network(model_path)
+    with WorkdirLock.beside(out):  # before the model loads: a refused export does no work
+        return _export(model_path, workdir, out, options)
+
+
+def _export(model_path: str, workdir: str | None, out: str, options: ExportOptions) -> dict:
+    trained = load_network(model_path)
+    network = as_float32(trained)  # SavedModel, ONNX and the parity reference: float32
     metadata = _metadata(network, options)
     shape = tuple(metadata["image_shape"])
     x, y, dataset = _parity_images(metadata, options)
@@ -436,6 +493,8 @@ def export_model(target: str, out: str, options: ExportOptions = ExportOptions()
             "num_images": int(len(x)),
             "tolerance": options.tolerance,
             "opset": options.opset,
+            "precision": "float32",
+            "trained_precision": policy_name(trained),  # the dtype policy of model.keras (--precision)
             "input": labels["input"],
             "keras_top1_accuracy": float(np.mean(keras_logits.argmax(axis=1) == y)),
             "saved_model": _compare(keras_logits, sm_logits, sm_probs, options.tolerance),

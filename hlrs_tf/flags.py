@@ -14,6 +14,7 @@ from absl import flags
 from hlrs_tf.config import CELL_IMPLS, LOSSES, METHOD_PRESETS, METHODS, ORDERS, SearchConfig
 from hlrs_tf.data import SAMPLERS
 from hlrs_tf.distribute import STRATEGIES
+from hlrs_tf.precision import PRECISIONS
 from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
 
 _D = SearchConfig()  # defaults live in one place: the dataclass
@@ -99,10 +100,17 @@ flags.DEFINE_integer("cpu_replicas", _D.cpu_replicas,
 flags.DEFINE_integer("seed", _D.seed, "Seed of the long-tail subsampling, the split, the data order and init.")
 flags.DEFINE_bool("deterministic", _D.deterministic, "TensorFlow op determinism: the same seed gives the same "
                   "genotype and history (slower). Without it runs with the same seed may differ slightly.")
+flags.DEFINE_enum(
+    "precision", _D.precision, list(PRECISIONS),
+    "Keras dtype policy of the supernet: float32, or mixed precision (bfloat16 / float16 compute, float32 "
+    "variables, alphas, BN statistics, logits, loss and optimizer state; mixed_float16 with loss scaling). "
+    "bfloat16 is fast on CPUs with avx512_bf16/amx_bf16 and emulated (slower) on AVX2-only ones.",
+)
 flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Batch size of the test-set evaluation.", lower_bound=1)
 flags.DEFINE_integer("verbose", _D.verbose, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 flags.DEFINE_integer(
-    "threads", _D.threads, "Cores for the search step: inter-op threads, one thread per op (0 = all cores).", lower_bound=0
+    "threads", _D.threads, "Cores for the search step: inter-op threads, one thread per op (0 = all cores). With a "
+    "GPU: both TensorFlow thread pools (0 = TensorFlow's default).", lower_bound=0
 )
 flags.DEFINE_string("workdir", None, "Run directory; default: a new folder under runs/.")
 flags.DEFINE_bool("dry_run", False, "Build the model and data specs, write flags.cfg and model_summary.json, "

@@ -63,8 +63,14 @@ _NO_PAD = [[0, 0], [0, 0]]
 def _fused_bn(x, scale, offset, mean, variance, is_training):
     """The fused BN kernel, V1: the same kernel as V3, but for V2 and V3 the gradient tape materialises a zeros
     constant (and its shape) for each of the four unused statistics outputs -- 6,000 dead constants and 5,000
-    shapes in the traced search step, a sixth of the graph. V1 is registered as accepting ``None`` for them."""
-    return tf.raw_ops.FusedBatchNorm(
+    shapes in the traced search step, a sixth of the graph. V1 is registered as accepting ``None`` for them.
+
+    V1 takes float32 only; bfloat16 / float16 activations (mixed precision) go to V3, which takes them with
+    float32 scale, offset and statistics (the dead constants are the price there; casting ``x`` to float32
+    around V1 would add two full-size casts and their gradients per BN instead). Both have CPU kernels, with
+    and without oneDNN."""
+    op = tf.raw_ops.FusedBatchNorm if x.dtype == tf.float32 else tf.raw_ops.FusedBatchNormV3
+    return op(
         x=x, scale=scale, offset=offset, mean=mean, variance=variance, epsilon=BN_EPSILON,
         exponential_avg_factor=BN_MOMENTUM if is_training else 1.0, data_format="NHWC", is_training=is_training,
     )
@@ -87,6 +93,11 @@ def _stacked_uniform(limit: float) -> keras.initializers.Initializer:
 class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
     """A DARTS search cell (normal or reduction), computed with stacked parameters and shared work.
 
+    Under a mixed-precision policy (:mod:`hlrs_tf.precision`) the cell does its own casting (Keras' autocasting
+    is off): states and kernels go to the compute dtype, while the mixing weights stay float32 -- they are the
+    BN scales of the ops ending in a BN (the fused kernel takes float32 scales), so the alphas' gradient through
+    them is float32 too -- and only the products ``w * pool`` / ``w * skip`` use a compute-dtype copy.
+
     Args:
         channels: Channels C of each node.
         reduction: Reduction cell (input edges strided by 2).
@@ -101,6 +112,7 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
     def __init__(
         self, channels, reduction, reduction_prev, steps=4, multiplier=4, primitives=PRIMITIVES, **kwargs
     ):
+        kwargs["autocast"] = False  # see the class docstring: call casts what it computes with
         super().__init__(**kwargs)
         unknown = [p for p in primitives if p not in SUPPORTED]
         if unknown:
@@ -163,8 +175,11 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                 for k in (1, 2)
             ]
         n_slots = len(self._slot)
-        self.moving_mean = add(name="moving_mean", shape=(n_slots, c), initializer="zeros", trainable=False)
-        self.moving_variance = add(name="moving_variance", shape=(n_slots, c), initializer="ones", trainable=False)
+        # Never autocast: the fused BN kernel takes its statistics in float32 (see the class docstring).
+        self.moving_mean = add(name="moving_mean", shape=(n_slots, c), initializer="zeros", trainable=False,
+                               autocast=False)
+        self.moving_variance = add(name="moving_variance", shape=(n_slots, c), initializer="ones", trainable=False,
+                                   autocast=False)
 
     # ------------------------------------------------------------------ the computation
     def _bn(self, bn, x, slot: str, scale, training):
@@ -203,23 +218,29 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
         """
         training = bool(training)
         c = self.channels
-        ones = tf.ones((c,), s1.dtype)
+        compute = self.compute_dtype  # float32, or bfloat16 / float16 under a mixed policy (no-op casts in float32)
+        s0, s1 = tf.cast(s0, compute), tf.cast(s1, compute)
+        ones = tf.ones((c,), self.moving_mean.dtype)  # BN scales, offsets and statistics: float32
         means, variances = tf.unstack(self.moving_mean), tf.unstack(self.moving_variance)
         bn = {"mean": means, "var": variances, "new_mean": list(means), "new_var": list(variances),
-              "zeros": tf.zeros((c,), s1.dtype)}
-        # w[e][o] as a (C,) vector: a BN scale, or a broadcast factor. One op for all 14 x 8 of them.
+              "zeros": tf.zeros((c,), self.moving_mean.dtype)}
+        # w[e][o] as a (C,) vector: a BN scale (float32), or a broadcast factor (w_c, in the compute dtype). One op
+        # for all 14 x 8 of them.
         n_ops = len(self.primitives)
-        w = tf.unstack(tf.reshape(weights[:, :, None] * ones, (self.num_edges * n_ops, c)))
-        kernels = {key: tf.unstack(var) for key, var in self.conv_kernels.items()}  # one Unpack per variable
-        skip_fr = [tf.unstack(v) for v in self.skip_fr] if self.skip_fr is not None else None
+        w_stack = tf.reshape(tf.cast(weights, ones.dtype)[:, :, None] * ones, (self.num_edges * n_ops, c))
+        w = tf.unstack(w_stack)
+        w_c = w if compute == ones.dtype else tf.unstack(tf.cast(w_stack, compute))
+        cast = lambda v: tf.cast(v, compute)  # noqa: E731  (kernels: float32 variables, compute-dtype copies)
+        kernels = {key: tf.unstack(cast(var)) for key, var in self.conv_kernels.items()}  # one Unpack per variable
+        skip_fr = [tf.unstack(cast(v)) for v in self.skip_fr] if self.skip_fr is not None else None
 
         if self.reduction_prev:
             h0 = self._factorized_reduce(
-                bn, strided_views(tf.nn.relu(s0)), self.pre0_fr1, self.pre0_fr2, "pre0", ones, training
+                bn, strided_views(tf.nn.relu(s0)), cast(self.pre0_fr1), cast(self.pre0_fr2), "pre0", ones, training
             )
         else:
-            h0 = self._bn(bn, self._pointwise(tf.nn.relu(s0), self.pre0_kernel), "pre0", ones, training)
-        h1 = self._bn(bn, self._pointwise(tf.nn.relu(s1), self.pre1_kernel), "pre1", ones, training)
+            h0 = self._bn(bn, self._pointwise(tf.nn.relu(s0), cast(self.pre0_kernel)), "pre0", ones, training)
+        h1 = self._bn(bn, self._pointwise(tf.nn.relu(s1), cast(self.pre1_kernel)), "pre1", ones, training)
         states = [h0, h1]
         shared = {}  # per source state: relu, pools, strided views -- computed on first use
 
@@ -237,20 +258,20 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                 even = h.shape[1] % 2 == 0 and h.shape[2] % 2 == 0
                 relu_h = lambda i=i, h=h: source(i, "relu", lambda: tf.nn.relu(h))  # noqa: E731
                 for o, name in enumerate(self.primitives):
-                    w_eo = w[e * n_ops + o]
+                    w_eo, wc_eo = w[e * n_ops + o], w_c[e * n_ops + o]
                     if name == "none":
                         continue  # zeros: its term of the sum is zero
                     if name == "max_pool_3x3":
                         p = source(i, "max", lambda h=h, s=stride, i=i: self._bn(bn,
                             tf.nn.max_pool2d(h, 3, s, "SAME"), f"max_{i}", ones, training))
-                        terms.append(w_eo * p)
+                        terms.append(wc_eo * p)
                     elif name == "avg_pool_3x3":
                         p = source(i, "avg", lambda h=h, s=stride, i=i: self._bn(bn,
                             tf.nn.avg_pool2d(h, 3, s, "SAME"), f"avg_{i}", ones, training))
-                        terms.append(w_eo * p)
+                        terms.append(wc_eo * p)
                     elif name == "skip_connect":
                         if stride == 1:
-                            terms.append(w_eo * h)
+                            terms.append(wc_eo * h)
                         else:
                             k = self.strided_edges.index(e)
                             views = source(i, "views", lambda r=relu_h: strided_views(r()))

@@ -51,20 +51,25 @@ class BatchNorm(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
+        # Never autocast (mixed precision, hlrs_tf.precision): the fused kernel takes bf16/fp16 activations but
+        # its scale, offset and statistics in float32.
         if self.affine:
-            self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
-            self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+            self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones", autocast=False)
+            self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros", autocast=False)
         self.moving_mean = self.add_weight(
-            name="moving_mean", shape=(channels,), initializer="zeros", trainable=False
+            name="moving_mean", shape=(channels,), initializer="zeros", trainable=False, autocast=False
         )
         self.moving_variance = self.add_weight(
-            name="moving_variance", shape=(channels,), initializer="ones", trainable=False
+            name="moving_variance", shape=(channels,), initializer="ones", trainable=False, autocast=False
         )
 
     def call(self, x, training=None):
         channels = x.shape[-1]
-        scale = self.gamma if self.affine else tf.ones((channels,), x.dtype)
-        offset = self.beta if self.affine else tf.zeros((channels,), x.dtype)
+        if x.dtype == tf.float64:  # FusedBatchNorm has no float64 kernel: the float64 reference computations
+            return self._call_float64(x, training)
+        param_dtype = self.moving_mean.dtype  # float32 also for bf16/fp16 activations (see build)
+        scale = self.gamma if self.affine else tf.ones((channels,), param_dtype)
+        offset = self.beta if self.affine else tf.zeros((channels,), param_dtype)
         if training:
             if sync_bn.should_sync():  # >1 replicas: statistics of the global batch (hlrs_tf/sync_bn.py)
                 return sync_bn.sync_batch_norm(self, x, scale, offset)
@@ -80,6 +85,20 @@ class BatchNorm(keras.layers.Layer):
             epsilon=self.epsilon, is_training=False,
         )
         return y
+
+    def _call_float64(self, x, training):
+        """The same function from unfused ops, for float64 (the ground truth ``tests/test_onednn_kernels.py``
+        compares float32 kernels against); running statistics follow the same PyTorch rule."""
+        scale = self.gamma if self.affine else None
+        offset = self.beta if self.affine else None
+        if not training:
+            return tf.nn.batch_normalization(x, self.moving_mean, self.moving_variance, offset, scale, self.epsilon)
+        mean, var = tf.nn.moments(x, [0, 1, 2])
+        n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
+        m = self.momentum
+        self.moving_mean.assign((1 - m) * self.moving_mean + m * mean)
+        self.moving_variance.assign((1 - m) * self.moving_variance + m * var * n / tf.maximum(n - 1, 1))
+        return tf.nn.batch_normalization(x, mean, var, offset, scale, self.epsilon)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -177,9 +196,50 @@ class DepthwiseConv(keras.layers.Layer):
         }
 
 
-def pointwise_conv(filters: int, strides: int = 1, name: str | None = None) -> keras.layers.Conv2D:
-    """Bias-free 1x1 convolution."""
-    return keras.layers.Conv2D(filters, 1, strides=strides, padding="valid", use_bias=False, name=name)
+@keras.saving.register_keras_serializable(package="hlrs_tf")
+class PointwiseConv(keras.layers.Conv2D):
+    """Bias-free 1x1 convolution computed as a matmul (``einsum``) of the channels, not by a ``Conv2D`` kernel.
+
+    The same function and the same ``(1, 1, C_in, C_out)`` kernel variable as ``keras.layers.Conv2D(filters, 1,
+    use_bias=False)`` (a strided 1x1 conv is the 1x1 conv of the strided sampling), so checkpoints and parameter
+    counts are unchanged. Why not the conv kernel:
+
+    * correctness: oneDNN's filter gradient of 1x1 ``Conv2D`` kernels is wrong for some shapes with few input
+      channels: at stride 2 with 5-7 input channels on AVX2 (relative error 0.4-1.1, see
+      :class:`FactorizedReduce`), and on AVX-512 CPUs the search network with direct cells got a 1x1 stride-1
+      8->8 kernel gradient 4.2% off, where float32 round-off of that gradient is ~3e-6 against a float64
+      computation (``tests/test_onednn_kernels.py`` compares both kernel sets against float64 for that
+      reason). oneDNN blocks channels by 8 on AVX2 and by 16 on AVX-512, and both failures have fewer input
+      channels than one block. The matmul kernels have no such blocking of the reduced dimension, and the
+      fused search cell, which always computed its 1x1 convs this way, agreed with float64 on both machines;
+    * speed: TF's ``Conv2DBackpropInput`` for 1x1 kernels was ~2.5x slower than a matmul's gradient in the
+      search step (:mod:`hlrs_tf.fused_cell`).
+
+    Args:
+        filters: Output channels.
+        strides: Stride (the input is sampled every ``strides`` pixels, as a 1x1 strided conv does).
+        **kwargs: Forwarded to ``keras.layers.Conv2D`` (e.g. ``name``, ``dtype``).
+    """
+
+    def __init__(self, filters: int, strides: int = 1, **kwargs):
+        for fixed in ("kernel_size", "padding", "use_bias"):
+            kwargs.pop(fixed, None)  # from a Conv2D config: always 1, "valid", False here
+        super().__init__(filters, 1, strides=strides, padding="valid", use_bias=False, **kwargs)
+
+    def call(self, inputs):
+        s = self.strides[0]
+        if s > 1:
+            inputs = inputs[:, ::s, ::s, :]
+        kernel = ops.reshape(self.kernel, (self.kernel.shape[2], self.filters))
+        return tf.einsum("bhwc,cd->bhwd", inputs, kernel)
+
+    def get_config(self):
+        return {**super().get_config(), "strides": self.strides[0]}
+
+
+def pointwise_conv(filters: int, strides: int = 1, name: str | None = None) -> PointwiseConv:
+    """Bias-free 1x1 convolution (:class:`PointwiseConv`)."""
+    return PointwiseConv(filters, strides=strides, name=name)
 
 
 class ReLUConvBN(CompositeLayer):
@@ -196,7 +256,10 @@ class ReLUConvBN(CompositeLayer):
     def __init__(self, filters: int, kernel_size: int = 1, strides: int = 1, affine: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.strides, self.affine = filters, kernel_size, strides, affine
-        self.conv = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False)
+        if kernel_size == 1:  # the preprocessing of every cell input (see PointwiseConv for why not Conv2D)
+            self.conv = pointwise_conv(filters, strides)
+        else:
+            self.conv = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False)
         self.bn = batch_norm(affine)
 
     def call(self, x, training=None):

@@ -14,6 +14,10 @@ With a BBN network each element is ``((x_c, y_c), (x_r, y_r))`` and the loss is 
 ``alpha`` the non-trainable ``bbn_alpha`` variable assigned per epoch by
 :class:`hlrs_tf.retrain_callbacks.MixingSchedule`.
 
+Mixed precision (:mod:`hlrs_tf.precision`): the network computes in bfloat16 / float16, its logits and the
+losses are float32; with ``mixed_float16`` the optimizer is a ``LossScaleOptimizer`` and the gradient is
+unscaled before the clipping (:func:`hlrs_tf.precision.gradients`).
+
 This model is for training only (single device); what is saved and exported is its ``network``.
 """
 
@@ -23,6 +27,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from hlrs_tf import precision
 from hlrs_tf.bbn import bbn_loss
 from hlrs_tf.derived_network import DerivedNetwork
 
@@ -121,11 +126,14 @@ class RetrainModel(keras.Model):
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
             total, loss, aux_loss, accuracy = self._step_losses(data)
-        grads = tape.gradient(total, variables)
-        # Single device: the plain global-norm clip is the reference's clip_grad_norm_.
-        grads, _ = tf.clip_by_global_norm(grads, self.grad_clip)
-        grads = [g + self.weight_decay * v for g, v in zip(grads, variables)]
-        self.optimizer.apply(grads, variables)
+        grads = precision.gradients(tape, total, variables, precision.loss_scale(self.optimizer))
+
+        def clip_and_decay(gs):
+            # Single device: the plain global-norm clip is the reference's clip_grad_norm_.
+            gs, _ = tf.clip_by_global_norm(gs, self.grad_clip)
+            return [g + self.weight_decay * v for g, v in zip(gs, variables)]
+
+        precision.apply_gradients(self.optimizer, grads, variables, clip_and_decay)
         self.loss_tracker.update_state(total)
         self.accuracy_tracker.update_state(accuracy)
         if aux_loss is not None:

@@ -30,7 +30,9 @@ import keras
 import tensorflow as tf
 
 from hlrs_tf import data as data_lib
+from hlrs_tf import precision
 from hlrs_tf.callbacks import CSVHistory, LearningRateLogger
+from hlrs_tf.cli import onednn_enabled
 from hlrs_tf.derived_network import DerivedNetwork
 from hlrs_tf.diagrams import plot_genotype
 from hlrs_tf.genotypes import Genotype, GenotypeError, get_genotype
@@ -38,9 +40,10 @@ from hlrs_tf.metrics import evaluation_report
 from hlrs_tf.retrain_callbacks import DropPathSchedule, MixingSchedule, RetrainCheckpoint, ScalarTensorBoard
 from hlrs_tf.retrain_data import cutout_length_for, retrain_dataset, retrain_steps_per_epoch
 from hlrs_tf.retrain_model import RetrainModel
+from hlrs_tf.runtime import configure_devices, set_thread_pools, visible_devices
 from hlrs_tf.train_config import TrainConfig
 from hlrs_tf.trainer import check_same_run, truncate_history
-from hlrs_tf.workdir import Workdir, atomic_write_json, atomic_write_text
+from hlrs_tf.workdir import Workdir, WorkdirLock, atomic_write_json, atomic_write_text
 
 __all__ = ["MODEL_FILENAME", "RetrainResult", "build_network", "build_model", "run_retrain", "save_network"]
 
@@ -59,10 +62,12 @@ class RetrainResult:
 
 
 def configure_runtime(config: TrainConfig) -> None:
-    """Thread counts and seeds (call before building anything)."""
-    if config.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(config.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(config.threads)
+    """Devices (memory growth on every GPU TensorFlow lists: :func:`hlrs_tf.runtime.configure_devices`), thread
+    counts and seeds (call before building anything). Retraining has no CPU-only thread or grappler settings:
+    ``config.threads`` sets both pools on any device."""
+    devices = configure_devices()
+    set_thread_pools(config.threads)
+    precision.warn_if_slow(config.precision, devices.cpu_only)  # e.g. bfloat16 emulated on an AVX2-only CPU
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -84,7 +89,7 @@ def build_network(config: TrainConfig, genotype: Genotype, spec: data_lib.Datase
     """Builds the derived network for a dataset (all sub-layers built, auxiliary head and branches included)."""
     network = DerivedNetwork(
         genotype, config.channels, spec.num_classes, config.layers, auxiliary=config.auxiliary, bbn=config.bbn,
-        metadata=spec_metadata(spec), name="derived_network",
+        metadata=spec_metadata(spec), name="derived_network", dtype=config.precision,  # hlrs_tf.precision
     )
     network.build((None, *spec.image_shape))
     return network
@@ -101,7 +106,9 @@ def build_model(config: TrainConfig, network: DerivedNetwork, spec: data_lib.Dat
         config.learning_rate, decay_steps=max(total_steps, 1),
         alpha=config.learning_rate_min / config.learning_rate,
     )
-    model.compile(optimizer=keras.optimizers.SGD(lr, momentum=config.momentum))
+    # mixed_float16: in a LossScaleOptimizer (precision.wrap_optimizer); the train step unscales before clipping.
+    model.compile(optimizer=precision.wrap_optimizer(keras.optimizers.SGD(lr, momentum=config.momentum),
+                                                     config.precision))
     model.build_all(spec.image_shape)
     return model
 
@@ -118,6 +125,9 @@ def model_summary(network: DerivedNetwork, config: TrainConfig, spec: data_lib.D
         "layers": config.layers,
         "auxiliary": config.auxiliary,
         "bbn": config.bbn,
+        "precision": precision.policy_name(network),  # the network's dtype policy (--precision)
+        "onednn": onednn_enabled(),  # which CPU kernels ran (hlrs_tf.cli.prepare_process)
+        "devices": visible_devices().names(),  # GPU names or ["cpu"] (hlrs_tf.runtime)
         **extra,
     }
 
@@ -152,7 +162,8 @@ def run_retrain(config: TrainConfig, workdir: str, flags_text: str | None = None
 
     Args:
         config: The run config.
-        workdir: Work directory path (created). Rerunning on it resumes after the last complete epoch.
+        workdir: Work directory path (created). Rerunning on it resumes after the last complete epoch. Locked
+            for the whole run (:class:`~hlrs_tf.workdir.WorkdirLock`, ``dry_run`` included).
         flags_text: Effective flags to save as ``flags.cfg`` (the CLI passes them).
         dry_run: Build the network, write ``flags.cfg`` and ``model_summary.json``, train nothing.
 
@@ -165,8 +176,15 @@ def run_retrain(config: TrainConfig, workdir: str, flags_text: str | None = None
         ValueError: a workdir holding a checkpointed run with other flags (``trainer.check_same_run``), or e.g.
             a batch size larger than the training set (the message names the flag).
         hlrs_tf.callbacks.CheckpointError: a checkpoint that cannot be restored.
+        hlrs_tf.workdir.WorkdirInUseError: another process is using ``workdir``.
     """
     genotype = get_genotype(config.genotype)
+    with WorkdirLock(workdir):
+        return _run_retrain(config, genotype, workdir, flags_text, dry_run)
+
+
+def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_text: str | None,
+                 dry_run: bool) -> RetrainResult:
     wd = Workdir(workdir)
     # A resume must continue the same run: checked before anything in the work directory is overwritten.
     _check_same_genotype(wd, genotype)
@@ -187,6 +205,8 @@ def run_retrain(config: TrainConfig, workdir: str, flags_text: str | None = None
         config.dataset, config.data_dir, config.manual_dir, fashion_mnist_dir=config.fashion_mnist_dir
     )
     spec = ds.spec
+    # Before anything is built or written: a class left without a training image is refused from the counts.
+    data_lib.check_class_counts(ds.y_train, spec.num_classes, config.imbalance_ratio, class_names=spec.class_names)
     x_lt, y_lt = data_lib.make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
     train_counts = data_lib.class_counts(y_lt, spec.num_classes)
     steps = config.steps_per_epoch or retrain_steps_per_epoch(len(y_lt), config.batch_size)

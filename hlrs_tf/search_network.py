@@ -9,6 +9,9 @@ reference. With C=16, 8 cells, 10 classes and 32x32x3 input it has exactly 1,930
 The alphas are ordinary (trainable) Keras weights of this layer, named ``alphas_normal`` and
 ``alphas_reduce``; :func:`split_variables` separates them from the network weights by identity, so the SGD
 optimizer never sees them (STACK.md trap 4).
+
+Precision: ``dtype`` (a Keras dtype policy, e.g. ``"mixed_bfloat16"``; :mod:`hlrs_tf.precision`) is handed to
+every sub-layer; the alphas, their softmax and the classifier (so the logits) stay float32.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from hlrs_tf.cells import SearchCell, num_edges
 from hlrs_tf.fused_cell import FusedSearchCell
 from hlrs_tf.genotypes import PRIMITIVES, Genotype, derive_genotype
 from hlrs_tf.ops import CompositeLayer, batch_norm
+from hlrs_tf.precision import policy_scope
 
 
 # How the cells are computed: "fused" (fast; stacked parameters, shared work) or "direct" (one Keras layer per
@@ -46,7 +50,8 @@ class SearchNetwork(CompositeLayer):
         primitives: Candidate op names (the reference order).
         cell_impl: ``"fused"`` (default, fast) or ``"direct"`` (per-edge layers; see
             :data:`CELL_IMPLEMENTATIONS`).
-        **kwargs: Forwarded to ``keras.layers.Layer``.
+        **kwargs: Forwarded to ``keras.layers.Layer``; ``dtype`` (a dtype policy) applies to every sub-layer
+            but the classifier.
     """
 
     def __init__(
@@ -70,7 +75,18 @@ class SearchNetwork(CompositeLayer):
         self.channels, self.num_classes, self.num_layers = channels, num_classes, layers
         self.steps, self.multiplier, self.stem_multiplier = steps, multiplier, stem_multiplier
         self.primitives = tuple(primitives)
+        # Every sub-layer gets this network's dtype policy (Keras gives a layer the global one); the scope
+        # restores the global policy afterwards.
+        with policy_scope(self.dtype_policy):
+            self._build_layers(channels, layers, steps, multiplier, stem_multiplier)
 
+        shape = (num_edges(steps), len(self.primitives))
+        init = keras.initializers.RandomNormal(stddev=1e-3)
+        # Not autocast: the alphas and their softmax are float32 under mixed precision too.
+        self.alphas_normal = self.add_weight(name="alphas_normal", shape=shape, initializer=init, autocast=False)
+        self.alphas_reduce = self.add_weight(name="alphas_reduce", shape=shape, initializer=init, autocast=False)
+
+    def _build_layers(self, channels, layers, steps, multiplier, stem_multiplier):
         self.stem_conv = keras.layers.Conv2D(
             stem_multiplier * channels, 3, padding="same", use_bias=False, name="stem_conv"
         )
@@ -87,12 +103,8 @@ class SearchNetwork(CompositeLayer):
             )
             reduction_prev = reduction
         self.feature_dim = multiplier * c_curr
-        self.classifier = keras.layers.Dense(num_classes, name="classifier")
-
-        shape = (num_edges(steps), len(self.primitives))
-        init = keras.initializers.RandomNormal(stddev=1e-3)
-        self.alphas_normal = self.add_weight(name="alphas_normal", shape=shape, initializer=init)
-        self.alphas_reduce = self.add_weight(name="alphas_reduce", shape=shape, initializer=init)
+        # float32 under any policy: logits and loss in float32 (Keras' practice for the output layer).
+        self.classifier = keras.layers.Dense(self.num_classes, name="classifier", dtype="float32")
 
     @property
     def cell_class(self):

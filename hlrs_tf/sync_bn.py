@@ -152,6 +152,11 @@ def batch_norm_train_values(x, scale, offset, moving_mean, moving_variance, mome
     """
     if replicas is None:
         replicas = replicas_in_sync()
+    in_dtype = x.dtype
+    if in_dtype in (tf.bfloat16, tf.float16):
+        # Mixed precision (hlrs_tf.precision): statistics, normalisation and its gradient in float32, as the
+        # fused kernel computes them internally; the output goes back to the activations' dtype.
+        x = tf.cast(x, tf.float32)
     # The moving mean is the same on every replica and near the batch mean once training runs: summing
     # x - shift instead of x keeps E[x^2] - E[x]^2 from cancelling badly. Read outside the custom gradient.
     shift = tf.convert_to_tensor(moving_mean)
@@ -169,7 +174,7 @@ def batch_norm_train_values(x, scale, offset, moving_mean, moving_variance, mome
         bessel = momentum * count / tf.maximum(count - 1.0, 1.0)
     new_mean = shift + momentum * mean_shifted
     new_variance = (1.0 - momentum) * tf.convert_to_tensor(moving_variance) + bessel * variance
-    return y, new_mean, new_variance
+    return tf.cast(y, in_dtype), new_mean, new_variance
 
 
 @tf.autograph.experimental.do_not_convert

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from hlrs_tf.config import ConfigError
+from hlrs_tf.config import ConfigError, check_floats, require
+from hlrs_tf.precision import PRECISIONS
 from hlrs_tf.schedules import MIXING_SCHEDULES
 
 __all__ = ["ConfigError", "TrainConfig"]
@@ -56,47 +57,34 @@ class TrainConfig:
     validation_freq: int = 0  # evaluate on the test set every N epochs (0: only at the end)
     seed: int = 0
     deterministic: bool = False
+    precision: str = "float32"  # Keras dtype policy of the network (hlrs_tf.precision); export is float32
     eval_batch_size: int = 256
     verbose: int = 1
     threads: int = 0
 
     def __post_init__(self):
-        _check(bool(self.genotype and self.genotype.strip()), "genotype", self.genotype,
-               "a preset name (DARTS_V1, DARTS_V2), a genotype JSON file or a search work directory")
-        _check(self.imbalance_ratio >= 1, "imbalance_ratio", self.imbalance_ratio, "a number >= 1 (N_max / N_min)")
-        _check(self.cutout_length >= 0, "cutout_length", self.cutout_length,
-               "an integer >= 0 (0 = 16 scaled to the image size)")
-        _check(self.channels >= 2 and self.channels % 2 == 0, "channels", self.channels, "an even integer >= 2")
-        _check(self.layers >= 3, "layers", self.layers, "an integer >= 3 (reductions at L//3 and 2L//3)")
-        _check(
+        check_floats(self)  # every float setting: finite and in its range (config.FLOAT_RANGES)
+        require(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
+        require(bool(self.genotype and self.genotype.strip()), "genotype", self.genotype,
+                "a preset name (DARTS_V1, DARTS_V2), a genotype JSON file or a search work directory")
+        require(self.cutout_length >= 0, "cutout_length", self.cutout_length,
+                "an integer >= 0 (0 = 16 scaled to the image size)")
+        require(self.channels >= 2 and self.channels % 2 == 0, "channels", self.channels, "an even integer >= 2")
+        require(self.layers >= 3, "layers", self.layers, "an integer >= 3 (reductions at L//3 and 2L//3)")
+        require(
             not (self.bbn and self.auxiliary and 2 * self.layers // 3 >= self.layers - 1), "layers", self.layers,
             "an integer >= 4 with --bbn and --auxiliary (the auxiliary head must sit before the branch cells)",
         )
-        _check(self.auxiliary_weight >= 0, "auxiliary_weight", self.auxiliary_weight, ">= 0")
-        _check(0 <= self.drop_path_prob < 1, "drop_path_prob", self.drop_path_prob, "in [0, 1)")
-        _check(self.mixing in MIXING_SCHEDULES, "mixing", self.mixing, f"one of {', '.join(MIXING_SCHEDULES)}")
-        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _check(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch,
-               "an integer >= 0 (0 = one pass over the training set)")
-        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0")
-        _check(
-            0 <= self.learning_rate_min <= self.learning_rate,
-            "learning_rate_min", self.learning_rate_min, "in [0, learning_rate]",
-        )
-        _check(0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
-        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
-        _check(self.grad_clip > 0, "grad_clip", self.grad_clip, "> 0")
-        _check(self.validation_freq >= 0, "validation_freq", self.validation_freq,
-               "an integer >= 0 (0 = test only at the end)")
-        _check(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1")
-        _check(self.threads >= 0, "threads", self.threads, "an integer >= 0 (0 = TensorFlow's default)")
+        require(self.mixing in MIXING_SCHEDULES, "mixing", self.mixing, f"one of {', '.join(MIXING_SCHEDULES)}")
+        require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        require(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch,
+                "an integer >= 0 (0 = one pass over the training set)")
+        require(self.validation_freq >= 0, "validation_freq", self.validation_freq,
+                "an integer >= 0 (0 = test only at the end)")
+        require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        require(self.threads >= 0, "threads", self.threads, "an integer >= 0 (0 = TensorFlow's default)")
 
     def to_dict(self) -> dict:
         """Plain-dict view (JSON-ready)."""
         return dataclasses.asdict(self)
-
-
-def _check(ok: bool, flag: str, value, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"--{flag}={value!r} is invalid: it must be {allowed}")

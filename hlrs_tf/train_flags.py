@@ -12,6 +12,7 @@ import dataclasses
 
 from absl import flags
 
+from hlrs_tf.precision import PRECISIONS
 from hlrs_tf.schedules import MIXING_SCHEDULES
 from hlrs_tf.train_config import TrainConfig
 
@@ -71,6 +72,12 @@ flags.DEFINE_integer("validation_freq", _D.validation_freq,
                      "Evaluate on the test set every N epochs (val_* columns); 0 = only at the end.", lower_bound=0)
 flags.DEFINE_integer("seed", _D.seed, "Seed of the long-tail subsampling, the data order, augmentation and init.")
 flags.DEFINE_bool("deterministic", _D.deterministic, "TensorFlow op determinism (slower).")
+flags.DEFINE_enum(
+    "precision", _D.precision, list(PRECISIONS),
+    "Keras dtype policy of the network: float32, or mixed precision (bfloat16 / float16 compute, float32 "
+    "variables, BN statistics, logits, loss and optimizer state; mixed_float16 with loss scaling). model.keras "
+    "keeps the policy; hlrs_tf.export always writes float32.",
+)
 flags.DEFINE_integer("eval_batch_size", _D.eval_batch_size, "Batch size of the test-set evaluation.", lower_bound=1)
 flags.DEFINE_integer("verbose", _D.verbose, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 flags.DEFINE_integer("threads", _D.threads, "TensorFlow intra/inter-op threads (0 = default).", lower_bound=0)

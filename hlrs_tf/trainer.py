@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from hlrs_tf import data as data_lib
+from hlrs_tf import precision
 from hlrs_tf.bbn import BBNSearchModel, BBNSearchNetwork
 from hlrs_tf.callbacks import (
     CSVHistory,
@@ -27,10 +28,11 @@ from hlrs_tf.cli import onednn_enabled
 from hlrs_tf.config import SearchConfig
 from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.diagrams import plot_genotype
-from hlrs_tf.distribute import check_global_batch_size, is_chief, make_strategy, worker_workdir
+from hlrs_tf.distribute import check_global_batch_size, is_chief, make_strategy, workdir_lock, worker_workdir
 from hlrs_tf.guards import NonFiniteLossGuard
 from hlrs_tf.losses import effective_number_weights
 from hlrs_tf.metrics import balanced_accuracy, evaluation_report
+from hlrs_tf.runtime import configure_devices, set_thread_pools, visible_devices
 from hlrs_tf.schedules import HLRSCallback, ScheduleConfig
 from hlrs_tf.search_network import SearchNetwork
 from hlrs_tf.workdir import Workdir, atomic_write_json, atomic_write_text
@@ -47,7 +49,7 @@ class SearchResult:
 
 
 def configure_threads(threads: int = 0) -> None:
-    """Thread pools for the search step: ``threads`` ops side by side, each op on one thread.
+    """Thread pools for the search step on CPU: ``threads`` ops side by side, each op on one thread.
 
     A supernet step is thousands of small, memory-bound ops with many independent branches (the candidate
     ops of every edge). Running independent ops side by side beats splitting each op across the cores:
@@ -63,7 +65,7 @@ def configure_threads(threads: int = 0) -> None:
 
 
 def configure_graph_optimizer() -> None:
-    """Switches grappler off for the search: it costs start-up and gives the step nothing.
+    """Switches grappler off for the search on CPU: it costs start-up and gives the step nothing there.
 
     Measured on the paper-size supernet (benchmarks/NOTES.md): the full grappler costs ~6 s of start-up for no
     step time. Its memory optimizer, the one pass kept before, lowered peak RSS while each pass of the step
@@ -76,13 +78,23 @@ def configure_graph_optimizer() -> None:
 
 
 def configure_runtime(config: SearchConfig) -> tf.distribute.Strategy:
-    """Thread counts, the distribution strategy and seeds, in the order TensorFlow needs (call first).
+    """Devices, thread counts, the distribution strategy and seeds, in the order TensorFlow needs (call first).
+
+    The thread layout and grappler off were measured on CPU: they apply only when TensorFlow lists no GPU
+    (:func:`hlrs_tf.runtime.configure_devices`, which enables memory growth on the GPUs it lists). With GPUs,
+    TensorFlow's own thread pools (both at ``config.threads`` when it is set) and grappler, whose layout
+    optimizer and remapper serve cuDNN.
 
     Returns:
         The ``tf.distribute`` strategy of ``config.strategy`` (the default strategy on one device).
     """
-    configure_threads(config.threads)
-    configure_graph_optimizer()
+    cpu_only = configure_devices().cpu_only
+    if cpu_only:
+        configure_threads(config.threads)
+        configure_graph_optimizer()
+    else:
+        set_thread_pools(config.threads)
+    precision.warn_if_slow(config.precision, cpu_only)  # e.g. bfloat16 emulated on an AVX2-only CPU
     # Before any op: splitting the CPU into logical devices and starting the collective runtime of
     # MultiWorkerMirroredStrategy both need TensorFlow's devices not yet initialised.
     strategy = make_strategy(config.strategy, config.cpu_replicas)
@@ -112,7 +124,8 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
     )
     if config.bbn:
         network = BBNSearchNetwork(
-            config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="bbn_supernet"
+            config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="bbn_supernet",
+            dtype=config.precision,
         )
         model = BBNSearchModel(network, name="bbn_search", **common)
     else:
@@ -121,17 +134,22 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
             counts = np.ones(spec.num_classes) if class_counts is None else class_counts
             class_weights = effective_number_weights(counts, config.reweight_beta).tolist()
         network = SearchNetwork(
-            config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="supernet"
+            config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="supernet",
+            dtype=config.precision,  # the network's dtype policy (hlrs_tf.precision); the wrapper stays float32
         )
         model = DartsSearchModel(network, class_weights=class_weights, name="darts_search", **common)
     weight_lr = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(total_steps, 1), alpha=config.learning_rate_min / config.learning_rate
     )
+    # mixed_float16: both in a LossScaleOptimizer (precision.wrap_optimizer), which delegates the arch lr.
     model.compile(
-        optimizer=keras.optimizers.SGD(weight_lr, momentum=config.momentum),
+        optimizer=precision.wrap_optimizer(
+            keras.optimizers.SGD(weight_lr, momentum=config.momentum), config.precision
+        ),
         # A float learning rate, so a callback can set it per epoch (HLRS); decay is added to the gradient.
-        arch_optimizer=keras.optimizers.Adam(
-            config.arch_learning_rate, beta_1=config.arch_beta1, beta_2=config.arch_beta2
+        arch_optimizer=precision.wrap_optimizer(
+            keras.optimizers.Adam(config.arch_learning_rate, beta_1=config.arch_beta1, beta_2=config.arch_beta2),
+            config.precision,
         ),
     )
     model.build_all(spec.image_shape)
@@ -160,7 +178,9 @@ def model_summary(model: DartsSearchModel, spec: data_lib.DatasetSpec, config: S
         "arch_sampler": config.arch_sampler,
         "mixing": config.mixing,
         "arch_lr_schedule": config.arch_lr_schedule,
+        "precision": precision.policy_name(model.network),  # the network's dtype policy (--precision)
         "onednn": onednn_enabled(),  # which CPU kernels ran: timings differ ~2x (hlrs_tf.cli.prepare_process)
+        "devices": visible_devices().names(),  # GPU names or ["cpu"] (hlrs_tf.runtime)
         **extra,
     }
 
@@ -180,12 +200,21 @@ def run_search(
     scope, ``config.batch_size`` is the global batch, and only the chief writes ``workdir``; other workers
     write into a temporary directory and resume from the chief's checkpoints (a shared file system).
 
+    The chief holds ``workdir``'s lock for the whole run, ``dry_run`` included
+    (:func:`hlrs_tf.distribute.workdir_lock`): a second run on the same folder is refused before anything.
+
     Returns:
         A :class:`SearchResult`.
+
+    Raises:
+        hlrs_tf.workdir.WorkdirInUseError: Another process is using ``workdir``.
     """
-    strategy = configure_runtime(config)
-    with worker_workdir(workdir, strategy) as write_dir, strategy.scope():
-        return _run_search(config, write_dir, workdir, flags_text, dry_run, chief=is_chief(strategy))
+    # Locked before the strategy exists: a refused run builds nothing and, under multi-worker, never starts the
+    # collective runtime the other workers would wait on.
+    with workdir_lock(workdir):
+        strategy = configure_runtime(config)
+        with worker_workdir(workdir, strategy) as write_dir, strategy.scope():
+            return _run_search(config, write_dir, workdir, flags_text, dry_run, chief=is_chief(strategy))
 
 
 def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_text: str | None,
@@ -207,6 +236,9 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
         config.dataset, config.data_dir, config.manual_dir, fashion_mnist_dir=config.fashion_mnist_dir
     )
     spec = ds.spec
+    # Before anything is built: a class left without an image on either search split is refused from the counts.
+    data_lib.check_class_counts(ds.y_train, spec.num_classes, config.imbalance_ratio, config.train_portion,
+                                spec.class_names)
     x_lt, y_lt = data_lib.make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
     train_counts = data_lib.class_counts(y_lt, spec.num_classes)
     idx_w, idx_a = data_lib.stratified_split(y_lt, config.train_portion, seed=config.seed)
@@ -269,6 +301,9 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
 
 # Flags that may change between an interrupted run and its resumption (they do not change the result).
 _RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size", "strategy", "cpu_replicas")
+# Flags added after runs were already written: a flags.cfg without one ran with this value. --precision counts
+# as a change (resuming float32 checkpoints in bfloat16 would mix two runs), so it is refused like any other.
+_ADDED_FLAG_DEFAULTS = {"precision": "float32"}
 
 
 def _flag_map(text: str) -> dict[str, str]:
@@ -289,8 +324,8 @@ def check_same_run(wd: Workdir, flags_text: str) -> None:
     if not os.path.exists(os.path.join(wd.checkpoint_dir, "state.json")) or not os.path.exists(wd.flags_file):
         return
     with open(wd.flags_file) as f:
-        old = _flag_map(f.read())
-    new = _flag_map(flags_text)
+        old = {**_ADDED_FLAG_DEFAULTS, **_flag_map(f.read())}
+    new = {**_ADDED_FLAG_DEFAULTS, **_flag_map(flags_text)}
     diff = sorted(k for k in set(old) | set(new)
                   if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if diff:

@@ -23,7 +23,7 @@ import keras_tuner
 
 from hlrs_tf.config import SearchConfig
 from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
-from hlrs_tf.workdir import atomic_write_json, atomic_write_text
+from hlrs_tf.workdir import WorkdirLock, atomic_write_json, atomic_write_text
 
 TUNABLE = ("arch_learning_rate", "arch_lr_schedule", "mixing", "warmup_epochs", "freeze_threshold")
 TUNERS = ("random", "bayesian")
@@ -161,8 +161,13 @@ def write_results(tuner, config: TuneConfig, root: str) -> dict:
 
 
 def run_tuning(config: TuneConfig, root: str, verbose: int = 1) -> dict:
-    """Runs (or resumes) the tuning into ``root``; returns the ``best.json`` content."""
-    os.makedirs(root, exist_ok=True)
-    tuner = make_tuner(config, root)
-    tuner.search(verbose=verbose)
-    return write_results(tuner, config, root)
+    """Runs (or resumes) the tuning into ``root``; returns the ``best.json`` content.
+
+    ``root`` is locked while it runs (:class:`~hlrs_tf.workdir.WorkdirLock`; a second tuning on it raises
+    :class:`~hlrs_tf.workdir.WorkdirInUseError`); each trial's search, in this process, locks its own
+    ``trials/<id>/``.
+    """
+    with WorkdirLock(root):
+        tuner = make_tuner(config, root)
+        tuner.search(verbose=verbose)
+        return write_results(tuner, config, root)

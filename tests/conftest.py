@@ -14,6 +14,38 @@ import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Tests marked ``isolated`` run in a fresh process of their own, with TensorFlow's op determinism and one
+# thread in each pool: their result must not depend on what earlier tests of the session left behind (the
+# grappler options, thread pools or determinism an in-process search sets) or on how threads split a sum.
+ISOLATED_ENV = "HLRS_TEST_ISOLATED"
+if os.environ.get(ISOLATED_ENV):
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.experimental.enable_op_determinism()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "isolated: run in a fresh deterministic one-thread process (conftest.py)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """Runs an ``isolated`` test as ``python -m pytest <node id>`` in a child process and reports its result."""
+    if pyfuncitem.get_closest_marker("isolated") is None or os.environ.get(ISOLATED_ENV):
+        return None
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", pyfuncitem.nodeid],
+        cwd=REPO, env={**os.environ, ISOLATED_ENV: "1"}, capture_output=True, text=True, timeout=1200,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"isolated run failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}",
+                    pytrace=False)
+    return True
+
 
 @pytest.fixture
 def repo_root():

@@ -44,6 +44,21 @@ def _record(out: dict, name: str, fn, *args, variables=()) -> None:
         out[f"{name}/g{i}"] = g.numpy()
 
 
+def _record_pointwise(out: dict, name: str, x, c_out: int, strides: int) -> None:
+    """``PointwiseConv`` with its inputs kept, for the float64 numpy oracle of the test."""
+    import keras
+    import tensorflow as tf
+
+    from hlrs_tf.ops import PointwiseConv
+
+    keras.utils.set_random_seed(c_out * 10 + strides)  # the same weights in both processes
+    layer = PointwiseConv(c_out, strides=strides)
+    layer(tf.constant(x))  # build
+    _record(out, name, lambda x: layer(x), x, variables=[layer.kernel])
+    out[f"{name}/x"] = x
+    out[f"{name}/w"] = layer.kernel.numpy()
+
+
 def op_cases(out: dict) -> None:
     """Single ops at the networks' shapes."""
     import keras
@@ -66,6 +81,7 @@ def op_cases(out: dict) -> None:
                             lambda x, w, s=s, d=d: depthwise_conv(x, w, s, dilation_rate=d), x, f(k, k, c, 1))
         _record(out, f"einsum_1x1/{tag}", lambda x, w: tf.einsum("bhwc,cd->bhwd", x, w), x, f(c, c))
         _record(out, f"conv_1x1_s1/{tag}", lambda x, w: tf.nn.conv2d(x, w, 1, "VALID"), x, f(1, 1, c, c))
+        _record_pointwise(out, f"pointwise/{tag}", x, c, 1)
         zeros, ones = tf.zeros((c,)), tf.ones((c,))
         for training in (True, False):
             _record(out, f"fused_bn_train{int(training)}/{tag}",
@@ -77,6 +93,11 @@ def op_cases(out: dict) -> None:
             _record(out, f"aux_avg_pool_5x5_s3/{tag}", lambda x: tf.nn.avg_pool2d(x, 5, 3, "VALID"), x)
         else:  # the auxiliary head on a small map
             _record(out, f"aux_avg_pool_5x5_s3/{tag}", lambda x: average_pool_same(x, 5, 3), x)
+    # Fewer input channels than one oneDNN channel block (8 on AVX2, 16 on AVX-512), at the shapes of the
+    # direct supernet below (batch 8, 16x16, 8 output channels): where the 1x1 Conv2D kernels went wrong.
+    for c_in in range(1, 17):
+        for strides in (1, 2):
+            _record_pointwise(out, f"pointwise_few/16x16x{c_in}_s{strides}", f(8, 16, 16, c_in), 8, strides)
     for size, c in ((32, 3), (28, 1)):
         _record(out, f"stem_conv_3x3/{size}x{size}x{c}", lambda x, w: tf.nn.conv2d(x, w, 1, "SAME"),
                 f(b, size, size, c), f(3, 3, c, 48))
@@ -90,8 +111,13 @@ def op_cases(out: dict) -> None:
                     variables=layer.trainable_variables)
 
 
-def network_cases(out: dict) -> None:
-    """Loss gradients of whole networks with respect to every trainable variable."""
+def network_cases(out: dict, float64_truth: bool) -> None:
+    """Loss gradients of whole networks with respect to every trainable variable.
+
+    With ``float64_truth`` the direct supernet and the derived network are computed once more in float64 (from
+    the float32 weights and inputs), stored under ``float64/<name>/grad/<variable path>``: the ground truth the
+    test measures both float32 kernel sets against. TF's float64 kernels are its own (Eigen) ones.
+    """
     import keras
     import tensorflow as tf
 
@@ -104,33 +130,53 @@ def network_cases(out: dict) -> None:
     y = tf.constant(rng.integers(0, 10, 8).astype("int32"))
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    def grads_of(name, net, forward):
-        forward(net)  # build
+    def grads_of(name, net, forward, inputs=x, paths=None):
+        forward(net, inputs)  # build
+        if paths is not None:  # the float64 copy: the float32 network's weights, cast
+            for v, value in zip(net.trainable_variables, paths.values()):
+                v.assign(tf.cast(value, v.dtype))
         with tf.GradientTape() as tape:
-            logits = forward(net)
+            logits = forward(net, inputs)
             loss = loss_fn(y, logits)
         grads = tape.gradient(loss, net.trainable_variables)
         out[f"{name}/logits"] = logits.numpy()
-        for v, g in zip(net.trainable_variables, grads):
-            out[f"{name}/grad/{v.path}"] = g.numpy()
+        names = list(paths) if paths is not None else [v.path for v in net.trainable_variables]
+        for path, g in zip(names, grads):
+            out[f"{name}/grad/{path}"] = g.numpy()
+        return {v.path: v.numpy() for v in net.trainable_variables}
 
-    for cell_impl in ("fused", "direct"):
+    def supernet(impl, dtype="float32"):
         keras.utils.set_random_seed(3)
-        net = SearchNetwork(8, 10, 5, cell_impl=cell_impl, name=f"supernet_{cell_impl}")
-        grads_of(f"supernet_{cell_impl}", net, lambda n: n(x, training=True))
-    keras.utils.set_random_seed(4)
-    net = DerivedNetwork(DARTS_V2, 8, 10, 5, auxiliary=True, name="derived")
+        return SearchNetwork(8, 10, 5, cell_impl=impl, name=f"supernet_{impl}", dtype=dtype)
+
+    def derived(dtype="float32"):
+        keras.utils.set_random_seed(4)
+        return DerivedNetwork(DARTS_V2, 8, 10, 5, auxiliary=True, name="derived", dtype=dtype)
+
+    supernet_forward = lambda n, inputs: n(inputs, training=True)  # noqa: E731
     # Training mode (batch statistics, drop-path probability 0: deterministic), main + auxiliary logits.
-    grads_of("derived", net, lambda n: tf.add(*n.forward(x, training=True, with_aux=True)))
+    derived_forward = lambda n, inputs: tf.add(*n.forward(inputs, training=True, with_aux=True))  # noqa: E731
+    grads_of("supernet_fused", supernet("fused"), supernet_forward)
+    direct = grads_of("supernet_direct", supernet("direct"), supernet_forward)
+    derived_weights = grads_of("derived", derived(), derived_forward)
+    if not float64_truth:
+        return
+    # Every sub-layer's default dtype from here on (this process ends after this). The global policy, not
+    # floatx: Keras fixes the policy from floatx when the first layer is made.
+    keras.config.set_dtype_policy("float64")
+    x64 = tf.cast(x, tf.float64)
+    grads_of("float64/supernet_direct", supernet("direct", "float64"), supernet_forward, x64, direct)
+    grads_of("float64/derived", derived("float64"), derived_forward, x64, derived_weights)
 
 
 def main(path: str) -> None:
     from hlrs_tf.cli import onednn_enabled
 
     out = {}
+    onednn = onednn_enabled()
     op_cases(out)
-    network_cases(out)
-    out["onednn"] = np.array(onednn_enabled())
+    network_cases(out, float64_truth=not onednn)  # computed once, in TF's own kernels' process
+    out["onednn"] = np.array(onednn)
     np.savez(path, **out)
 
 

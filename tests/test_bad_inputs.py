@@ -20,7 +20,8 @@ from hlrs_tf import cli
 from hlrs_tf import search as search_cli
 
 FLAGS = search_cli.FLAGS
-DIGITS = ["--dataset=digits", "--channels=4", "--layers=3", "--batch_size=16", "--epochs=1",
+# Ratio 10: the default 100 leaves digits' tail class 1 image, none for the architecture split (refused).
+DIGITS = ["--dataset=digits", "--imbalance_ratio=10", "--channels=4", "--layers=3", "--batch_size=16", "--epochs=1",
           "--steps_per_epoch=1", "--verbose=0"]
 
 
@@ -57,6 +58,10 @@ def bad_files(tmp_path_factory):
     shutil.copytree("/usr/share/datasets/fashion-mnist", fm_trunc)
     with gzip.open(fm_trunc / "t10k-labels-idx1-ubyte.gz", "wb") as f:
         f.write(b"\x00\x00\x08\x01\x00\x00\x27\x10" + b"\x00" * 10)  # header says 10,000 labels, has 10
+    np.savez(root / "nan_pixels.npz", x_train=np.full((4, 8, 8), np.nan), y_train=np.array([0, 1, 0, 1]),
+             x_test=np.zeros((2, 8, 8), np.uint8), y_test=np.array([0, 1]))
+    np.savez(root / "untrained_test_label.npz", x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.array([0, 1, 0, 1]),
+             x_test=np.zeros((2, 8, 8), np.uint8), y_test=np.array([0, 2]))
     (root / "a_file").write_text("x")
     (root / "empty_folder").mkdir()
     corrupt = root / "corrupt_ckpt"
@@ -122,11 +127,18 @@ CASES = [
     (["--dataset=npz:{root}/nokeys.npz"], "lacks keys ['x_train', 'y_train', 'x_test', 'y_test']"),
     (["--dataset=npz:{root}/mismatch.npz"], "x_train has 4 images but y_train 3 labels"),
     (["--dataset=npz:{root}/negative.npz"], "labels must be >= 0"),
+    (["--dataset=npz:{root}/nan_pixels.npz"], "{root}/nan_pixels.npz: x_train: 256 of 256 pixel values are not finite"),
+    (["--dataset=npz:{root}/untrained_test_label.npz"],
+     "{root}/untrained_test_label.npz: y_test: test labels [2] are not among the training classes (0..1)"),
     (["--dataset=fashion_mnist", "--fashion_mnist_dir=/nonexistent/fm"],
      "apt-get install -y dataset-fashion-mnist"),
     (["--dataset=fashion_mnist", "--fashion_mnist_dir={root}/fashion"], "train-labels-idx1-ubyte.gz is corrupt"),
     (["--dataset=fashion_mnist", "--fashion_mnist_dir={root}/fashion_trunc"], "t10k-labels-idx1-ubyte.gz holds"),
     (["--batch_size=5000"], "batch_size=5000 is larger than the smaller search split"),
+    (["--imbalance_ratio=200"], "--imbalance_ratio=200 leaves class 8 with 1 training image, so none on the "
+                                "architecture search split (counts per class: 131, 72, 40, 22, 12, 6, 3, 2, 1, 0)"),
+    (["--learning_rate=inf"], "--learning_rate=inf is invalid: it must be > 0 and finite"),
+    (["--arch_learning_rate=nan"], "--arch_learning_rate=nan is invalid: it must be >= 0 and finite"),
     # --- work directory and checkpoints ---
     (["--workdir={root}/a_file/run"], "cannot use work directory"),
     (["--workdir={root}/corrupt_ckpt"], "corrupt checkpoint state"),

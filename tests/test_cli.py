@@ -39,6 +39,7 @@ def test_model_summary(search_run):
     # long tail with ratio 100 from 6000 per class (the LDAM rule), then split 50/50 stratified
     assert summary["train_class_counts"][0] == 6000 and summary["train_class_counts"][-1] == 60
     assert abs(summary["weight_split"] - summary["arch_split"]) <= 10
+    assert summary["devices"] == ["cpu"] and summary["onednn"] is True  # no GPU here (hlrs_tf.runtime)
 
 
 def test_genotypes_are_valid_json_genotypes(search_run):
@@ -151,6 +152,6 @@ def test_bad_dataset_name_is_a_clear_error(tmp_path):
 
 
 def test_batch_larger_than_split_is_a_clear_error(tmp_path):
-    proc = run_cli("hlrs_tf.search", "--dataset=digits", "--batch_size=5000", "--channels=4", "--layers=3",
-                   f"--workdir={tmp_path}")
+    proc = run_cli("hlrs_tf.search", "--dataset=digits", "--imbalance_ratio=10", "--batch_size=5000", "--channels=4",
+                   "--layers=3", f"--workdir={tmp_path}")
     assert proc.returncode == 2 and "batch_size" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,5 +1,7 @@
 """The bilevel train_step on real data (scikit-learn digits): both parameter groups move, second order differs."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -88,6 +90,7 @@ def test_second_order_differs_from_first(digits_batch):
     assert any(not np.allclose(x, y) for x, y in zip(w_init, w2))
 
 
+@pytest.mark.isolated  # a finite difference of a piecewise-smooth loss (why: its twin in tests/test_bbn.py)
 def test_second_order_matches_reference_procedure(digits_batch):
     """The stateless second-order gradient equals the reference DARTS procedure done in place.
 
@@ -131,6 +134,16 @@ def test_second_order_matches_reference_procedure(digits_batch):
         np.testing.assert_allclose(a, b, atol=2e-3 * scale)
     # and the Hessian term is not negligible: second order is not first order in disguise
     assert max(np.abs(a - b).max() for a, b in zip(expected, d_alpha)) > 0.05 * scale
+
+
+@pytest.mark.isolated
+def test_isolated_tests_run_deterministically_in_a_process_of_their_own():
+    from tensorflow.python.framework import config as tf_config
+
+    assert os.environ.get("HLRS_TEST_ISOLATED") == "1"
+    assert tf.config.threading.get_intra_op_parallelism_threads() == 1
+    assert tf.config.threading.get_inter_op_parallelism_threads() == 1
+    assert tf_config.is_op_determinism_enabled()
 
 
 def test_clip_by_global_norm():

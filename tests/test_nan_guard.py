@@ -59,9 +59,9 @@ def test_guard_stops_at_the_bad_batch_and_keeps_the_good_checkpoint(tmp_path):
 
 
 def test_diverging_search_is_one_error_line(tmp_path):
-    proc = run_cli("hlrs_tf.search", "--dataset=digits", "--channels=4", "--layers=3", "--batch_size=16",
-                   "--epochs=2", "--steps_per_epoch=3", "--learning_rate=1e12", "--learning_rate_min=1e12",
-                   "--grad_clip=1e30", "--verbose=0", f"--workdir={tmp_path}")
+    proc = run_cli("hlrs_tf.search", "--dataset=digits", "--imbalance_ratio=10", "--channels=4", "--layers=3",
+                   "--batch_size=16", "--epochs=2", "--steps_per_epoch=3", "--learning_rate=1e12",
+                   "--learning_rate_min=1e12", "--grad_clip=1e30", "--verbose=0", f"--workdir={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("hlrs_tf.search: error: non-finite") and "training stopped" in last

@@ -146,11 +146,12 @@ def test_dry_run_of_the_paper_setting_has_the_reference_count(tmp_path):
     proc = run_cli("hlrs_tf.train", "--genotype=DARTS_V2", "--flagfile=configs/retrain.cfg", "--dry_run",
                    f"--workdir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "flags.cfg", "genotypes", "model_summary.json",
+    assert sorted(os.listdir(tmp_path)) == [".lock", "checkpoints", "flags.cfg", "genotypes", "model_summary.json",
                                            "tensorboard"]
     summary = json.load(open(tmp_path / "model_summary.json"))
     assert summary["params_without_aux"] == 3_349_342 and summary["params"] == 3_825_768
     assert summary["input_shape"] == [32, 32, 3] and summary["channels"] == 36 and summary["layers"] == 20
+    assert summary["devices"] == ["cpu"] and summary["onednn"] is True  # no GPU here (hlrs_tf.runtime)
 
 
 def _flagfile_values(path, seen=None):
