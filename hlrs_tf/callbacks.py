@@ -1,8 +1,8 @@
 """Keras callbacks of a search run: epoch logs, genotypes, TensorBoard and checkpoints.
 
 Callbacks run in list order and share the epoch ``logs`` dict, so the ones that *add* entries
-(:class:`LearningRateLogger`, :class:`GenotypeLogger`) go before the ones that *write* them (TensorBoard,
-``CSVLogger``).
+(:class:`LearningRateLogger`, :class:`GenotypeLogger`, :class:`AlphaMovementLogger`) go before the ones that
+*write* them (TensorBoard, ``CSVLogger``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hlrs_tf.alpha_movement import alpha_movement
 from hlrs_tf.genotypes import PRIMITIVES
 from hlrs_tf.workdir import Workdir, atomic_write_json
 
@@ -58,17 +59,63 @@ class GenotypeLogger(keras.callbacks.Callback):
             logs["reduce_skip_connect"] = genotype.count("skip_connect", "reduce")
 
 
+def model_alpha_movement(model) -> dict[str, float]:
+    """:func:`hlrs_tf.alpha_movement.alpha_movement` of a search model's current alphas.
+
+    Works for the plain and the BBN supernet alike: BBN's two branch cells share the alphas of their cell
+    type (:class:`hlrs_tf.bbn.BBNSearchNetwork`), so both have one normal and one reduction array.
+    """
+    normal, reduce = (keras.ops.convert_to_numpy(v) for v in model.network.arch_variables)
+    return alpha_movement(normal, reduce)
+
+
+class AlphaMovementLogger(keras.callbacks.Callback):
+    """Adds how far the alphas moved from uniform to the epoch logs (``history.csv`` and TensorBoard).
+
+    The keys are :data:`hlrs_tf.alpha_movement.ALPHA_MOVEMENT_KEYS`: the mean over edges of the largest
+    softmax weight (per cell type and combined), its uniform value ``1 / num_ops`` and the range of the raw
+    alphas. A search whose ``alpha_max_softmax`` stays near ``alpha_uniform`` derives its genotype from
+    initialisation noise.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(model_alpha_movement(self.model))
+
+
+#: Smallest half-range of the heatmap colour scale, in log2(weight / uniform): exactly uniform alphas (range 0)
+#: still get a valid, symmetric scale (+-0.07 % around uniform) instead of a zero-width one.
+_MIN_LOG_RATIO = 1e-3
+
+
 def alpha_heatmap(weights: np.ndarray, title: str) -> np.ndarray:
     """Renders softmaxed alphas ``(edges, ops)`` as an annotated heatmap, returned as ``uint8 (H, W, 4)``.
 
     Rows are labelled ``node j <- input i`` (input 0/1 = cell inputs k-2/k-1, 2.. = earlier nodes); columns
-    are the primitives in the reference order.
+    are the primitives in the reference order. Each cell shows its softmax weight (3 significant digits).
+
+    The colour is the log-ratio to uniform, ``log2(weight * num_ops)``, on a diverging map centred on 0
+    (white = ``1 / num_ops``, red above, blue below) and scaled symmetrically to the largest deviation, at most
+    ``log2(num_ops)`` (a weight of 1; a weight below ``1 / num_ops**2`` gets the blue end colour). A
+    colour scale from 0 to the maximum made the near-uniform alphas of a short search one flat square; this
+    one shows which op leads on every edge however small the lead, and the colour bar, labelled in softmax
+    weights, says how small it is. The title gets the mean over edges of the largest weight next to its
+    uniform value (:mod:`hlrs_tf.alpha_movement`).
     """
     import matplotlib
 
     matplotlib.use("Agg")  # headless
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
+    weights = np.asarray(weights, dtype=np.float64)
+    num_ops = weights.shape[1]
+    uniform = 1.0 / num_ops
+    # The floor keeps log2 finite for a weight that underflowed to 0 (an op the search has all but removed).
+    log_ratio = np.log2(np.maximum(weights, np.finfo(np.float64).tiny) / uniform)
+    # Capped at the largest ratio a weight can have (1 * num_ops), so one near-zero weight cannot stretch the
+    # scale until every other cell is white.
+    limit = min(max(float(np.abs(log_ratio).max()), _MIN_LOG_RATIO), float(np.log2(num_ops)))
     labels, j, i = [], 0, 0
     while len(labels) < weights.shape[0]:
         labels.append(f"node {j} <- {i}")
@@ -76,13 +123,21 @@ def alpha_heatmap(weights: np.ndarray, title: str) -> np.ndarray:
         if i == j + 2:
             j, i = j + 1, 0
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(labels) + 1.6), dpi=90)
-    im = ax.imshow(weights, cmap="viridis", aspect="auto", vmin=0.0)
-    ax.set_xticks(range(len(PRIMITIVES)), PRIMITIVES, rotation=45, ha="right", fontsize=8)
+    im = ax.imshow(log_ratio, cmap="RdBu_r", aspect="auto", vmin=-limit, vmax=limit)
+    ax.set_xticks(range(num_ops), PRIMITIVES[:num_ops], rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     for (r, c), v in np.ndenumerate(weights):
-        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < weights.max() * 0.6 else "k")
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.04)
+        # White text only on the saturated ends of the map, black on the pale middle.
+        dark = abs(log_ratio[r, c]) > 0.6 * limit
+        ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=6, color="w" if dark else "k")
+    mean_max = float(weights.max(axis=1).mean())
+    ax.set_title(f"{title} (mean max weight {mean_max:.3g}, uniform {uniform:.3g})", fontsize=10)
+    bar = fig.colorbar(im, ax=ax, fraction=0.04)
+    # Ticks in softmax weights, so the bar reads like the annotations; the scale itself is log2(w / uniform).
+    # One more significant digit per decade the scale is narrower than 1, so near-uniform ticks stay distinct.
+    digits = 3 + max(0, int(np.ceil(-np.log10(limit))))
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{uniform * 2.0 ** t:.{digits}g}"))
+    bar.set_label(f"softmax weight, log scale; white = uniform 1/{num_ops} = {uniform:.3g}", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -19,6 +19,10 @@ from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
 ORDERS = ("first", "second")
 CELL_IMPLS = ("fused", "direct")
 LOSSES = ("ce", "class_balanced")
+#: How the class-weighted loss reduces over a batch (hlrs_tf.losses.CLASS_WEIGHT_REDUCTIONS).
+CLASS_WEIGHT_REDUCTIONS = ("weighted_mean", "batch_mean")
+#: How weights are initialised (hlrs_tf.init): PyTorch's defaults as the reference, or Keras' own.
+INITS = ("reference", "keras")
 
 # The paper's five methods (SPEC.md section 7) as presets of the pieces below. A preset only fills in the
 # settings that were not given explicitly: ``--method=hlrs --arch_lr_schedule=freeze`` is HLRS with freezing.
@@ -63,6 +67,7 @@ class SearchConfig:
     arch_sampler: str = "uniform"
     loss: str = "ce"
     reweight_beta: float = 0.9999
+    class_weight_reduction: str = "weighted_mean"  # sum(w*CE)/sum(w) (LDAM-DRW) or sum(w*CE)/batch
     bbn: bool = False
     mixing: str = "parabolic"
     arch_lr_schedule: str = "constant"
@@ -71,6 +76,7 @@ class SearchConfig:
     # Search space
     channels: int = 16
     layers: int = 8
+    init: str = "reference"  # PyTorch default init (kaiming-uniform a=sqrt(5)) or "keras" (glorot, zero bias)
     cell_impl: str = "fused"  # "direct": the per-edge reference computation (slower, same function)
     # Optimisation
     epochs: int = 50
@@ -106,6 +112,9 @@ class SearchConfig:
         for flag in ("weight_sampler", "arch_sampler"):
             require(getattr(self, flag) in SAMPLERS, flag, getattr(self, flag), f"one of {', '.join(SAMPLERS)}")
         require(self.loss in LOSSES, "loss", self.loss, f"one of {', '.join(LOSSES)}")
+        require(self.class_weight_reduction in CLASS_WEIGHT_REDUCTIONS, "class_weight_reduction",
+                self.class_weight_reduction, f"one of {', '.join(CLASS_WEIGHT_REDUCTIONS)}")
+        require(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
         require(self.mixing in MIXING_SCHEDULES, "mixing", self.mixing, f"one of {', '.join(MIXING_SCHEDULES)}")
         require(self.arch_lr_schedule in ARCH_LR_SCHEDULES, "arch_lr_schedule", self.arch_lr_schedule,
                 f"one of {', '.join(ARCH_LR_SCHEDULES)}")

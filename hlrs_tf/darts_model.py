@@ -48,7 +48,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from hlrs_tf import precision, sync_bn
+from hlrs_tf import losses, precision, sync_bn
 from hlrs_tf.distribute import PrebuiltModelMixin, step_logs
 from hlrs_tf.search_network import SearchNetwork, split_variables
 
@@ -126,6 +126,10 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         class_weights: Optional per-class loss weights (re-weighting, e.g.
             :func:`hlrs_tf.losses.effective_number_weights`): each example's cross-entropy is scaled by the weight of its
             class, on both levels; ``None`` is plain cross-entropy.
+        class_weight_reduction: How the weighted loss reduces over the batch
+            (:func:`hlrs_tf.losses.class_weighted_cross_entropy`): ``"weighted_mean"``, ``sum(w_y CE) / sum(w_y)``
+            over the global batch, or ``"batch_mean"``, ``sum(w_y CE) / batch size``. Unused without
+            ``class_weights``.
         **kwargs: Forwarded to ``keras.Model``.
     """
 
@@ -137,6 +141,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         arch_weight_decay: float = 1e-3,
         grad_clip: float = 5.0,
         class_weights=None,
+        class_weight_reduction: str = "weighted_mean",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -149,6 +154,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         self.grad_clip = float(grad_clip)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self._class_weights = None if class_weights is None else ops.convert_to_tensor(self.class_weights)
+        self.class_weight_reduction = losses.check_reduction(class_weight_reduction)
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -222,6 +228,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
             "arch_weight_decay": self.arch_weight_decay,
             "grad_clip": self.grad_clip,
             "class_weights": self.class_weights,
+            "class_weight_reduction": self.class_weight_reduction,
         }
 
     @classmethod
@@ -238,11 +245,25 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         return batch[0]
 
     def _loss_from_logits(self, batch, logits):
-        """The loss of a batch given its logits (cross-entropy, class-weighted when re-weighting)."""
+        """The loss of a batch given its logits (cross-entropy, class-weighted when re-weighting).
+
+        This replica's share under a strategy, as Keras' losses: the shares sum to the global-batch loss.
+        """
         y = batch[1]
         if self._class_weights is None:
             return self.loss_fn(y, logits)
-        return self.loss_fn(y, logits, sample_weight=ops.take(self._class_weights, y))
+        return losses.class_weighted_cross_entropy(y, logits, self._class_weights, self.class_weight_reduction)
+
+    def _traced_pass(self, fn):
+        """``traced_once(fn)``, or ``fn`` itself when the loss all-reduces across replicas.
+
+        The weighted mean needs the global batch's weight sum, a ``merge_call`` under MirroredStrategy, which
+        TensorFlow refuses inside a nested ``tf.function`` (as synchronised BN's sums; see :func:`traced_once`).
+        With synchronised BN on (the default) a multi-replica pass is inline anyway; this covers it switched off.
+        """
+        if self._class_weights is not None and losses.reduction_syncs_replicas(self.class_weight_reduction):
+            return fn
+        return traced_once(fn)
 
     def _update_accuracy(self, tracker, batch, logits):
         tracker.update_state(batch[1], logits)
@@ -266,7 +287,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         weights, alphas = self.split_variables()
 
         # The step runs the same forward/backward pass several times; each is traced once (see traced_once).
-        loss_and_grads = traced_once(self._loss_and_grads)
+        loss_and_grads = self._traced_pass(self._loss_and_grads)
         if self.order == "first":
             arch_loss, arch_logits, arch_grads = self._first_order_arch_grads(val_batch, loss_and_grads)
         else:
@@ -350,7 +371,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         xi = ops.cast(self.optimizer.learning_rate, "float32")
         # All four passes are one function of (weights, alphas, batch), traced once (see traced_once). Always
         # float32, without loss scaling (see compile: second order refuses mixed precision).
-        grads_at = traced_once(
+        grads_at = self._traced_pass(
             lambda ws, as_, batch: self._stateless_loss_and_grads(assemble, ws, as_, non_trainable, batch)
         )
 

@@ -5,7 +5,10 @@ Layout, as in the reference DARTS ``model.py``:
 * stem: 3x3 conv to ``stem_multiplier * C`` channels (no bias) + affine BN;
 * ``layers`` cells built from the genotype, reduction cells (channels doubled) at ``layers // 3`` and
   ``2 * layers // 3``; each cell preprocesses its inputs with ReLU-1x1conv-BN (FactorizedReduce for ``s0``
-  after a reduction), applies the genotype's two ops per node and concatenates the ``*_concat`` states;
+  after a reduction), applies the genotype's two ops per node and concatenates the ``*_concat`` states; the
+  ops are :mod:`hlrs_tf.ops`' (``cnn/operations.py``), padded as the reference: ``k_eff // 2`` on both sides,
+  so a reduction cell's stride-2 ops are centred on the even input pixels (TF's "SAME" would centre them one
+  pixel later on even-sized maps);
 * drop-path on every op output except identities (``skip_connect`` at stride 1) while training, with the
   probability in the non-trainable variable ``drop_path_prob`` that a callback ramps per epoch;
 * an auxiliary head (:class:`AuxiliaryHead`) on the output of cell ``2 * layers // 3``, used only while

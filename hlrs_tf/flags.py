@@ -11,7 +11,7 @@ import dataclasses
 
 from absl import flags
 
-from hlrs_tf.config import CELL_IMPLS, LOSSES, METHOD_PRESETS, METHODS, ORDERS, SearchConfig
+from hlrs_tf.config import CELL_IMPLS, CLASS_WEIGHT_REDUCTIONS, INITS, LOSSES, METHOD_PRESETS, METHODS, ORDERS, SearchConfig
 from hlrs_tf.data import SAMPLERS
 from hlrs_tf.distribute import STRATEGIES
 from hlrs_tf.precision import PRECISIONS
@@ -52,6 +52,12 @@ flags.DEFINE_enum("arch_sampler", _D.arch_sampler, list(SAMPLERS),
 flags.DEFINE_enum("loss", _D.loss, list(LOSSES),
                   "ce, or class_balanced: CE weighted by the effective number of samples (preset by --method).")
 flags.DEFINE_float("reweight_beta", _D.reweight_beta, "beta of the effective number (class_balanced loss).")
+flags.DEFINE_enum(
+    "class_weight_reduction", _D.class_weight_reduction, list(CLASS_WEIGHT_REDUCTIONS),
+    "Reduction of the class-weighted loss: weighted_mean, sum(w_y CE) / sum(w_y) over the batch (LDAM-DRW's "
+    "F.cross_entropy(weight=w); the step size does not depend on the batch's mean weight), or batch_mean, "
+    "sum(w_y CE) / batch size (Cui et al.'s TF code; at ratio 100 about 5.8x smaller steps than plain CE).",
+)
 flags.DEFINE_bool("bbn", _D.bbn, "BBN on the supernet: shared trunk, conventional + re-balancing branch cells, "
                   "mixed loss on both levels (preset by --method).")
 flags.DEFINE_enum("mixing", _D.mixing, list(MIXING_SCHEDULES), "BBN mixing factor alpha_T over the epochs.")
@@ -66,6 +72,11 @@ flags.DEFINE_integer("warmup_epochs", _D.warmup_epochs,
 # Search space
 flags.DEFINE_integer("channels", _D.channels, "Initial channels C of the supernet.", lower_bound=2)
 flags.DEFINE_integer("layers", _D.layers, "Number of cells L of the supernet.", lower_bound=3)
+flags.DEFINE_enum(
+    "init", _D.init, list(INITS),
+    "Weight initialisation: reference (PyTorch's defaults, as the DARTS code: kaiming-uniform a=sqrt(5) for "
+    "conv and dense kernels, uniform classifier bias) or keras (glorot-uniform, zero biases).",
+)
 # Optimisation
 flags.DEFINE_integer("epochs", _D.epochs, "Search epochs.", lower_bound=1)
 flags.DEFINE_integer("batch_size", _D.batch_size, "Batch size of each of the two splits.", lower_bound=1)

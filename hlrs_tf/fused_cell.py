@@ -23,6 +23,12 @@ point was measured with ``benchmarks/profile_step.py`` (see ``benchmarks/NOTES.m
   here the phases of ``relu(h)`` are made once per state, and since the 1x1 conv, the BN (per-channel
   statistics over all pixels) and the weighted sum are all indifferent to where a pixel sits, the dilated ops'
   terms of a node are summed in phase space and mapped back with one ``batch_to_space`` per node.
+* **Strided ops padded once per source state.** The strided ops pad as the reference does (``k_eff // 2`` on
+  both sides, :mod:`hlrs_tf.ops`; TF's "SAME" would centre them one pixel off on even maps): the padded
+  ``relu(h)`` for the strided 3x3 and 5x5 depthwise convs (pads 1 and 2) is made once per state and shared
+  by its edges; a dilated conv at stride 2 reads only even pixels, so it is the ordinary "same" kxk conv of
+  ``relu(h)[::2, ::2]`` -- the even view FactorizedReduce also takes -- with kxk taps instead of the
+  ``k_eff x k_eff`` dense kernel the previous stride-2 "SAME" version convolved with.
 * **One ``AddN`` per node** over all its edges' terms.
 * **Stacked variables**: each kind of weight of all 14 edges is one ``(E, ...)`` variable (and all BN running
   statistics of the cell one ``(slots, C)`` pair), sliced with one ``Unpack``. The supernet goes from ~1,400 to
@@ -44,7 +50,10 @@ import tensorflow as tf
 from hlrs_tf import sync_bn
 from hlrs_tf.cells import SearchCellConfig
 from hlrs_tf.genotypes import PRIMITIVES
-from hlrs_tf.ops import BN_EPSILON, BN_MOMENTUM, depthwise_conv, strided_views
+from hlrs_tf.ops import (
+    BN_EPSILON, BN_MOMENTUM, avg_pool_3x3, depthwise_conv, max_pool_3x3, pad_spatial, reference_padding,
+    strided_views,
+)
 
 # (primitive, [(slot name, kind, kernel size)]) for the parametric ops; kinds: "dw" depthwise (k, k, C, 1),
 # "pw" pointwise (C, C). Slot order = order of use.
@@ -263,11 +272,11 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                         continue  # zeros: its term of the sum is zero
                     if name == "max_pool_3x3":
                         p = source(i, "max", lambda h=h, s=stride, i=i: self._bn(bn,
-                            tf.nn.max_pool2d(h, 3, s, "SAME"), f"max_{i}", ones, training))
+                            max_pool_3x3(h, s), f"max_{i}", ones, training))
                         terms.append(wc_eo * p)
                     elif name == "avg_pool_3x3":
                         p = source(i, "avg", lambda h=h, s=stride, i=i: self._bn(bn,
-                            tf.nn.avg_pool2d(h, 3, s, "SAME"), f"avg_{i}", ones, training))
+                            avg_pool_3x3(h, s), f"avg_{i}", ones, training))
                         terms.append(wc_eo * p)
                     elif name == "skip_connect":
                         if stride == 1:
@@ -279,7 +288,12 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                                 bn, views, skip_fr[0][k], skip_fr[1][k], f"skip_bn_{e}", w_eo, training))
                     elif name.startswith("sep_conv"):
                         kern = {slot: kernels[f"{name}/{slot}"][e] for slot, _, _ in _CONV_OPS[name]}
-                        y = depthwise_conv(relu_h(), kern["dw1"], stride)
+                        if stride == 1:
+                            y = depthwise_conv(relu_h(), kern["dw1"])
+                        else:  # the reference's symmetric padding, shared by the edges leaving state i
+                            pad = reference_padding(int(kern["dw1"].shape[0]))
+                            padded = source(i, f"pad{pad}", lambda r=relu_h, p=pad: pad_spatial(r(), p))
+                            y = depthwise_conv(padded, kern["dw1"], stride, padding="valid")
                         y = self._bn(bn, self._pointwise(y, kern["pw1"]), f"{name}_bn1_{e}", ones, training)
                         y = depthwise_conv(tf.nn.relu(y), kern["dw2"])
                         terms.append(self._bn(bn, self._pointwise(y, kern["pw2"]), f"{name}_bn2_{e}", w_eo, training))
@@ -289,7 +303,11 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                         y = self._pointwise(y, kernels[f"{name}/pw"][e])
                         phase_terms.append(self._bn(bn, y, f"{name}_bn_{e}", w_eo, training))
                     else:  # dil_conv on a strided edge or an odd-sized map
-                        y = depthwise_conv(relu_h(), kernels[f"{name}/dw"][e], stride, dilation_rate=2)
+                        if stride == 1:
+                            y = depthwise_conv(relu_h(), kernels[f"{name}/dw"][e], dilation_rate=2)
+                        else:  # dilation 2 at stride 2 = the undilated conv of the even pixels (module docstring)
+                            views = source(i, "views", lambda r=relu_h: strided_views(r()))
+                            y = depthwise_conv(views[0], kernels[f"{name}/dw"][e])
                         y = self._pointwise(y, kernels[f"{name}/pw"][e])
                         terms.append(self._bn(bn, y, f"{name}_bn_{e}", w_eo, training))
             if phase_terms:

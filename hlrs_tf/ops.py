@@ -1,16 +1,27 @@
 """Candidate operations of the DARTS search space, as Keras layers (channels-last).
 
-The table and the op definitions follow the reference DARTS implementation (``operations.py``):
+The table and the op definitions follow the reference DARTS implementation (quark0/darts,
+``cnn/operations.py``, the ``OPS`` table):
 
-* ``max_pool_3x3`` / ``avg_pool_3x3`` -- 3x3 pooling, "same" padding, the average excludes padding (TF's
-  ``avg_pool`` with SAME padding divides by the number of valid cells, like ``count_include_pad=False``);
-  followed by an affine-free BatchNorm in the *search* network only.
+* ``max_pool_3x3`` / ``avg_pool_3x3`` -- ``nn.MaxPool2d(3, stride, padding=1)`` and ``nn.AvgPool2d(3, stride,
+  padding=1, count_include_pad=False)`` (:func:`max_pool_3x3`, :func:`avg_pool_3x3`); followed by an
+  affine-free BatchNorm in the *search* network only.
 * ``skip_connect`` -- identity at stride 1, :class:`FactorizedReduce` at stride 2.
 * ``sep_conv_kxk`` -- twice [ReLU, depthwise kxk, 1x1 conv, BN]; only the first depthwise conv is strided.
 * ``dil_conv_kxk`` -- once [ReLU, depthwise kxk dilation 2, 1x1 conv, BN].
 * ``none`` -- zeros. It is never instantiated in the search network: its output is zero, so its term of the
   mixed-op sum is zero and skipping it changes nothing (and an uncalled layer would stay unbuilt, which makes
   Keras trace the model twice; STACK.md trap 3).
+
+**Padding: the reference's, symmetric.** Every op with a kxk window pads ``k_eff // 2`` on *both* sides, as
+the reference's ``padding=`` arguments do (``k_eff = d * (k - 1) + 1``: 1 for 3x3, 2 for 5x5 and the dilated
+3x3, 4 for the dilated 5x5), so output pixel ``i`` is centred on input pixel ``s * i``. TensorFlow's "SAME"
+padding is the same at stride 1 (odd windows), but at stride 2 on an even-sized map it pads one pixel less
+before than after (0/1, 1/2, 3/4) and centres output pixel ``i`` on input pixel ``2i + 1``: every strided op
+of a reduction cell shifted by one input pixel (half an output pixel) against the reference, a different
+function (odd sizes happen to be symmetric under "SAME" too).
+So the strided ops pad explicitly and run "valid" (:func:`pad_spatial`); the stride-1 ops keep "SAME", which
+is the reference's padding there. ``FactorizedReduce`` (1x1 convs, no padding) was already the reference's.
 
 Every layer that starts with a ReLU takes ``apply_relu``: the mixed op computes ``relu(x)`` once per edge and
 feeds it to all of them (four ops on each edge share it), which saves a ReLU and its gradient per op.
@@ -19,6 +30,7 @@ feeds it to all of them (four ops on each edge share it), which saves a ReLU and
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -135,29 +147,121 @@ def dilated_dense_kernel(kernel, dilation_rate: int):
     return kern[:size, :size]
 
 
-def depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1):
-    """Bias-free "same" depthwise convolution of NHWC ``x`` with a ``(k, k, C, 1)`` kernel.
+def reference_padding(kernel_size: int, dilation_rate: int = 1) -> int:
+    """Padding per side of a kxk window in the reference: ``k_eff // 2`` with ``k_eff = d * (k - 1) + 1``.
 
-    ``tf.nn.depthwise_conv2d`` refuses a stride together with a dilation, which the reduction cells need
-    (``dil_conv`` on a stride-2 edge); there the kernel is spread into its dense equivalent
-    (:func:`dilated_dense_kernel`) and convolved with the stride -- the same function.
+    ``cnn/operations.py`` passes ``padding=1`` (3x3), 2 (5x5), 2 (3x3 dilation 2), 4 (5x5 dilation 2) and the
+    pools ``padding=1``: always this value, on both sides.
+
+    Raises:
+        ValueError: an even ``kernel_size`` (symmetric padding centres only odd windows).
     """
-    if dilation_rate == 1:
-        # The raw op: ``tf.nn.depthwise_conv2d`` adds two dead constants per call to a traced graph.
-        return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, strides=[1, strides, strides, 1], padding="SAME")
-    if strides > 1:
-        return tf.nn.depthwise_conv2d(x, dilated_dense_kernel(kernel, dilation_rate), [1, strides, strides, 1],
-                                      "SAME")
-    return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=[dilation_rate, dilation_rate])
+    k, d = int(kernel_size), int(dilation_rate)
+    if k < 1 or k % 2 == 0 or d < 1:
+        raise ValueError(f"kernel_size must be odd and dilation_rate >= 1, got kernel_size={k}, dilation_rate={d}")
+    return d * (k - 1) // 2
+
+
+def pad_spatial(x, pad: int, value: float = 0.0):
+    """``x`` (NHWC) padded by ``pad`` pixels on all four sides with ``value``: the reference's symmetric
+    padding, made explicit so the op that follows runs "valid"."""
+    if pad == 0:
+        return x
+    return tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], constant_values=tf.constant(value, x.dtype))
+
+
+def max_pool_3x3(x, strides: int = 1):
+    """``nn.MaxPool2d(3, stride=strides, padding=1)`` of NHWC ``x``: padding never wins (PyTorch pads -inf).
+
+    Stride 1: TF's "SAME" max pool, which pads 1/1 and ignores the padding -- the same function. Stride 2:
+    explicit -inf padding 1/1, then "valid" (TF's "SAME" would pad 0/1 on even sizes, see the module docstring).
+
+    Returns:
+        ``(B, ceil(H/s), ceil(W/s), C)``.
+    """
+    if strides == 1:
+        return tf.nn.max_pool2d(x, 3, 1, "SAME")
+    return tf.nn.max_pool2d(pad_spatial(x, 1, float("-inf")), 3, strides, "VALID")
+
+
+def _avg_pool_scale(n: int, strides: int):
+    """Per output position along one axis: 3 / (cells of the window inside the map), padding 1/1."""
+    out = -(-n // strides)
+    return [3.0 / (min(i * strides + 1, n - 1) - max(i * strides - 1, 0) + 1) for i in range(out)]
+
+
+def avg_pool_3x3(x, strides: int = 1):
+    """``nn.AvgPool2d(3, stride=strides, padding=1, count_include_pad=False)`` of NHWC ``x``.
+
+    Stride 1: TF's "SAME" average pool, which pads 1/1 and divides by the cells inside the map -- the same
+    function. Stride 2: the "valid" average of the zero-padded map (its sum / 9) times ``9 / cells inside``,
+    a constant of the static shape (the count is separable: rows inside times columns inside); with unknown
+    spatial sizes the count is pooled from a padded ones map instead.
+
+    Returns:
+        ``(B, ceil(H/s), ceil(W/s), C)``.
+    """
+    if strides == 1:
+        return tf.nn.avg_pool2d(x, 3, 1, "SAME")
+    pooled = tf.nn.avg_pool2d(pad_spatial(x, 1), 3, strides, "VALID")
+    h, w = x.shape[1], x.shape[2]
+    if h is None or w is None:
+        ones = pad_spatial(tf.ones_like(x[:1, :, :, :1]), 1)
+        return pooled / tf.nn.avg_pool2d(ones, 3, strides, "VALID")  # fraction of the window inside the map
+    scale = np.outer(_avg_pool_scale(h, strides), _avg_pool_scale(w, strides))
+    return pooled * tf.constant(scale[None, :, :, None], pooled.dtype)
+
+
+def depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1, padding: str = "reference"):
+    """Bias-free depthwise convolution of NHWC ``x`` with a ``(k, k, C, 1)`` kernel, padded as the reference.
+
+    ``nn.Conv2d(C, C, k, stride, padding=k_eff // 2, dilation, groups=C, bias=False)`` of
+    ``cnn/operations.py`` (:func:`reference_padding`; zero padding on both sides):
+
+    * stride 1: TF's "SAME", which is that padding for odd windows;
+    * stride s with ``dilation % s == 0`` (``dil_conv`` on a stride-2 edge): every tap of output ``i`` reads
+      input ``s*i + d*m``, a multiple of s, so the op is the stride-1 conv with dilation ``d / s`` of the
+      sub-sampled map ``x[:, ::s, ::s]`` (its "SAME" padding ``(d/s) * (k//2)`` is exactly the taps that fall
+      outside the map). It convolves with the kxk taps themselves, not their dense ``k_eff x k_eff`` spread
+      (25 taps instead of 81 for the 5x5), and ``tf.nn.depthwise_conv2d`` refuses a stride together with a
+      dilation anyway;
+    * other strides: explicit zero padding, then "valid" (a dilated kernel spread into its dense equivalent,
+      :func:`dilated_dense_kernel`).
+
+    Args:
+        x: ``(B, H, W, C)``.
+        kernel: ``(k, k, C, 1)``, k odd.
+        strides: Stride (both spatial dims).
+        dilation_rate: Dilation d.
+        padding: ``"reference"``, or ``"valid"`` when the caller already padded ``x`` with
+            :func:`pad_spatial` by ``reference_padding(k, d)`` (the fused cell shares one padded map among
+            the edges leaving a state).
+
+    Returns:
+        ``(B, ceil(H/s), ceil(W/s), C)`` (for ``"valid"``: of the unpadded ``H``, ``W``).
+    """
+    if padding not in ("reference", "valid"):
+        raise ValueError(f"padding must be 'reference' or 'valid', got {padding!r}")
+    k, s, d = int(kernel.shape[0]), int(strides), int(dilation_rate)
+    pad = reference_padding(k, d)
+    if padding == "reference" and s == 1:
+        if d == 1:
+            # The raw op: ``tf.nn.depthwise_conv2d`` adds two dead constants per call to a traced graph.
+            return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, strides=[1, 1, 1, 1], padding="SAME")
+        return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=[d, d])
+    if padding == "reference" and d % s == 0:
+        return depthwise_conv(x[:, ::s, ::s, :], kernel, 1, d // s)
+    if padding == "reference":
+        x = pad_spatial(x, pad)
+    if d > 1:
+        kernel = dilated_dense_kernel(kernel, d)
+    return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, strides=[1, s, s, 1], padding="VALID")
 
 
 class DepthwiseConv(keras.layers.Layer):
-    """Bias-free depthwise convolution that allows a stride together with a dilation.
+    """Bias-free depthwise convolution, padded as the reference (:func:`depthwise_conv`), any stride and dilation.
 
-    ``tf.nn.depthwise_conv2d`` refuses ``strides > 1`` with ``dilation > 1``, which the reduction cells of
-    DARTS need (``dil_conv`` on a stride-2 edge). There the kxk kernel is spread into its dense
-    ``(d(k-1)+1)``-sized equivalent (zeros between taps) and convolved with the stride; the trainable
-    weights stay kxk, so parameter counts match the reference.
+    The trainable kernel is ``(k, k, C, 1)``, so parameter counts match the reference.
 
     Args:
         kernel_size: Spatial size k of the kernel.
@@ -168,6 +272,9 @@ class DepthwiseConv(keras.layers.Layer):
 
     def __init__(self, kernel_size: int, strides: int = 1, dilation_rate: int = 1, **kwargs):
         super().__init__(**kwargs)
+        reference_padding(kernel_size, dilation_rate)  # validates: odd kernel, dilation >= 1
+        if int(strides) < 1:
+            raise ValueError(f"strides must be >= 1, got {strides}")
         self.kernel_size = int(kernel_size)
         self.strides = int(strides)
         self.dilation_rate = int(dilation_rate)
@@ -243,7 +350,10 @@ def pointwise_conv(filters: int, strides: int = 1, name: str | None = None) -> P
 
 
 class ReLUConvBN(CompositeLayer):
-    """ReLU -> kxk conv -> BN: the cell-input preprocessing of DARTS.
+    """ReLU -> kxk conv -> BN: the cell-input preprocessing of DARTS (``ReLUConvBN`` of ``cnn/operations.py``).
+
+    DARTS only builds it with 1x1 kernels. A kxk kernel (k odd) is padded as the reference's ``padding=k//2``:
+    "SAME" at stride 1, explicit symmetric zero padding and "valid" when strided (see the module docstring).
 
     Args:
         filters: Output channels.
@@ -256,14 +366,18 @@ class ReLUConvBN(CompositeLayer):
     def __init__(self, filters: int, kernel_size: int = 1, strides: int = 1, affine: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.kernel_size, self.strides, self.affine = filters, kernel_size, strides, affine
+        self._pad = 0
         if kernel_size == 1:  # the preprocessing of every cell input (see PointwiseConv for why not Conv2D)
             self.conv = pointwise_conv(filters, strides)
         else:
-            self.conv = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False)
+            pad = reference_padding(kernel_size)  # validates: odd kernel
+            self._pad = pad if strides > 1 else 0
+            self.conv = keras.layers.Conv2D(filters, kernel_size, strides=strides, use_bias=False,
+                                            padding="valid" if self._pad else "same")
         self.bn = batch_norm(affine)
 
     def call(self, x, training=None):
-        return self.bn(self.conv(ops.relu(x)), training=training)
+        return self.bn(self.conv(pad_spatial(ops.relu(x), self._pad)), training=training)
 
     def get_config(self):
         return {
@@ -301,8 +415,11 @@ def strided_views(x):
 class FactorizedReduce(CompositeLayer):
     """ReLU, two 1x1 stride-2 convs (the second on the input shifted by one pixel), concat, BN.
 
-    The shifted input is zero-padded back to full size so both halves have ``ceil(H/2)`` rows for odd sizes
-    too (the reference's ``x[:, :, 1:, 1:]`` only lines up for even sizes); for even sizes it is identical.
+    ``FactorizedReduce`` of ``cnn/operations.py``: ``conv_1`` sees ``x[::2, ::2]`` and ``conv_2`` (on
+    ``x[:, :, 1:, 1:]``) sees ``x[1::2, 1::2]``; no padding is involved, so the symmetric-padding fix of the
+    other strided ops does not concern it. The shifted input is zero-padded back to full size so both halves
+    have ``ceil(H/2)`` rows for odd sizes too (the reference's ``x[:, :, 1:, 1:]`` only lines up for even
+    sizes); for even sizes it is identical.
 
     A 1x1 stride-2 conv is a 1x1 conv of the stride-2 sampling, and that is how it runs here
     (:func:`strided_views`, then stride-1 convs): oneDNN's filter gradient of a 1x1 *stride-2* ``Conv2D`` is
@@ -342,6 +459,9 @@ class FactorizedReduce(CompositeLayer):
 
 class SepConv(CompositeLayer):
     """Separable conv applied twice: [ReLU, depthwise kxk, 1x1, BN] x 2; only the first is strided.
+
+    ``SepConv`` of ``cnn/operations.py``; the depthwise convs are zero-padded ``k//2`` on both sides
+    (:class:`DepthwiseConv`), also the strided one.
 
     Args:
         filters: Output channels (equal to the input channels in DARTS).
@@ -384,6 +504,10 @@ class SepConv(CompositeLayer):
 class DilConv(CompositeLayer):
     """Dilated separable conv: ReLU, depthwise kxk with dilation 2, 1x1, BN.
 
+    ``DilConv`` of ``cnn/operations.py``; the depthwise conv is zero-padded ``d * (k - 1) // 2`` on both sides
+    (:class:`DepthwiseConv`; at stride 2 it is the undilated conv of the even pixels, see
+    :func:`depthwise_conv`).
+
     Args:
         filters: Output channels.
         kernel_size: 3 or 5.
@@ -420,7 +544,8 @@ class DilConv(CompositeLayer):
 
 
 class Pool(CompositeLayer):
-    """3x3 max or average pooling ("same" padding, average excludes padding), optionally followed by BN.
+    """3x3 max or average pooling, padded 1/1 as the reference (:func:`max_pool_3x3`, :func:`avg_pool_3x3`; the
+    average excludes the padding), optionally followed by BN.
 
     Args:
         kind: ``"max"`` or ``"avg"``.
@@ -437,8 +562,8 @@ class Pool(CompositeLayer):
         self.norm = batch_norm(affine=False) if bn else None
 
     def call(self, x, training=None):
-        pool = ops.max_pool if self.kind == "max" else ops.average_pool
-        x = pool(x, pool_size=3, strides=self.strides, padding="same")
+        pool = max_pool_3x3 if self.kind == "max" else avg_pool_3x3
+        x = pool(x, self.strides)
         return self.norm(x, training=training) if self.norm is not None else x
 
     def get_config(self):

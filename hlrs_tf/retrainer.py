@@ -36,6 +36,7 @@ from hlrs_tf.cli import onednn_enabled
 from hlrs_tf.derived_network import DerivedNetwork
 from hlrs_tf.diagrams import plot_genotype
 from hlrs_tf.genotypes import Genotype, GenotypeError, get_genotype
+from hlrs_tf.init import apply_init
 from hlrs_tf.metrics import evaluation_report
 from hlrs_tf.retrain_callbacks import DropPathSchedule, MixingSchedule, RetrainCheckpoint, ScalarTensorBoard
 from hlrs_tf.retrain_data import cutout_length_for, retrain_dataset, retrain_steps_per_epoch
@@ -86,12 +87,15 @@ def spec_metadata(spec: data_lib.DatasetSpec) -> dict:
 
 
 def build_network(config: TrainConfig, genotype: Genotype, spec: data_lib.DatasetSpec) -> DerivedNetwork:
-    """Builds the derived network for a dataset (all sub-layers built, auxiliary head and branches included)."""
+    """Builds the derived network for a dataset (all sub-layers built, auxiliary head and branches included) and
+    initialises it as ``config.init`` says (:func:`hlrs_tf.init.apply_init`)."""
     network = DerivedNetwork(
         genotype, config.channels, spec.num_classes, config.layers, auxiliary=config.auxiliary, bbn=config.bbn,
         metadata=spec_metadata(spec), name="derived_network", dtype=config.precision,  # hlrs_tf.precision
     )
     network.build((None, *spec.image_shape))
+    # Once built (the initialiser needs the fans), before any checkpoint is restored over it (run_retrain).
+    apply_init(network, config.init, config.seed)
     return network
 
 

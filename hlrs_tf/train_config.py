@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hlrs_tf.config import ConfigError, check_floats, require
+from hlrs_tf.config import INITS, ConfigError, check_floats, require
 from hlrs_tf.precision import PRECISIONS
 from hlrs_tf.schedules import MIXING_SCHEDULES
 
@@ -44,6 +44,7 @@ class TrainConfig:
     drop_path_prob: float = 0.2
     bbn: bool = False
     mixing: str = "parabolic"
+    init: str = "reference"  # PyTorch default init (hlrs_tf.init) or "keras"
     # Optimisation
     epochs: int = 600
     batch_size: int = 96
@@ -75,6 +76,7 @@ class TrainConfig:
             not (self.bbn and self.auxiliary and 2 * self.layers // 3 >= self.layers - 1), "layers", self.layers,
             "an integer >= 4 with --bbn and --auxiliary (the auxiliary head must sit before the branch cells)",
         )
+        require(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
         require(self.mixing in MIXING_SCHEDULES, "mixing", self.mixing, f"one of {', '.join(MIXING_SCHEDULES)}")
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")

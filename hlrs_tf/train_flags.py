@@ -12,6 +12,7 @@ import dataclasses
 
 from absl import flags
 
+from hlrs_tf.config import INITS
 from hlrs_tf.precision import PRECISIONS
 from hlrs_tf.schedules import MIXING_SCHEDULES
 from hlrs_tf.train_config import TrainConfig
@@ -56,6 +57,11 @@ flags.DEFINE_float("drop_path_prob", _D.drop_path_prob, "Drop-path probability r
 flags.DEFINE_bool("bbn", _D.bbn, "BBN head: the last cell as conventional and re-balancing branches on the "
                   "shared trunk, mixed loss (for a BBN-searched genotype).")
 flags.DEFINE_enum("mixing", _D.mixing, list(MIXING_SCHEDULES), "BBN mixing factor alpha_T over the epochs.")
+flags.DEFINE_enum(
+    "init", _D.init, list(INITS),
+    "Weight initialisation: reference (PyTorch's defaults, as the DARTS code: kaiming-uniform a=sqrt(5) for "
+    "conv and dense kernels, uniform classifier bias) or keras (glorot-uniform, zero biases).",
+)
 # Optimisation
 flags.DEFINE_integer("epochs", _D.epochs, "Training epochs.", lower_bound=1)
 flags.DEFINE_integer("batch_size", _D.batch_size, "Batch size.", lower_bound=1)

@@ -18,11 +18,13 @@ from hlrs_tf import data as data_lib
 from hlrs_tf import precision
 from hlrs_tf.bbn import BBNSearchModel, BBNSearchNetwork
 from hlrs_tf.callbacks import (
+    AlphaMovementLogger,
     CSVHistory,
     EpochCheckpoint,
     GenotypeLogger,
     LearningRateLogger,
     TensorBoardLogger,
+    model_alpha_movement,
 )
 from hlrs_tf.cli import onednn_enabled
 from hlrs_tf.config import SearchConfig
@@ -30,6 +32,7 @@ from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.diagrams import plot_genotype
 from hlrs_tf.distribute import check_global_batch_size, is_chief, make_strategy, workdir_lock, worker_workdir
 from hlrs_tf.guards import NonFiniteLossGuard
+from hlrs_tf.init import apply_init
 from hlrs_tf.losses import effective_number_weights
 from hlrs_tf.metrics import balanced_accuracy, evaluation_report
 from hlrs_tf.runtime import configure_devices, set_thread_pools, visible_devices
@@ -137,7 +140,8 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
             config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="supernet",
             dtype=config.precision,  # the network's dtype policy (hlrs_tf.precision); the wrapper stays float32
         )
-        model = DartsSearchModel(network, class_weights=class_weights, name="darts_search", **common)
+        model = DartsSearchModel(network, class_weights=class_weights,
+                                 class_weight_reduction=config.class_weight_reduction, name="darts_search", **common)
     weight_lr = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(total_steps, 1), alpha=config.learning_rate_min / config.learning_rate
     )
@@ -153,6 +157,8 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
         ),
     )
     model.build_all(spec.image_shape)
+    # Once built (the initialiser needs the fans), before any checkpoint is restored over it (run_search).
+    apply_init(network, config.init, config.seed)
     return model
 
 
@@ -279,6 +285,7 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
         HLRSCallback(schedule, config.epochs),
         LearningRateLogger(),
         genotype_logger,
+        AlphaMovementLogger(),  # before the writers: alpha_max_softmax, alpha_range, ... every epoch
         TensorBoardLogger(wd.tensorboard_dir, genotype_logger),
         CSVHistory(wd.history_file, append=initial_epoch > 0),
         checkpoint,
@@ -295,6 +302,8 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
     metrics = evaluate(model, ds, train_counts, config)
     # The architecture (validation) split, never the test set, is what tuning may select on.
     metrics["validation"] = validation_metrics(model, split[2], split[3], spec, config)
+    # The final alphas' distance from uniform: a genotype derived from alphas that never moved is noise.
+    metrics.update(model_alpha_movement(model))
     atomic_write_json(wd.metrics_file, metrics)
     return SearchResult(wd.path, genotype, metrics, history.history)
 
@@ -303,7 +312,9 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
 _RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size", "strategy", "cpu_replicas")
 # Flags added after runs were already written: a flags.cfg without one ran with this value. --precision counts
 # as a change (resuming float32 checkpoints in bfloat16 would mix two runs), so it is refused like any other.
-_ADDED_FLAG_DEFAULTS = {"precision": "float32"}
+# --init: runs written before it existed were initialised the Keras way. --class_weight_reduction: the
+# class-weighted loss was sum(w_y CE) / batch size (Keras' sample_weight) before it existed.
+_ADDED_FLAG_DEFAULTS = {"precision": "float32", "init": "keras", "class_weight_reduction": "batch_mean"}
 
 
 def _flag_map(text: str) -> dict[str, str]:

@@ -24,6 +24,14 @@ if os.environ.get(ISOLATED_ENV):
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.config.experimental.enable_op_determinism()
+else:
+    # The thread layout of an in-process search (trainer.configure_threads with --threads=0), set before any
+    # test runs an op: TensorFlow refuses to change it once initialised, so whichever test file first touches
+    # TensorFlow (e.g. reading event files) would otherwise make every later in-process search fail.
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count() or 1)
 
 
 def pytest_configure(config):

@@ -66,7 +66,7 @@ def op_cases(out: dict) -> None:
 
     from hlrs_tf.derived_network import average_pool_same
     from hlrs_tf.fused_cell import _fused_bn
-    from hlrs_tf.ops import FactorizedReduce, depthwise_conv
+    from hlrs_tf.ops import FactorizedReduce, avg_pool_3x3, depthwise_conv, max_pool_3x3
 
     rng = np.random.default_rng(0)
     f = lambda *shape: rng.standard_normal(shape).astype("float32")  # noqa: E731
@@ -87,8 +87,9 @@ def op_cases(out: dict) -> None:
             _record(out, f"fused_bn_train{int(training)}/{tag}",
                     lambda x, scale, t=training: _fused_bn(x, scale, zeros, zeros, ones, is_training=t)[0], x, f(c))
         for s in (1, 2):
-            _record(out, f"max_pool_s{s}/{tag}", lambda x, s=s: tf.nn.max_pool2d(x, 3, s, "SAME"), x)
-            _record(out, f"avg_pool_s{s}/{tag}", lambda x, s=s: tf.nn.avg_pool2d(x, 3, s, "SAME"), x)
+            # As the networks run them: "SAME" at stride 1, explicit reference padding + "valid" at stride 2.
+            _record(out, f"max_pool_s{s}/{tag}", lambda x, s=s: max_pool_3x3(x, s), x)
+            _record(out, f"avg_pool_s{s}/{tag}", lambda x, s=s: avg_pool_3x3(x, s), x)
         if size >= 5:
             _record(out, f"aux_avg_pool_5x5_s3/{tag}", lambda x: tf.nn.avg_pool2d(x, 5, 3, "VALID"), x)
         else:  # the auxiliary head on a small map

@@ -54,14 +54,15 @@ def test_num_edges():
 
 
 def _dense_depthwise_reference(x, kernel, stride, dilation):
-    """Direct numpy depthwise conv with TF 'SAME' padding on the dilated kernel."""
+    """Direct numpy depthwise conv padded as PyTorch's ``Conv2d(padding=k_eff // 2)`` in the reference
+    ``cnn/operations.py``: ``k_eff // 2`` zeros on both sides (not TF's 'SAME', which pads less before than
+    after at stride 2 on even sizes)."""
     n, h, w, c = x.shape
     k = kernel.shape[0]
     eff = dilation * (k - 1) + 1
     out_h, out_w = -(-h // stride), -(-w // stride)
-    pad_h = max((out_h - 1) * stride + eff - h, 0)
-    pad_w = max((out_w - 1) * stride + eff - w, 0)
-    xp = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+    p = eff // 2
+    xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
     out = np.zeros((n, out_h, out_w, c), np.float64)
     for i in range(out_h):
         for j in range(out_w):
