@@ -15,12 +15,23 @@ both processes. Cases:
   pool on a 4x4 map is wrong, and the two kernels disagreed there);
 * ``FactorizedReduce`` with 5-7 input channels: oneDNN's filter gradient of a 1x1 *stride-2* ``Conv2D`` is
   wrong there, which is why the layer convolves the stride-2 samplings instead (``hlrs_tf.ops``);
-* whole networks: the gradient of the loss with respect to every trainable variable (weights and alphas)
-  of the supernet with the fused and with the direct cell, and of a derived network with its auxiliary head.
+* whole networks (the supernet with the fused and with the direct cell, a derived network with its auxiliary
+  head): every kernel call of one training-mode forward pass is recorded with the inputs the network really
+  gave it, and its output and gradients are computed again from those inputs in float32 (the kernels of this
+  process) and in float64 (the ground truth). Stored per call: the relative error of each (``layerwise/...``).
+
+Why per call and not the gradient of the whole network against a float64 network: a piecewise-linear network
+(ReLU, max pooling) has kinks, and float32 and float64 forward passes round differently, so a pre-activation
+within ~1e-7 of zero can fall on different sides. Measured on an AVX-512 CPU: one BN output that is -4.6e-7 in
+float64 and +2.8e-7 in float32 moved the gradients of every variable before it, by up to 4% of the largest
+entry, with kernels that are each within 1e-6 of float64. Which kernel set happens to fall on the same side as
+float64 depends on the CPU. From identical inputs (float32 to float64 is exact) every ReLU mask and max-pool
+argmax is the same in both precisions, so the per-call comparison measures the kernels and nothing else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -112,12 +123,126 @@ def op_cases(out: dict) -> None:
                     variables=layer.trainable_variables)
 
 
-def network_cases(out: dict, float64_truth: bool) -> None:
-    """Loss gradients of whole networks with respect to every trainable variable.
+class KernelCalls:
+    """Records every kernel call of the networks' forward passes, with the inputs the network gave it.
 
-    With ``float64_truth`` the direct supernet and the derived network are computed once more in float64 (from
-    the float32 weights and inputs), stored under ``float64/<name>/grad/<variable path>``: the ground truth the
-    test measures both float32 kernel sets against. TF's float64 kernels are its own (Eigen) ones.
+    The networks' kernels are module functions and two layer ``call``s; inside :meth:`recording` each is
+    wrapped so that a call appends ``(kind, fn, float inputs)``, where ``fn`` recomputes the call from float32
+    or float64 inputs. Nested calls (``depthwise_conv`` calling itself for a strided dilated conv) are recorded
+    once, at the outermost call.
+    """
+
+    def __init__(self):
+        self.calls = []
+        self._depth = 0
+
+    def _wrap(self, kind, fn, recompute):
+        def recorded(*args, **kwargs):
+            self._depth += 1
+            try:
+                out = fn(*args, **kwargs)
+            finally:
+                self._depth -= 1
+            if self._depth == 0:
+                inputs, again = recompute(*args, **kwargs)
+                self.calls.append((kind, again, [np.asarray(a) for a in inputs]))
+            return out
+
+        return recorded
+
+    def recording(self):
+        import tensorflow as tf
+
+        from hlrs_tf import derived_network, fused_cell, ops
+
+        def bn_train(x, scale, offset):
+            if x.dtype == tf.float64:  # FusedBatchNorm has no float64 kernel: the same function, unfused
+                mean, var = tf.nn.moments(x, [0, 1, 2])
+                return tf.nn.batch_normalization(x, mean, var, offset, scale, ops.BN_EPSILON)
+            return fused_cell._fused_bn(x, scale, offset, tf.zeros_like(scale), tf.ones_like(scale), True)[0]
+
+        def cast_like(x, *vs):
+            return [tf.cast(v, x.dtype) for v in vs]
+
+        patches = []  # (owner, attribute, wrapper)
+        for owner in (ops, fused_cell):
+            patches.append((owner, "depthwise_conv", self._wrap("depthwise", ops.depthwise_conv,
+                lambda x, k, strides=1, dilation_rate=1, padding="reference": (
+                    (x, k), lambda x, k: ops.depthwise_conv(x, k, strides, dilation_rate, padding)))))
+            for name in ("max_pool_3x3", "avg_pool_3x3"):
+                fn = getattr(ops, name)
+                patches.append((owner, name, self._wrap(name, fn, lambda x, strides=1, fn=fn: (
+                    (x,), lambda x: fn(x, strides)))))
+        pool_same = derived_network.average_pool_same
+        patches.append((derived_network, "average_pool_same", self._wrap("aux_avg_pool", pool_same,
+            lambda x, pool_size, strides: ((x,), lambda x: pool_same(x, pool_size, strides)))))
+        einsum = lambda x, k: tf.einsum("bhwc,cd->bhwd", x, k)  # noqa: E731
+        patches.append((fused_cell.FusedSearchCell, "_pointwise", staticmethod(self._wrap(
+            "pointwise", fused_cell.FusedSearchCell._pointwise, lambda x, k: ((x, k), einsum)))))
+
+        def fused_bn(x, scale, offset, mean, variance, is_training):
+            assert is_training, "the network cases run in training mode"
+            return (x, scale, offset), lambda x, s, o: bn_train(x, *cast_like(x, s, o))
+
+        patches.append((fused_cell, "_fused_bn", self._wrap("fused_bn", fused_cell._fused_bn, fused_bn)))
+
+        pointwise_call = ops.PointwiseConv.call
+
+        def pointwise(layer, x):
+            s = layer.strides[0]
+            kernel = tf.reshape(layer.kernel, (layer.kernel.shape[2], layer.filters))
+            return (x, kernel), lambda x, k: einsum(x[:, ::s, ::s, :], k)
+
+        patches.append((ops.PointwiseConv, "call", self._wrap("pointwise", pointwise_call, pointwise)))
+        bn_call = ops.BatchNorm.call
+
+        def batch_norm(layer, x, training=None):
+            channels = x.shape[-1]
+            scale = layer.gamma if layer.affine else tf.ones((channels,), x.dtype)
+            offset = layer.beta if layer.affine else tf.zeros((channels,), x.dtype)
+            assert training, "the network cases run in training mode"
+            return (x, scale, offset), lambda x, s, o: bn_train(x, *cast_like(x, s, o))
+
+        patches.append((ops.BatchNorm, "call", self._wrap("batch_norm", bn_call, batch_norm)))
+
+        @contextlib.contextmanager
+        def patched():
+            saved = [(owner, attr, owner.__dict__[attr]) for owner, attr, _ in patches]
+            try:
+                for owner, attr, wrapper in patches:
+                    setattr(owner, attr, wrapper)
+                yield self
+            finally:
+                for owner, attr, original in saved:
+                    setattr(owner, attr, original)
+
+        return patched()
+
+    def errors(self, out: dict, prefix: str) -> None:
+        """Recomputes every recorded call in float32 and float64; stores each call's relative errors."""
+        import tensorflow as tf
+
+        for i, (kind, fn, inputs) in enumerate(self.calls):
+            results = {}
+            for dtype in ("float32", "float64"):
+                args = [tf.constant(a.astype(dtype)) for a in inputs]
+                with tf.GradientTape() as tape:
+                    tape.watch(args)
+                    y = fn(*args)
+                    proj = np.random.default_rng(i).standard_normal(y.shape).astype("float32").astype(dtype)
+                    loss = tf.reduce_sum(y * proj)
+                results[dtype] = [y] + list(tape.gradient(loss, args))
+            errs = [float(np.abs(np.asarray(a) - np.asarray(b)).max() / max(float(np.abs(np.asarray(b)).max()), 1e-30))
+                    for a, b in zip(results["float32"], results["float64"])]
+            out[f"layerwise/{prefix}/{i:04d}_{kind}"] = np.array(errs)
+
+
+def network_cases(out: dict, float64_truth: bool) -> None:
+    """Every kernel call of whole networks against float64 (see the module docstring); and the logits.
+
+    With ``float64_truth`` the direct supernet and the derived network are also run whole in float64 (from the
+    float32 weights and inputs), stored as ``float64/<name>/logits``: the forward pass is continuous, so the
+    logits of either kernel set can be held to float64 too. TF's float64 kernels are its own (Eigen) ones.
     """
     import keras
     import tensorflow as tf
@@ -131,20 +256,22 @@ def network_cases(out: dict, float64_truth: bool) -> None:
     y = tf.constant(rng.integers(0, 10, 8).astype("int32"))
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    def grads_of(name, net, forward, inputs=x, paths=None):
+    def run(name, net, forward, inputs=x, weights=None, record=True):
         forward(net, inputs)  # build
-        if paths is not None:  # the float64 copy: the float32 network's weights, cast
-            for v, value in zip(net.trainable_variables, paths.values()):
+        if weights is not None:  # the float64 copy: the float32 network's weights, cast
+            for v, value in zip(net.trainable_variables, weights):
                 v.assign(tf.cast(value, v.dtype))
-        with tf.GradientTape() as tape:
-            logits = forward(net, inputs)
-            loss = loss_fn(y, logits)
+        calls = KernelCalls()
+        with calls.recording() if record else contextlib.nullcontext():
+            with tf.GradientTape() as tape:
+                logits = forward(net, inputs)
+                loss = loss_fn(y, logits)
         grads = tape.gradient(loss, net.trainable_variables)
+        assert all(g is not None for g in grads), name
         out[f"{name}/logits"] = logits.numpy()
-        names = list(paths) if paths is not None else [v.path for v in net.trainable_variables]
-        for path, g in zip(names, grads):
-            out[f"{name}/grad/{path}"] = g.numpy()
-        return {v.path: v.numpy() for v in net.trainable_variables}
+        if record:
+            calls.errors(out, name)
+        return [v.numpy() for v in net.trainable_variables]
 
     def supernet(impl, dtype="float32"):
         keras.utils.set_random_seed(3)
@@ -157,22 +284,25 @@ def network_cases(out: dict, float64_truth: bool) -> None:
     supernet_forward = lambda n, inputs: n(inputs, training=True)  # noqa: E731
     # Training mode (batch statistics, drop-path probability 0: deterministic), main + auxiliary logits.
     derived_forward = lambda n, inputs: tf.add(*n.forward(inputs, training=True, with_aux=True))  # noqa: E731
-    grads_of("supernet_fused", supernet("fused"), supernet_forward)
-    direct = grads_of("supernet_direct", supernet("direct"), supernet_forward)
-    derived_weights = grads_of("derived", derived(), derived_forward)
+    run("supernet_fused", supernet("fused"), supernet_forward)
+    direct = run("supernet_direct", supernet("direct"), supernet_forward)
+    derived_weights = run("derived", derived(), derived_forward)
     if not float64_truth:
         return
     # Every sub-layer's default dtype from here on (this process ends after this). The global policy, not
     # floatx: Keras fixes the policy from floatx when the first layer is made.
     keras.config.set_dtype_policy("float64")
     x64 = tf.cast(x, tf.float64)
-    grads_of("float64/supernet_direct", supernet("direct", "float64"), supernet_forward, x64, direct)
-    grads_of("float64/derived", derived("float64"), derived_forward, x64, derived_weights)
+    run("float64/supernet_direct", supernet("direct", "float64"), supernet_forward, x64, direct, record=False)
+    run("float64/derived", derived("float64"), derived_forward, x64, derived_weights, record=False)
 
 
 def main(path: str) -> None:
     from hlrs_tf.cli import onednn_enabled
 
+    from hlrs_tf.trainer import configure_threads
+
+    configure_threads()  # the commands' thread layout: oneDNN picks other kernels for one intra-op thread
     out = {}
     onednn = onednn_enabled()
     op_cases(out)
