@@ -2,6 +2,7 @@
 
     python benchmarks/search_step.py --channels=16 --layers=8 --batch_size=64 --order=first --steps=5
     python benchmarks/search_step.py --method=hlrs ...                  # BBN: two batches per side and step
+    python benchmarks/search_step.py --partial_channels=4 ...           # PC-DARTS (K=4 of the channels per op)
     OMP_NUM_THREADS=1 python benchmarks/search_step.py --threads=1 ...   # 1-thread figure beside 2-thread
     python benchmarks/search_step.py --precision=mixed_bfloat16 ...     # mixed precision (hlrs_tf.precision)
     TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/search_step.py ...         # TensorFlow's own (Eigen) kernels
@@ -35,8 +36,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--order", choices=("first", "second"), default="first")
     p.add_argument("--cell_impl", choices=("fused", "direct"), default="fused",
                    help="fused search cell (default) or the direct per-edge reference computation")
-    p.add_argument("--method", choices=("darts", "darts_resample", "darts_reweight", "darts_bbn", "hlrs"),
+    p.add_argument("--method", choices=("darts", "darts_resample", "darts_reweight", "darts_bbn", "hlrs", "pcdarts",
+                                        "pcdarts_hlrs"),
                    default="darts", help="method preset (the BBN ones run two batches per side and step)")
+    p.add_argument("--partial_channels", type=int, default=None,
+                   help="PC-DARTS' K (default: the method's; 1 = DARTS, pcdarts presets 4)")
     p.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32",
                    help="the search's --precision (Keras dtype policy of the supernet)")
     p.add_argument("--threads", type=int, default=0, help="cores to use (0 = all)")
@@ -88,9 +92,10 @@ def build_model_and_data(args):
 
     keras.utils.set_random_seed(0)
     shape = (args.image_size, args.image_size, args.image_channels)
+    extra = {} if args.partial_channels is None else {"partial_channels": args.partial_channels}
     config = SearchConfig.for_method(args.method, channels=args.channels, layers=args.layers, order=args.order,
                                      batch_size=args.batch_size, cell_impl=args.cell_impl,
-                                     precision=args.precision)
+                                     precision=args.precision, **extra)
     spec = DatasetSpec("bench", shape, args.num_classes, (0.5,) * shape[-1], (0.25,) * shape[-1])
     model = build_model(config, spec, total_steps=1000, class_counts=np.arange(args.num_classes) + 1)
     rng = np.random.default_rng(0)
@@ -188,6 +193,7 @@ def main(argv=None) -> dict:
         "order": args.order,
         "cell_impl": args.cell_impl,
         "method": args.method,
+        "partial_channels": model.network.partial_channels,
         "precision": args.precision,
         "threads": args.threads or "all",
         "thread_policy": args.thread_policy,

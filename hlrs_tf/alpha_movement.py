@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["alpha_movement", "ALPHA_MOVEMENT_KEYS"]
+__all__ = ["alpha_movement", "edge_max_weight", "ALPHA_MOVEMENT_KEYS"]
 
 #: The keys of :func:`alpha_movement`, in the order they are reported.
 ALPHA_MOVEMENT_KEYS = (
@@ -84,3 +84,23 @@ def alpha_movement(alphas_normal: Any, alphas_reduce: Any) -> dict[str, float]:
         "alpha_range_normal": float(normal.max() - normal.min()),
         "alpha_range_reduce": float(reduce.max() - reduce.min()),
     }
+
+
+def edge_max_weight(edge_weights: Any, steps: int = 4) -> float:
+    """PC-DARTS: the mean over nodes of the largest normalised edge weight (softmaxed betas of a node's edges).
+
+    Uniform edge weights give ``mean_j 1 / (2 + j)`` (0.3208 for 4 nodes); 1 means every node has put all its
+    weight on one input.
+
+    Args:
+        edge_weights: ``(num_edges,)`` edge weights, node by node (2, 3, 4, ... edges).
+        steps: Number of intermediate nodes.
+    """
+    w = np.asarray(edge_weights, dtype=np.float64)
+    if w.shape != (sum(2 + j for j in range(steps)),) or not np.all(np.isfinite(w)):
+        raise ValueError(f"edge_weights must be a finite ({sum(2 + j for j in range(steps))},) array, got {w.shape}")
+    maxima, start = [], 0
+    for j in range(steps):
+        maxima.append(w[start:start + 2 + j].max())
+        start += 2 + j
+    return float(np.mean(maxima))

@@ -60,10 +60,8 @@ class BBNSearchNetwork(SearchNetwork):
         super().__init__(*args, **kwargs)
         last = self.cells[-1]
         with policy_scope(self.dtype_policy):  # the network's dtype policy, as for its other cells
-            self.rebalancing_cell = self.cell_class(
-                last.channels, last.reduction, last.reduction_prev, last.steps, last.multiplier, self.primitives,
-                name="cell_rebalancing",
-            )
+            self.rebalancing_cell = self.make_cell(last.channels, last.reduction, last.reduction_prev,
+                                                   name="cell_rebalancing")
         # The classifier (built on first call) sees the concatenation of both branches: 2 * feature_dim.
 
     @property
@@ -76,9 +74,7 @@ class BBNSearchNetwork(SearchNetwork):
         return self.run_cells(s0, s1, self.trunk, training=training)
 
     def _branch_features(self, s0, s1, cell, training=None):
-        w_normal, w_reduce = self.arch_weights()
-        out = cell(s0, s1, w_reduce if cell.reduction else w_normal, training=training)
-        return ops.mean(out, axis=(1, 2))
+        return ops.mean(self.run_cell(cell, s0, s1, training=training), axis=(1, 2))
 
     def branch_features(self, x, branch: str, training=None):
         """Pooled features of one branch on its own batch (``branch`` is ``"conventional"`` or ``"rebalancing"``)."""

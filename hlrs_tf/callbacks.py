@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hlrs_tf.alpha_movement import alpha_movement
+from hlrs_tf.alpha_movement import alpha_movement, edge_max_weight
 from hlrs_tf.genotypes import PRIMITIVES
 from hlrs_tf.workdir import Workdir, atomic_write_json
 
@@ -65,8 +65,13 @@ def model_alpha_movement(model) -> dict[str, float]:
     Works for the plain and the BBN supernet alike: BBN's two branch cells share the alphas of their cell
     type (:class:`hlrs_tf.bbn.BBNSearchNetwork`), so both have one normal and one reduction array.
     """
-    normal, reduce = (keras.ops.convert_to_numpy(v) for v in model.network.arch_variables)
-    return alpha_movement(normal, reduce)
+    network = model.network
+    metrics = alpha_movement(*(keras.ops.convert_to_numpy(v) for v in (network.alphas_normal, network.alphas_reduce)))
+    e_normal, e_reduce = network.edge_weights()
+    if e_normal is not None:  # PC-DARTS: how far the edge weights moved (mean over nodes of the largest)
+        for cell, e in (("normal", e_normal), ("reduce", e_reduce)):
+            metrics[f"edge_max_weight_{cell}"] = edge_max_weight(keras.ops.convert_to_numpy(e), network.steps)
+    return metrics
 
 
 class AlphaMovementLogger(keras.callbacks.Callback):
@@ -88,6 +93,65 @@ class AlphaMovementLogger(keras.callbacks.Callback):
 _MIN_LOG_RATIO = 1e-3
 
 
+def _edge_labels(num_edges: int) -> list[str]:
+    """``node j <- input i`` for the edges in the alpha row order (input 0/1 = cell inputs k-2/k-1)."""
+    labels, j, i = [], 0, 0
+    while len(labels) < num_edges:
+        labels.append(f"node {j} <- {i}")
+        i += 1
+        if i == j + 2:
+            j, i = j + 1, 0
+    return labels
+
+
+def _weight_heatmap(weights: np.ndarray, uniform: np.ndarray, rows: list[str], columns: list[str],
+                    title: str, summary: str) -> np.ndarray:
+    """Annotated heatmap of softmax weights, coloured by their log-ratio to ``uniform`` (per row), as
+    ``uint8 (H, W, 4)``. NaN entries (no such weight) stay blank. See :func:`alpha_heatmap` for the scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    present = np.isfinite(weights)
+    # The floor keeps log2 finite for a weight that underflowed to 0 (an op the search has all but removed).
+    log_ratio = np.log2(np.maximum(np.where(present, weights, 1.0), np.finfo(np.float64).tiny) / uniform[:, None])
+    log_ratio[~present] = np.nan
+    # Capped at the largest ratio a weight can have (1 / uniform), so one near-zero weight cannot stretch the
+    # scale until every other cell is white.
+    cap = float(np.log2(1.0 / uniform.min()))
+    limit = min(max(float(np.nanmax(np.abs(log_ratio))), _MIN_LOG_RATIO), cap)
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.6), dpi=90)
+    im = ax.imshow(np.ma.masked_invalid(log_ratio), cmap="RdBu_r", aspect="auto", vmin=-limit, vmax=limit)
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for (r, c), v in np.ndenumerate(weights):
+        if not present[r, c]:
+            continue
+        # White text only on the saturated ends of the map, black on the pale middle.
+        dark = abs(log_ratio[r, c]) > 0.6 * limit
+        ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=6, color="w" if dark else "k")
+    ax.set_title(f"{title} ({summary})", fontsize=10)
+    bar = fig.colorbar(im, ax=ax, fraction=0.04)
+    # Ticks as ratios to uniform, so the bar reads like the annotations where uniform is one number; the scale
+    # itself is log2(w / uniform). One more significant digit per decade the scale is narrower than 1, so
+    # near-uniform ticks stay distinct.
+    digits = 3 + max(0, int(np.ceil(-np.log10(limit))))
+    u = float(uniform[0])
+    if np.all(uniform == u):
+        bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{u * 2.0 ** t:.{digits}g}"))
+        bar.set_label(f"softmax weight, log scale; white = uniform {u:.3g}", fontsize=8)
+    else:
+        bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{2.0 ** t:.{digits}g}x"))
+        bar.set_label("weight / uniform of its row, log scale; white = uniform", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return tf.io.decode_png(buf.getvalue(), channels=4).numpy()
+
+
 def alpha_heatmap(weights: np.ndarray, title: str) -> np.ndarray:
     """Renders softmaxed alphas ``(edges, ops)`` as an annotated heatmap, returned as ``uint8 (H, W, 4)``.
 
@@ -102,47 +166,28 @@ def alpha_heatmap(weights: np.ndarray, title: str) -> np.ndarray:
     weights, says how small it is. The title gets the mean over edges of the largest weight next to its
     uniform value (:mod:`hlrs_tf.alpha_movement`).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
     weights = np.asarray(weights, dtype=np.float64)
     num_ops = weights.shape[1]
     uniform = 1.0 / num_ops
-    # The floor keeps log2 finite for a weight that underflowed to 0 (an op the search has all but removed).
-    log_ratio = np.log2(np.maximum(weights, np.finfo(np.float64).tiny) / uniform)
-    # Capped at the largest ratio a weight can have (1 * num_ops), so one near-zero weight cannot stretch the
-    # scale until every other cell is white.
-    limit = min(max(float(np.abs(log_ratio).max()), _MIN_LOG_RATIO), float(np.log2(num_ops)))
-    labels, j, i = [], 0, 0
-    while len(labels) < weights.shape[0]:
-        labels.append(f"node {j} <- {i}")
-        i += 1
-        if i == j + 2:
-            j, i = j + 1, 0
-    fig, ax = plt.subplots(figsize=(7, 0.32 * len(labels) + 1.6), dpi=90)
-    im = ax.imshow(log_ratio, cmap="RdBu_r", aspect="auto", vmin=-limit, vmax=limit)
-    ax.set_xticks(range(num_ops), PRIMITIVES[:num_ops], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    for (r, c), v in np.ndenumerate(weights):
-        # White text only on the saturated ends of the map, black on the pale middle.
-        dark = abs(log_ratio[r, c]) > 0.6 * limit
-        ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=6, color="w" if dark else "k")
-    mean_max = float(weights.max(axis=1).mean())
-    ax.set_title(f"{title} (mean max weight {mean_max:.3g}, uniform {uniform:.3g})", fontsize=10)
-    bar = fig.colorbar(im, ax=ax, fraction=0.04)
-    # Ticks in softmax weights, so the bar reads like the annotations; the scale itself is log2(w / uniform).
-    # One more significant digit per decade the scale is narrower than 1, so near-uniform ticks stay distinct.
-    digits = 3 + max(0, int(np.ceil(-np.log10(limit))))
-    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda t, _: f"{uniform * 2.0 ** t:.{digits}g}"))
-    bar.set_label(f"softmax weight, log scale; white = uniform 1/{num_ops} = {uniform:.3g}", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return tf.io.decode_png(buf.getvalue(), channels=4).numpy()
+    summary = f"mean max weight {float(weights.max(axis=1).mean()):.3g}, uniform {uniform:.3g}"
+    return _weight_heatmap(weights, np.full(weights.shape[0], uniform), _edge_labels(weights.shape[0]),
+                           list(PRIMITIVES[:num_ops]), title, summary)
+
+
+def edge_weight_heatmap(edge_weights: np.ndarray, steps: int, title: str) -> np.ndarray:
+    """Renders PC-DARTS' normalised edge weights ``(num_edges,)`` as a ``node x input`` heatmap (``uint8 (H, W,
+    4)``), coloured like :func:`alpha_heatmap` by the log-ratio to uniform -- per node, ``1 / (2 + j)`` for node
+    ``j``'s ``2 + j`` inputs. Inputs a node does not have stay blank."""
+    edge_weights = np.asarray(edge_weights, dtype=np.float64)
+    grid = np.full((steps, steps + 1), np.nan)
+    start = 0
+    for j in range(steps):
+        grid[j, : 2 + j] = edge_weights[start : start + 2 + j]
+        start += 2 + j
+    uniform = 1.0 / (2.0 + np.arange(steps))
+    summary = f"mean max weight {float(np.nanmax(grid, axis=1).mean()):.3g}, uniform {float(uniform.mean()):.3g}"
+    return _weight_heatmap(grid, uniform, [f"node {j}" for j in range(steps)],
+                           ["k-2", "k-1"] + [f"node {j}" for j in range(steps - 1)], title, summary)
 
 
 class TensorBoardLogger(keras.callbacks.Callback):
@@ -173,6 +218,12 @@ class TensorBoardLogger(keras.callbacks.Callback):
                     tf.summary.scalar(f"epoch/{key}", float(value))
             tf.summary.image("alphas/normal", alpha_heatmap(w_normal, f"normal cell, epoch {step}")[None])
             tf.summary.image("alphas/reduce", alpha_heatmap(w_reduce, f"reduction cell, epoch {step}")[None])
+            e_normal, e_reduce = network.edge_weights()
+            if e_normal is not None:  # PC-DARTS: the edge weights (softmaxed betas), drawn like the alphas
+                for cell, e in (("normal", e_normal), ("reduce", e_reduce)):
+                    e = keras.ops.convert_to_numpy(e)
+                    image = edge_weight_heatmap(e, network.steps, f"{cell} cell edge weights, epoch {step}")
+                    tf.summary.image(f"betas/{cell}", image[None])
             genotype = self.genotype_logger.last_genotype if self.genotype_logger else self.model.genotype()
             tf.summary.text("genotype", "```\n" + genotype.to_json() + "\n```")
         self._writer.flush()

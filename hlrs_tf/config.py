@@ -39,6 +39,13 @@ METHOD_PRESETS = {
     "hlrs": dict(weight_sampler="uniform", arch_sampler="uniform", loss="ce", bbn=True,
                  arch_lr_schedule="mixing"),
 }
+#: The paper's five methods: the ones ``hlrs_tf.compare`` runs by default.
+PAPER_METHODS = tuple(METHOD_PRESETS)
+# PC-DARTS (Xu et al. 2020): partial channels K=4 + edge normalisation, on DARTS and on HLRS. Its reference also
+# freezes the architecture for the first 15 of 50 epochs (--warmup_epochs) and searches at batch 256, which are
+# budget choices left to the run's own flags.
+METHOD_PRESETS["pcdarts"] = dict(METHOD_PRESETS["darts"], partial_channels=4)
+METHOD_PRESETS["pcdarts_hlrs"] = dict(METHOD_PRESETS["hlrs"], partial_channels=4)
 METHODS = tuple(METHOD_PRESETS)
 
 
@@ -78,6 +85,7 @@ class SearchConfig:
     layers: int = 8
     init: str = "reference"  # PyTorch default init (kaiming-uniform a=sqrt(5)) or "keras" (glorot, zero bias)
     cell_impl: str = "fused"  # "direct": the per-edge reference computation (slower, same function)
+    partial_channels: int = 1  # PC-DARTS' K: mixed ops on C // K channels + edge normalisation (1 = DARTS)
     # Optimisation
     epochs: int = 50
     batch_size: int = 64
@@ -133,6 +141,10 @@ class SearchConfig:
         require(self.order in ORDERS, "order", self.order, f"one of {', '.join(ORDERS)}")
         require(self.cell_impl in CELL_IMPLS, "cell_impl", self.cell_impl, f"one of {', '.join(CELL_IMPLS)}")
         require(self.channels >= 2 and self.channels % 2 == 0, "channels", self.channels, "an even integer >= 2")
+        require(self.partial_channels >= 1, "partial_channels", self.partial_channels, "an integer >= 1 (1 = DARTS)")
+        require(self.channels % self.partial_channels == 0, "partial_channels", self.partial_channels,
+                f"a divisor of channels={self.channels} (each mixed op works on channels // K of them; e.g. "
+                f"K=4 with channels 8, 12, 16)")
         require(self.layers >= 3, "layers", self.layers, "an integer >= 3 (reductions at L//3 and 2L//3)")
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")

@@ -43,7 +43,8 @@ flags.DEFINE_enum(
     "method", _D.method, list(METHODS),
     "Preset of the paper's table: darts (CE, uniform), darts_resample (class-balanced sampler for the weight "
     "step), darts_reweight (class-balanced CE, effective number), darts_bbn (BBN mixed loss), hlrs (BBN + the "
-    "HLRS arch-lr schedule 'mixing'). Flags given explicitly win over the preset.",
+    "HLRS arch-lr schedule 'mixing'); beyond the paper: pcdarts and pcdarts_hlrs (darts and hlrs with "
+    "--partial_channels=4). Flags given explicitly win over the preset.",
 )
 flags.DEFINE_enum("weight_sampler", _D.weight_sampler, list(SAMPLERS),
                   "Sampler of the weight-step batches (preset by --method).")
@@ -76,6 +77,13 @@ flags.DEFINE_enum(
     "init", _D.init, list(INITS),
     "Weight initialisation: reference (PyTorch's defaults, as the DARTS code: kaiming-uniform a=sqrt(5) for "
     "conv and dense kernels, uniform classifier bias) or keras (glorot-uniform, zero biases).",
+)
+flags.DEFINE_integer(
+    "partial_channels", _D.partial_channels,
+    "PC-DARTS' K (Xu et al. 2020): each mixed op sees 1/K of its input's channels (the rest bypass it, then a "
+    "channel shuffle), and each node weights its incoming edges by softmaxed betas (architecture variables). "
+    "1 = DARTS. channels must be divisible by K. Preset to 4 by --method=pcdarts / pcdarts_hlrs.",
+    lower_bound=1,
 )
 # Optimisation
 flags.DEFINE_integer("epochs", _D.epochs, "Search epochs.", lower_bound=1)

@@ -36,6 +36,14 @@ point was measured with ``benchmarks/profile_step.py`` (see ``benchmarks/NOTES.m
 * **No Keras layer per op**: the ops are called directly, so tracing runs ~20 Python calls per edge, not ~25
   nested ``Layer.__call__`` s.
 
+**PC-DARTS** (``partial_channels=K > 1``, :mod:`hlrs_tf.partial_channels`): every op works on the first ``C // K``
+channels of its source state, so all the sharing above applies to that slice unchanged. The bypassed channels
+and the edge weights (softmaxed betas) need no per-edge work either: the channel shuffle is one fixed
+permutation and every edge's output is linear in its edge weight, so a node is
+``shuffle(concat([sum_e beta_e * mixed_e, sum_e beta_e * bypass_e]))`` -- the betas folded into the ops' mixing
+weights (BN scales) like the alphas, the bypass (a 2x2 max pool on strided edges) made once per source state, and
+one shuffle per node instead of one per edge.
+
 BN uses the fused kernel with PyTorch's running-statistics rule, like :class:`hlrs_tf.ops.BatchNorm`, and the
 synchronised cross-replica version (:mod:`hlrs_tf.sync_bn`) when several replicas train.
 """
@@ -47,6 +55,7 @@ import math
 import keras
 import tensorflow as tf
 
+from hlrs_tf import partial_channels as pc
 from hlrs_tf import sync_bn
 from hlrs_tf.cells import SearchCellConfig
 from hlrs_tf.genotypes import PRIMITIVES
@@ -115,11 +124,13 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
         multiplier: Nodes concatenated into the output (4).
         primitives: Candidate op names (a subset of :data:`hlrs_tf.genotypes.PRIMITIVES`, any order); the
             weight rows passed to ``call`` are indexed the same way.
+        partial_channels: PC-DARTS' ``K`` (1: DARTS; see the module docstring).
         **kwargs: Forwarded to ``keras.layers.Layer``.
     """
 
     def __init__(
-        self, channels, reduction, reduction_prev, steps=4, multiplier=4, primitives=PRIMITIVES, **kwargs
+        self, channels, reduction, reduction_prev, steps=4, multiplier=4, primitives=PRIMITIVES,
+        partial_channels=1, **kwargs
     ):
         kwargs["autocast"] = False  # see the class docstring: call casts what it computes with
         super().__init__(**kwargs)
@@ -128,6 +139,9 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
             raise ValueError(f"unknown operation(s) {unknown}; known: {', '.join(PRIMITIVES)}")
         if channels % 2:
             raise ValueError(f"channels must be even (FactorizedReduce halves), got {channels}")
+        pc.check_partial_channels(int(channels), partial_channels, bool(reduction))
+        self.partial_channels = int(partial_channels)
+        self.op_channels = int(channels) // self.partial_channels  # channels every candidate op works on
         self.channels, self.reduction, self.reduction_prev = int(channels), bool(reduction), bool(reduction_prev)
         self.steps, self.multiplier, self.primitives = int(steps), int(multiplier), tuple(primitives)
         # Edge e of node j from state i, in the reference's row order; stride 2 on the input edges of a
@@ -136,8 +150,10 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
         self.num_edges = len(self.edge_list)
         self.strided_edges = [e for e, (_, i) in enumerate(self.edge_list) if self._stride(i) == 2]
         # BN slots of the stacked running statistics: preprocessing, the pools of each source state, then
-        # per edge every op that ends (or, for sep convs, pauses) in a BN.
-        slots = ["pre0", "pre1"]
+        # per edge every op that ends (or, for sep convs, pauses) in a BN. With partial channels the ops' BNs
+        # have C // K channels, so the preprocessing's two (C channels) get variables of their own; K=1 keeps
+        # one pair for all (the checkpoint layout of DARTS runs).
+        slots = []
         for i in range(self.steps + 1):  # the last node feeds no edge
             slots += [f"max_{i}", f"avg_{i}"]
         for e in range(self.num_edges):
@@ -148,7 +164,13 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                     slots.append(f"{name}_bn_{e}")
                 elif name == "skip_connect" and e in self.strided_edges:
                     slots.append(f"skip_bn_{e}")
-        self._slot = {name: k for k, name in enumerate(slots)}
+        pre = ["pre0", "pre1"]
+        # Statistics groups: (variable-name prefix, slots, channels); slot name -> (group, row).
+        if self.partial_channels == 1:
+            self._stat_groups = [("", pre + slots, self.channels)]
+        else:
+            self._stat_groups = [("", slots, self.op_channels), ("pre_", pre, self.channels)]
+        self._slot = {name: (g, k) for g, (_, names, _) in enumerate(self._stat_groups) for k, name in enumerate(names)}
 
     def _stride(self, source: int) -> int:
         return 2 if self.reduction and source < 2 else 1
@@ -165,6 +187,8 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
         else:
             self.pre0_kernel = add(name="pre0_kernel", shape=(c0, c), initializer=_stacked_uniform(_glorot_limit(c0, c)))
         self.pre1_kernel = add(name="pre1_kernel", shape=(c1, c), initializer=_stacked_uniform(_glorot_limit(c1, c)))
+        c = self.op_channels  # the candidate ops' channels (C // K)
+        half = c // 2
         self.conv_kernels = {}
         e = self.num_edges
         for name in self.primitives:
@@ -183,28 +207,33 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                 add(name=f"skip_fr{k}", shape=(n, c, half), initializer=_stacked_uniform(_glorot_limit(c, half)))
                 for k in (1, 2)
             ]
-        n_slots = len(self._slot)
         # Never autocast: the fused BN kernel takes its statistics in float32 (see the class docstring).
-        self.moving_mean = add(name="moving_mean", shape=(n_slots, c), initializer="zeros", trainable=False,
-                               autocast=False)
-        self.moving_variance = add(name="moving_variance", shape=(n_slots, c), initializer="ones", trainable=False,
-                                   autocast=False)
+        self._stats = []  # per statistics group: (moving_mean, moving_variance)
+        for prefix, names, width in self._stat_groups:
+            self._stats.append((
+                add(name=f"{prefix}moving_mean", shape=(len(names), width), initializer="zeros", trainable=False,
+                    autocast=False),
+                add(name=f"{prefix}moving_variance", shape=(len(names), width), initializer="ones",
+                    trainable=False, autocast=False),
+            ))
+        self.moving_mean, self.moving_variance = self._stats[0]
 
     # ------------------------------------------------------------------ the computation
     def _bn(self, bn, x, slot: str, scale, training):
         """Affine-free BN (times ``scale``) of ``x`` with the running statistics of ``slot``; ``bn`` holds this
-        call's unstacked statistics (``mean``, ``var``), their updates (``new_mean``, ``new_var``), ``zeros``."""
-        k = self._slot[slot]
-        mean, var = bn["mean"][k], bn["var"][k]
+        call's unstacked statistics (``mean``, ``var``), their updates (``new_mean``, ``new_var``) and ``zeros``,
+        each per statistics group."""
+        g, k = self._slot[slot]
+        mean, var, zeros = bn["mean"][g][k], bn["var"][g][k], bn["zeros"][g]
         if not training:
-            return _fused_bn(x, scale, bn["zeros"], mean, var, is_training=False)[0]
+            return _fused_bn(x, scale, zeros, mean, var, is_training=False)[0]
         if sync_bn.should_sync():  # >1 replicas: statistics of the global batch
             y, new_mean, new_var = sync_bn.batch_norm_train_values(
-                x, scale, bn["zeros"], mean, var, BN_MOMENTUM, BN_EPSILON
+                x, scale, zeros, mean, var, BN_MOMENTUM, BN_EPSILON
             )
         else:
-            y, new_mean, new_var = _fused_bn(x, scale, bn["zeros"], mean, var, is_training=True)[:3]
-        bn["new_mean"][k], bn["new_var"][k] = new_mean, new_var
+            y, new_mean, new_var = _fused_bn(x, scale, zeros, mean, var, is_training=True)[:3]
+        bn["new_mean"][g][k], bn["new_var"][g][k] = new_mean, new_var
         return y
 
     @staticmethod
@@ -216,27 +245,40 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
         out = tf.concat([self._pointwise(even, w1), self._pointwise(odd, w2)], axis=-1)
         return self._bn(bn, out, slot, scale, training)
 
-    def call(self, s0, s1, weights, training=None):
+    def call(self, s0, s1, weights, edge_weights=None, training=None):
         """Runs the cell.
 
         Args:
             s0: Output of cell k-2.
             s1: Output of cell k-1.
             weights: Softmaxed alphas of this cell type, ``(num_edges, len(primitives))``.
+            edge_weights: PC-DARTS' normalised edge weights ``(num_edges,)``
+                (:func:`hlrs_tf.partial_channels.edge_weights`), or ``None`` (every edge weighs 1).
             training: BN mode.
         """
         training = bool(training)
-        c = self.channels
+        c, c_op, k_pc = self.channels, self.op_channels, self.partial_channels
         compute = self.compute_dtype  # float32, or bfloat16 / float16 under a mixed policy (no-op casts in float32)
         s0, s1 = tf.cast(s0, compute), tf.cast(s1, compute)
-        ones = tf.ones((c,), self.moving_mean.dtype)  # BN scales, offsets and statistics: float32
-        means, variances = tf.unstack(self.moving_mean), tf.unstack(self.moving_variance)
-        bn = {"mean": means, "var": variances, "new_mean": list(means), "new_var": list(variances),
-              "zeros": tf.zeros((c,), self.moving_mean.dtype)}
-        # w[e][o] as a (C,) vector: a BN scale (float32), or a broadcast factor (w_c, in the compute dtype). One op
-        # for all 14 x 8 of them.
+        stat_dtype = self.moving_mean.dtype  # BN scales, offsets and statistics: float32
+        bn = {"mean": [], "var": [], "new_mean": [], "new_var": [], "zeros": []}
+        for (mean_var, var_var), (_, _, width) in zip(self._stats, self._stat_groups):
+            means, variances = tf.unstack(mean_var), tf.unstack(var_var)
+            bn["mean"].append(means)
+            bn["var"].append(variances)
+            bn["new_mean"].append(list(means))
+            bn["new_var"].append(list(variances))
+            bn["zeros"].append(tf.zeros((width,), stat_dtype))
+        ones, ones_op = tf.ones((c,), stat_dtype), tf.ones((c_op,), stat_dtype)  # BN scales: preprocessing, ops
+        # w[e][o] as a (C // K,) vector: a BN scale (float32), or a broadcast factor (w_c, in the compute dtype).
+        # One op for all 14 x 8 of them; the edge weights (PC-DARTS) folded in.
         n_ops = len(self.primitives)
-        w_stack = tf.reshape(tf.cast(weights, ones.dtype)[:, :, None] * ones, (self.num_edges * n_ops, c))
+        weights = tf.cast(weights, stat_dtype)
+        beta = None
+        if edge_weights is not None:
+            beta = tf.cast(edge_weights, stat_dtype)
+            weights = weights * beta[:, None]
+        w_stack = tf.reshape(weights[:, :, None] * ones_op, (self.num_edges * n_ops, c_op))
         w = tf.unstack(w_stack)
         w_c = w if compute == ones.dtype else tf.unstack(tf.cast(w_stack, compute))
         cast = lambda v: tf.cast(v, compute)  # noqa: E731  (kernels: float32 variables, compute-dtype copies)
@@ -258,12 +300,21 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                 shared[(i, key)] = fn()
             return shared[(i, key)]
 
+        # PC-DARTS: the edge weights as compute-dtype scalars, for the bypassed channels.
+        beta_c = None if beta is None else tf.unstack(tf.cast(beta, compute))
         e = -1  # edge index: edges run in edge_list order, node by node
         for j in range(self.steps):
             terms, phase_terms = [], []  # phase_terms: dilated-conv outputs still in phase space
-            for i, h in enumerate(states):
+            bypass_terms = []  # PC-DARTS: the bypassed channels of the node's edges
+            for i, state in enumerate(states):
                 e += 1
                 stride = self._stride(i)
+                if k_pc == 1:
+                    h = state
+                else:  # the ops see the first C // K channels; the rest bypass them, once per source and stride
+                    h = source(i, "ops_slice", lambda s=state: s[..., :c_op])
+                    passed = source(i, "bypass", lambda s=state, st=stride: pc.bypass(s[..., c_op:], st))
+                    bypass_terms.append(passed if beta_c is None else beta_c[e] * passed)
                 even = h.shape[1] % 2 == 0 and h.shape[2] % 2 == 0
                 relu_h = lambda i=i, h=h: source(i, "relu", lambda: tf.nn.relu(h))  # noqa: E731
                 for o, name in enumerate(self.primitives):
@@ -272,11 +323,11 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                         continue  # zeros: its term of the sum is zero
                     if name == "max_pool_3x3":
                         p = source(i, "max", lambda h=h, s=stride, i=i: self._bn(bn,
-                            max_pool_3x3(h, s), f"max_{i}", ones, training))
+                            max_pool_3x3(h, s), f"max_{i}", ones_op, training))
                         terms.append(wc_eo * p)
                     elif name == "avg_pool_3x3":
                         p = source(i, "avg", lambda h=h, s=stride, i=i: self._bn(bn,
-                            avg_pool_3x3(h, s), f"avg_{i}", ones, training))
+                            avg_pool_3x3(h, s), f"avg_{i}", ones_op, training))
                         terms.append(wc_eo * p)
                     elif name == "skip_connect":
                         if stride == 1:
@@ -294,7 +345,7 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                             pad = reference_padding(int(kern["dw1"].shape[0]))
                             padded = source(i, f"pad{pad}", lambda r=relu_h, p=pad: pad_spatial(r(), p))
                             y = depthwise_conv(padded, kern["dw1"], stride, padding="valid")
-                        y = self._bn(bn, self._pointwise(y, kern["pw1"]), f"{name}_bn1_{e}", ones, training)
+                        y = self._bn(bn, self._pointwise(y, kern["pw1"]), f"{name}_bn1_{e}", ones_op, training)
                         y = depthwise_conv(tf.nn.relu(y), kern["dw2"])
                         terms.append(self._bn(bn, self._pointwise(y, kern["pw2"]), f"{name}_bn2_{e}", w_eo, training))
                     elif stride == 1 and even:  # dil_conv, in phase space (see the module docstring)
@@ -312,12 +363,16 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                         terms.append(self._bn(bn, y, f"{name}_bn_{e}", w_eo, training))
             if phase_terms:
                 terms.append(tf.batch_to_space(_add_n(phase_terms), [2, 2], _NO_PAD))
-            states.append(_add_n(terms))
+            node = _add_n(terms)
+            if bypass_terms:  # shuffle(concat(mixed, bypass)) of every edge, summed = the same of the sums
+                node = pc.channel_shuffle(tf.concat([node, _add_n(bypass_terms)], axis=-1), k_pc)
+            states.append(node)
 
         if training:
             # One write per statistics variable for all BNs of the cell (slots not run keep their value).
-            self.moving_mean.assign(tf.stack(bn["new_mean"]))
-            self.moving_variance.assign(tf.stack(bn["new_var"]))
+            for (mean_var, var_var), new_mean, new_var in zip(self._stats, bn["new_mean"], bn["new_var"]):
+                mean_var.assign(tf.stack(new_mean))
+                var_var.assign(tf.stack(new_var))
         return tf.concat(states[-self.multiplier :], axis=-1)
 
     def copy_from_direct(self, cell) -> None:
@@ -327,15 +382,17 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
         Args:
             cell: The direct cell; must have been called once (built).
         """
-        if (cell.channels, cell.reduction, cell.reduction_prev, cell.steps, tuple(cell.primitives)) != (
-            self.channels, self.reduction, self.reduction_prev, self.steps, self.primitives
-        ):
+        if (cell.channels, cell.reduction, cell.reduction_prev, cell.steps, tuple(cell.primitives),
+                cell.partial_channels) != (self.channels, self.reduction, self.reduction_prev, self.steps,
+                                           self.primitives, self.partial_channels):
             raise ValueError("the direct cell has a different configuration")
-        means, variances = self.moving_mean.numpy(), self.moving_variance.numpy()
+        means = [m.numpy() for m, _ in self._stats]
+        variances = [v.numpy() for _, v in self._stats]
 
         def stats(slot, layer):
-            means[self._slot[slot]] = layer.moving_mean.numpy()
-            variances[self._slot[slot]] = layer.moving_variance.numpy()
+            g, k = self._slot[slot]
+            means[g][k] = layer.moving_mean.numpy()
+            variances[g][k] = layer.moving_variance.numpy()
 
         pre0, pre1 = cell.preprocess0, cell.preprocess1
         if self.reduction_prev:
@@ -373,8 +430,9 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
         if skip is not None:
             for var, value in zip(self.skip_fr, skip):
                 var.assign(value)
-        self.moving_mean.assign(means)
-        self.moving_variance.assign(variances)
+        for (mean_var, var_var), m, v in zip(self._stats, means, variances):
+            mean_var.assign(m)
+            var_var.assign(v)
 
     def compute_output_shape(self, s0_shape, s1_shape=None, weights_shape=None):
         b, h, w, _ = s1_shape

@@ -427,11 +427,38 @@ def derive_cell(weights: Any, steps: int = STEPS) -> tuple[tuple[str, int], ...]
     return tuple(gene)
 
 
+def edge_normalised_weights(weights: Any, betas: Any, steps: int = STEPS) -> np.ndarray:
+    """PC-DARTS' derivation weights: each edge's softmaxed op weights times its edge weight, the softmax of the
+    betas over the edges of its node (``yuhuixu1993/PC-DARTS``, ``model_search.py``, ``Network.genotype``:
+    ``W[j, :] = W[j, :] * W2[j]`` with ``weights2`` built per node). Ranking the edges of a node by the largest
+    non-``none`` entry of these is the reference's ``_parse``; the op choice per edge is unchanged (a positive
+    factor per row).
+
+    Args:
+        weights: ``(num_edges, num_ops)`` softmaxed alphas.
+        betas: Raw ``(num_edges,)`` betas.
+        steps: Number of intermediate nodes.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    b = np.asarray(betas, dtype=np.float64)
+    if b.shape != (_num_edges(steps),):
+        raise GenotypeError(f"betas must have shape ({_num_edges(steps)},), got {b.shape}")
+    if not np.all(np.isfinite(b)):
+        raise GenotypeError("betas contain NaN or inf")
+    edge, start = [], 0
+    for j in range(steps):  # node j's 2 + j incoming edges
+        edge.append(softmax(b[start:start + 2 + j]))
+        start += 2 + j
+    return w * np.concatenate(edge)[:, None]
+
+
 def derive_genotype(
     alphas_normal: Any,
     alphas_reduce: Any,
     steps: int = STEPS,
     multiplier: int = MULTIPLIER,
+    betas_normal: Any = None,
+    betas_reduce: Any = None,
 ) -> Genotype:
     """Derives the genotype from raw architecture logits (the reference ``Network.genotype``).
 
@@ -442,12 +469,15 @@ def derive_genotype(
         steps: Number of intermediate nodes.
         multiplier: Number of last nodes concatenated into the output; concat is
             ``range(2 + steps - multiplier, steps + 2)``.
+        betas_normal: PC-DARTS' raw ``(num_edges,)`` edge betas of the normal cell, or ``None`` (DARTS); with
+            betas, the edges are ranked by :func:`edge_normalised_weights`, as PC-DARTS does.
+        betas_reduce: The same for the reduction cell (given together with ``betas_normal``).
 
     Returns:
         The derived genotype.
 
     Raises:
-        GenotypeError: wrong alpha shape, non-finite values, or an invalid ``multiplier``.
+        GenotypeError: wrong alpha or beta shape, non-finite values, or an invalid ``multiplier``.
     """
     expected = (_num_edges(steps), len(PRIMITIVES))
     arrays = []
@@ -460,11 +490,16 @@ def derive_genotype(
         arrays.append(arr)
     if not 1 <= multiplier <= steps:
         raise GenotypeError(f"derive_genotype: multiplier must be in 1..{steps}, got {multiplier}")
+    if (betas_normal is None) != (betas_reduce is None):
+        raise GenotypeError("derive_genotype: give both betas_normal and betas_reduce, or neither")
+    weights = [softmax(a, axis=-1) for a in arrays]
+    if betas_normal is not None:
+        weights = [edge_normalised_weights(w, b, steps) for w, b in zip(weights, (betas_normal, betas_reduce))]
     concat = tuple(range(2 + steps - multiplier, steps + 2))
     return Genotype(
-        normal=derive_cell(softmax(arrays[0], axis=-1), steps=steps),
+        normal=derive_cell(weights[0], steps=steps),
         normal_concat=concat,
-        reduce=derive_cell(softmax(arrays[1], axis=-1), steps=steps),
+        reduce=derive_cell(weights[1], steps=steps),
         reduce_concat=concat,
     )
 

@@ -6,6 +6,10 @@ share one ``(14, 8)`` alpha tensor and all reduction cells another, initialised 
 reference. With C=16, 8 cells, 10 classes and 32x32x3 input it has exactly 1,930,618 trainable weights
 (alphas excluded), the reference count.
 
+With ``partial_channels=K > 1`` it is the PC-DARTS supernet (:mod:`hlrs_tf.partial_channels`): the mixed ops
+work on ``C // K`` channels, and two more architecture tensors, ``betas_normal`` and ``betas_reduce`` (one beta
+per edge, ``1e-3 * N(0, 1)`` as in the PC-DARTS reference), weight each node's incoming edges.
+
 The alphas are ordinary (trainable) Keras weights of this layer, named ``alphas_normal`` and
 ``alphas_reduce``; :func:`split_variables` separates them from the network weights by identity, so the SGD
 optimizer never sees them (STACK.md trap 4).
@@ -21,6 +25,7 @@ from keras import ops
 
 from hlrs_tf.cells import SearchCell, num_edges
 from hlrs_tf.fused_cell import FusedSearchCell
+from hlrs_tf import partial_channels as pc
 from hlrs_tf.genotypes import PRIMITIVES, Genotype, derive_genotype
 from hlrs_tf.ops import CompositeLayer, batch_norm
 from hlrs_tf.precision import policy_scope
@@ -50,6 +55,8 @@ class SearchNetwork(CompositeLayer):
         primitives: Candidate op names (the reference order).
         cell_impl: ``"fused"`` (default, fast) or ``"direct"`` (per-edge layers; see
             :data:`CELL_IMPLEMENTATIONS`).
+        partial_channels: PC-DARTS' ``K``: the mixed ops see ``C // K`` channels and the edges of a node are
+            weighted by softmaxed betas; 1 (default) is DARTS.
         **kwargs: Forwarded to ``keras.layers.Layer``; ``dtype`` (a dtype policy) applies to every sub-layer
             but the classifier.
     """
@@ -64,12 +71,15 @@ class SearchNetwork(CompositeLayer):
         stem_multiplier: int = 3,
         primitives=PRIMITIVES,
         cell_impl: str = "fused",
+        partial_channels: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if cell_impl not in CELL_IMPLEMENTATIONS:
             raise ValueError(f"cell_impl must be one of {sorted(CELL_IMPLEMENTATIONS)}, got {cell_impl!r}")
         self.cell_impl = cell_impl
+        pc.check_partial_channels(channels, partial_channels)  # before any layer: C, 2C and 4C all fit then
+        self.partial_channels = int(partial_channels)
         if layers < 3:
             raise ValueError(f"layers must be >= 3 (two reduction cells at L//3 and 2L//3), got {layers}")
         self.channels, self.num_classes, self.num_layers = channels, num_classes, layers
@@ -85,6 +95,12 @@ class SearchNetwork(CompositeLayer):
         # Not autocast: the alphas and their softmax are float32 under mixed precision too.
         self.alphas_normal = self.add_weight(name="alphas_normal", shape=shape, initializer=init, autocast=False)
         self.alphas_reduce = self.add_weight(name="alphas_reduce", shape=shape, initializer=init, autocast=False)
+        self.betas_normal = self.betas_reduce = None
+        if self.partial_channels > 1:  # PC-DARTS' edge normalisation (its reference: 1e-3 * randn(14))
+            self.betas_normal = self.add_weight(name="betas_normal", shape=shape[:1], initializer=init,
+                                                autocast=False)
+            self.betas_reduce = self.add_weight(name="betas_reduce", shape=shape[:1], initializer=init,
+                                                autocast=False)
 
     def _build_layers(self, channels, layers, steps, multiplier, stem_multiplier):
         self.stem_conv = keras.layers.Conv2D(
@@ -98,9 +114,7 @@ class SearchNetwork(CompositeLayer):
             reduction = i in reduction_layers(layers)
             if reduction:
                 c_curr *= 2
-            self.cells.append(
-                self.cell_class(c_curr, reduction, reduction_prev, steps, multiplier, self.primitives, name=f"cell_{i}")
-            )
+            self.cells.append(self.make_cell(c_curr, reduction, reduction_prev, name=f"cell_{i}"))
             reduction_prev = reduction
         self.feature_dim = multiplier * c_curr
         # float32 under any policy: logits and loss in float32 (Keras' practice for the output layer).
@@ -111,14 +125,39 @@ class SearchNetwork(CompositeLayer):
         """The layer class of the cells (:data:`CELL_IMPLEMENTATIONS` of ``cell_impl``)."""
         return CELL_IMPLEMENTATIONS[self.cell_impl]
 
+    def make_cell(self, channels, reduction, reduction_prev, name):
+        """A search cell of this network's implementation, op set and ``partial_channels``."""
+        return self.cell_class(channels, reduction, reduction_prev, self.steps, self.multiplier, self.primitives,
+                               partial_channels=self.partial_channels, name=name)
+
     @property
     def arch_variables(self) -> list:
-        """The architecture parameters ``[alphas_normal, alphas_reduce]``."""
-        return [self.alphas_normal, self.alphas_reduce]
+        """The architecture parameters: ``[alphas_normal, alphas_reduce]``, then ``[betas_normal,
+        betas_reduce]`` with partial channels (PC-DARTS' order of ``arch_parameters()``)."""
+        betas = [] if self.betas_normal is None else [self.betas_normal, self.betas_reduce]
+        return [self.alphas_normal, self.alphas_reduce] + betas
 
     def arch_weights(self):
         """Softmaxed alphas ``(normal, reduce)``, each ``(num_edges, num_ops)``."""
         return ops.softmax(self.alphas_normal, axis=-1), ops.softmax(self.alphas_reduce, axis=-1)
+
+    def edge_weights(self):
+        """PC-DARTS' normalised edge weights ``(normal, reduce)``, each ``(num_edges,)``
+        (:func:`hlrs_tf.partial_channels.edge_weights`); ``(None, None)`` without partial channels."""
+        if self.betas_normal is None:
+            return None, None
+        return pc.edge_weights(self.betas_normal, self.steps), pc.edge_weights(self.betas_reduce, self.steps)
+
+    def cell_weights(self) -> dict:
+        """``{reduction: (softmaxed alphas, edge weights or None)}`` of both cell types, computed once per pass."""
+        (w_normal, w_reduce), (e_normal, e_reduce) = self.arch_weights(), self.edge_weights()
+        return {False: (w_normal, e_normal), True: (w_reduce, e_reduce)}
+
+    def run_cell(self, cell, s0, s1, weights=None, training=None):
+        """One cell on its two inputs with the architecture weights of its type (``weights``: a
+        :meth:`cell_weights` result to reuse, or ``None`` to compute them)."""
+        alphas, edges = (weights or self.cell_weights())[bool(cell.reduction)]
+        return cell(s0, s1, alphas, edges, training=training)
 
     def stem(self, x, training=None):
         """Stem conv + BN; returns the first ``(s0, s1)`` pair."""
@@ -127,9 +166,9 @@ class SearchNetwork(CompositeLayer):
 
     def run_cells(self, s0, s1, cells, training=None):
         """Runs ``cells`` (a slice of :attr:`cells`) on the state pair, returning the last pair."""
-        w_normal, w_reduce = self.arch_weights()
+        weights = self.cell_weights()
         for cell in cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal, training=training)
+            s0, s1 = s1, self.run_cell(cell, s0, s1, weights, training=training)
         return s0, s1
 
     def features(self, x, training=None):
@@ -142,12 +181,18 @@ class SearchNetwork(CompositeLayer):
         return self.classifier(self.features(x, training=training))
 
     def genotype(self) -> Genotype:
-        """Derives the discrete genotype from the current alphas (reference rules)."""
+        """Derives the discrete genotype from the current alphas (reference rules; with partial channels,
+        PC-DARTS' edge-normalised ranking by the betas)."""
+        betas = {}
+        if self.betas_normal is not None:
+            betas = dict(betas_normal=ops.convert_to_numpy(self.betas_normal),
+                         betas_reduce=ops.convert_to_numpy(self.betas_reduce))
         return derive_genotype(
             ops.convert_to_numpy(self.alphas_normal),
             ops.convert_to_numpy(self.alphas_reduce),
             steps=self.steps,
             multiplier=self.multiplier,
+            **betas,
         )
 
     def get_config(self):
@@ -161,6 +206,7 @@ class SearchNetwork(CompositeLayer):
             "stem_multiplier": self.stem_multiplier,
             "primitives": list(self.primitives),
             "cell_impl": self.cell_impl,
+            "partial_channels": self.partial_channels,
         }
 
 

@@ -128,7 +128,7 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
     if config.bbn:
         network = BBNSearchNetwork(
             config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="bbn_supernet",
-            dtype=config.precision,
+            dtype=config.precision, partial_channels=config.partial_channels,
         )
         model = BBNSearchModel(network, name="bbn_search", **common)
     else:
@@ -139,6 +139,7 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
         network = SearchNetwork(
             config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="supernet",
             dtype=config.precision,  # the network's dtype policy (hlrs_tf.precision); the wrapper stays float32
+            partial_channels=config.partial_channels,
         )
         model = DartsSearchModel(network, class_weights=class_weights,
                                  class_weight_reduction=config.class_weight_reduction, name="darts_search", **common)
@@ -177,6 +178,7 @@ def model_summary(model: DartsSearchModel, spec: data_lib.DatasetSpec, config: S
         "layers": config.layers,
         "order": config.order,
         "cell_impl": config.cell_impl,
+        "partial_channels": config.partial_channels,
         "method": config.method,
         "bbn": config.bbn,
         "loss": config.loss,
@@ -314,7 +316,8 @@ _RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size", "strategy", "cpu_
 # as a change (resuming float32 checkpoints in bfloat16 would mix two runs), so it is refused like any other.
 # --init: runs written before it existed were initialised the Keras way. --class_weight_reduction: the
 # class-weighted loss was sum(w_y CE) / batch size (Keras' sample_weight) before it existed.
-_ADDED_FLAG_DEFAULTS = {"precision": "float32", "init": "keras", "class_weight_reduction": "batch_mean"}
+_ADDED_FLAG_DEFAULTS = {"precision": "float32", "init": "keras", "class_weight_reduction": "batch_mean",
+                        "partial_channels": "1"}
 
 
 def _flag_map(text: str) -> dict[str, str]:

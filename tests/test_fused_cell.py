@@ -5,7 +5,9 @@ applied to the edge input and weighted, as in the reference) is the obviously-co
 shares pools, ReLUs and strided views between edges, folds the mixing weights into BN scales, runs 1x1 convs as
 einsum and stacks its variables. With the same weights both must agree on random inputs: outputs, running
 statistics, gradients with respect to the mixing weights, every parameter and the inputs -- and a whole
-first- and second-order bilevel step of the search model.
+first- and second-order bilevel step of the search model. The same holds for PC-DARTS cells (partial channels
+K=4 with edge weights; :mod:`hlrs_tf.partial_channels`), whose fused form sums the bypassed channels and shuffles
+once per node instead of once per edge.
 """
 
 import keras
@@ -26,9 +28,9 @@ def _max_diff(a, b):
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
-def _pair(reduction, reduction_prev, channels=4):
-    direct = SearchCell(channels, reduction, reduction_prev, name="direct")
-    fused = FusedSearchCell(channels, reduction, reduction_prev, name="fused")
+def _pair(reduction, reduction_prev, channels=4, partial_channels=1):
+    direct = SearchCell(channels, reduction, reduction_prev, partial_channels=partial_channels, name="direct")
+    fused = FusedSearchCell(channels, reduction, reduction_prev, partial_channels=partial_channels, name="fused")
     return direct, fused
 
 
@@ -56,35 +58,50 @@ CASES = [  # (reduction, reduction_prev, spatial size of s1); odd sizes exercise
 ]
 
 
+# (channels, partial_channels): DARTS cells, and PC-DARTS cells with K=4 (2 channels per op, the smallest K=4
+# allows: the strided skip_connect halves them).
+PARTIAL = [(4, 1), (8, 4)]
+
+
+@pytest.mark.parametrize("channels,partial_channels", PARTIAL, ids=["darts", "pc_k4"])
 @pytest.mark.parametrize("reduction,reduction_prev,size", CASES)
-def test_fused_cell_matches_direct_values_statistics_and_gradients(reduction, reduction_prev, size):
+def test_fused_cell_matches_direct_values_statistics_and_gradients(reduction, reduction_prev, size, channels,
+                                                                   partial_channels):
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(1)
-    direct, fused = _pair(reduction, reduction_prev)
+    direct, fused = _pair(reduction, reduction_prev, channels, partial_channels)
     s0, s1 = _inputs(rng, reduction_prev, size)
     weights = tf.constant(tf.nn.softmax(rng.standard_normal((14, len(PRIMITIVES))).astype("float32") * 2))
-    direct(s0, s1, weights, training=False)  # build both
-    fused(s0, s1, weights, training=False)
+    # PC-DARTS: edge weights far from uniform, so an edge weight applied to the wrong edge shows.
+    edges = None
+    if partial_channels > 1:
+        edges = tf.constant(rng.uniform(0.2, 1.0, 14).astype("float32"))
+    direct(s0, s1, weights, edges, training=False)  # build both
+    fused(s0, s1, weights, edges, training=False)
     fused.copy_from_direct(direct)
 
     # Forward in training mode (batch statistics), with gradients of a random projection of the output.
     proj = None
     results = {}
+    watched = [s0, s1, weights] + ([] if edges is None else [edges])
     for label, cell in (("direct", direct), ("fused", fused)):
         with tf.GradientTape(persistent=True) as tape:
-            tape.watch([s0, s1, weights])
-            out = cell(s0, s1, weights, training=True)
+            tape.watch(watched)
+            out = cell(s0, s1, weights, edges, training=True)
             if proj is None:
                 proj = tf.constant(rng.standard_normal(out.shape).astype("float32"))
             loss = tf.reduce_sum(out * proj)
-        grads = tape.gradient(loss, [s0, s1, weights] + cell.trainable_variables)
-        results[label] = (out.numpy(), [g.numpy() for g in grads[:3]], grads[3:])
-    out_d, (gs0_d, gs1_d, gw_d), gvars_d = results["direct"]
-    out_f, (gs0_f, gs1_f, gw_f), gvars_f = results["fused"]
+        grads = tape.gradient(loss, watched + cell.trainable_variables)
+        results[label] = (out.numpy(), [g.numpy() for g in grads[:len(watched)]], grads[len(watched):])
+    out_d, (gs0_d, gs1_d, gw_d, *ge_d), gvars_d = results["direct"]
+    out_f, (gs0_f, gs1_f, gw_f, *ge_f), gvars_f = results["fused"]
     assert out_d.shape == out_f.shape
     assert _max_diff(out_d, out_f) < TOL
     assert _max_diff(gw_d, gw_f) < TOL * 10, "gradient w.r.t. the mixing weights (the alphas' path)"
     assert np.abs(gw_d).max() > 1e-3  # the comparison is not between zeros
+    if edges is not None:
+        assert _max_diff(ge_d, ge_f) < TOL * 10, "gradient w.r.t. the edge weights (the betas' path)"
+        assert np.abs(ge_d).max() > 1e-3
     assert _max_diff(gs0_d, gs0_f) < TOL * 10 and _max_diff(gs1_d, gs1_f) < TOL * 10
 
     # Parameter gradients: map the direct gradients through the same layout as the weights.
@@ -100,17 +117,18 @@ def test_fused_cell_matches_direct_values_statistics_and_gradients(reduction, re
 
     # Running statistics were updated identically by the training-mode call (direct's are now the gradients'
     # cell's too: copy_from_direct copies them), and inference mode agrees.
-    assert _max_diff(grad_cell.moving_mean.numpy(), fused.moving_mean.numpy()) < TOL
-    assert _max_diff(grad_cell.moving_variance.numpy(), fused.moving_variance.numpy()) < TOL
-    assert _max_diff(fused.moving_mean.numpy(), 0.0) > 1e-3  # they did move
-    eval_d = direct(s0, s1, weights, training=False).numpy()
-    eval_f = fused(s0, s1, weights, training=False).numpy()
+    for a, b in zip(grad_cell.non_trainable_variables, fused.non_trainable_variables):
+        assert _max_diff(a.numpy(), b.numpy()) < TOL, b.path
+        assert _max_diff(b.numpy(), 0.0 if "mean" in b.path else 1.0) > 1e-3  # they did move
+    eval_d = direct(s0, s1, weights, edges, training=False).numpy()
+    eval_f = fused(s0, s1, weights, edges, training=False).numpy()
     assert _max_diff(eval_d, eval_f) < TOL
 
 
-def test_fused_cell_same_parameter_count_and_config_round_trip():
+@pytest.mark.parametrize("partial_channels", [1, 4])
+def test_fused_cell_same_parameter_count_and_config_round_trip(partial_channels):
     for reduction, reduction_prev in ((False, False), (True, False), (False, True)):
-        direct, fused = _pair(reduction, reduction_prev, channels=8)
+        direct, fused = _pair(reduction, reduction_prev, channels=8, partial_channels=partial_channels)
         rng = np.random.default_rng(0)
         s0, s1 = _inputs(rng, reduction_prev, 4)
         w = tf.fill((14, 8), 1 / 8)
@@ -137,9 +155,11 @@ def test_unknown_cell_impl_is_refused():
 
 
 # ------------------------------------------------------------------ whole bilevel steps
-def _model(impl, order):
+def _model(impl, order, partial_channels=1):
     keras.utils.set_random_seed(3)
-    model = DartsSearchModel(SearchNetwork(4, 10, 4, cell_impl=impl), order=order)
+    channels = 8 if partial_channels > 1 else 4  # K=4: 2 channels per op, the least (FactorizedReduce halves)
+    model = DartsSearchModel(SearchNetwork(channels, 10, 4, cell_impl=impl, partial_channels=partial_channels),
+                             order=order)
     model.compile(
         optimizer=keras.optimizers.SGD(0.025, momentum=0.9),
         arch_optimizer=keras.optimizers.Adam(3e-4, beta_1=0.5, beta_2=0.999),
@@ -236,11 +256,13 @@ def _batches(seed, n):
     return [(batch(), batch()) for _ in range(n)]
 
 
+@pytest.mark.parametrize("partial_channels", [1, 4], ids=["darts", "pc_k4"])
 @pytest.mark.parametrize("order", ["first", "second"])
-def test_fused_and_direct_models_compute_the_same_architecture_gradient(order):
-    """The architecture gradient itself, first order and unrolled second order (finite-difference Hessian)."""
+def test_fused_and_direct_models_compute_the_same_architecture_gradient(order, partial_channels):
+    """The architecture gradient itself (alphas, and betas with partial channels), first order and unrolled
+    second order (finite-difference Hessian)."""
     (train, val), = _batches(7, 1)
-    direct, fused = _model("direct", order), _model("fused", order)
+    direct, fused = _model("direct", order, partial_channels), _model("fused", order, partial_channels)
     _copy_network(direct.network, fused.network)
     grads = {}
     with SharedSecondOrderPoints(direct, fused):
@@ -258,8 +280,9 @@ def test_fused_and_direct_models_compute_the_same_architecture_gradient(order):
     assert _max_diff(grads["direct"], grads["fused"]) / scale < (1e-5 if order == "first" else 1e-3)
 
 
+@pytest.mark.parametrize("partial_channels", [1, 4], ids=["darts", "pc_k4"])
 @pytest.mark.parametrize("order", ["first", "second"])
-def test_fused_and_direct_models_take_the_same_bilevel_steps(order):
+def test_fused_and_direct_models_take_the_same_bilevel_steps(order, partial_channels):
     # First order: two steps, so momentum and Adam state are exercised too. Second order: one step from the
     # same state. A second step would start from alphas that the first one, at arch rate 0.5, moved 0.3 and
     # left ~1e-4 apart (the central difference multiplies the cells' rounding differences by xi / (2 eps) ~ 17
@@ -267,7 +290,7 @@ def test_fused_and_direct_models_take_the_same_bilevel_steps(order):
     # first step's arch difference propagated, not a difference of the cells. The unrolled step's use of the
     # momentum buffers is tested against the reference procedure (tests/test_darts_model.py).
     data = _batches(5, 2 if order == "first" else 1)
-    direct, fused = _model("direct", order), _model("fused", order)
+    direct, fused = _model("direct", order, partial_channels), _model("fused", order, partial_channels)
     if order == "second":
         # Adam's first steps are ~ lr * sign(g): rounding-level differences in near-zero entries of the
         # (finite-difference) second-order gradient would become lr-sized. SGD keeps the comparison linear.

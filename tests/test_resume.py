@@ -20,7 +20,11 @@ def read_history(workdir):
     return list(csv.DictReader(open(os.path.join(workdir, "history.csv"))))
 
 
-def test_killed_search_resumes_and_matches_uninterrupted(tmp_path):
+# DARTS, and PC-DARTS (K=4 on C=4: 1 channel per op in the normal cells, 2 in the reduction cells), whose betas
+# are architecture variables too: its edge weights are in the history and rank the edges of the genotype.
+@pytest.mark.parametrize("extra", [[], ["--method=pcdarts"]], ids=["darts", "pcdarts"])
+def test_killed_search_resumes_and_matches_uninterrupted(tmp_path, extra):
+    ARGS = globals()["ARGS"] + extra  # noqa: N806  (the module's arguments, plus the case's)
     reference = str(tmp_path / "reference")
     proc = run_cli("hlrs_tf.search", *ARGS, f"--workdir={reference}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -48,7 +52,10 @@ def test_killed_search_resumes_and_matches_uninterrupted(tmp_path):
     ref_rows, got_rows = read_history(reference), read_history(interrupted)
     assert [r["epoch"] for r in got_rows] == ["0", "1", "2", "3"]
     for ref, got in zip(ref_rows, got_rows):
-        for key in ("loss", "arch_loss", "accuracy", "lr", "arch_lr", "normal_skip_connect"):
+        keys = ("loss", "arch_loss", "accuracy", "lr", "arch_lr", "normal_skip_connect")
+        if extra:
+            keys += ("edge_max_weight_normal", "edge_max_weight_reduce")
+        for key in keys:
             assert float(got[key]) == pytest.approx(float(ref[key]), rel=1e-5, abs=1e-7), (ref["epoch"], key)
     for name in ("genotype.json", "genotypes/epoch_004.json"):
         assert open(os.path.join(interrupted, name)).read() == open(os.path.join(reference, name)).read()
