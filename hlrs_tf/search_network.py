@@ -141,13 +141,21 @@ class SearchNetwork(CompositeLayer):
     def call(self, x, training=None):
         return self.classifier(self.features(x, training=training))
 
-    def genotype(self) -> Genotype:
-        """Derives the discrete genotype from the current alphas (reference rules)."""
+    def genotype(self, max_skip_connect: int | None = None, replaced: list | None = None) -> Genotype:
+        """Derives the discrete genotype from the current alphas (reference rules).
+
+        Args:
+            max_skip_connect: P-DARTS cap on the normal cell's skip connections (``None``: no cap); see
+                :func:`hlrs_tf.genotypes.cap_skip_connect`.
+            replaced: If given, the cap's replacement record is appended to it.
+        """
         return derive_genotype(
             ops.convert_to_numpy(self.alphas_normal),
             ops.convert_to_numpy(self.alphas_reduce),
             steps=self.steps,
             multiplier=self.multiplier,
+            max_skip_connect=max_skip_connect,
+            replaced=replaced,
         )
 
     def get_config(self):

@@ -1,0 +1,148 @@
+"""The collapse guards of issue 18: the P-DARTS skip cap at derivation (--max_skip_connect) and the DARTS+ early
+stop (--stop_on_skip), their flags, logs and resume behaviour.
+
+Expected genotypes are worked out by hand from the references' rules, not from the implementation:
+
+* P-DARTS (``train_search.py`` of chenxin061/pdarts, "Restricting skipconnect"): while the normal cell has more
+  than N skip edges, zero the skip weight of the chosen skip edge with the smallest skip weight and derive
+  again (each edge takes its best remaining non-``none`` op, each node its two best edges).
+* DARTS+ (Liang et al. 2019): stop the search once the normal cell has >= N skip connections.
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from hlrs_tf.config import ConfigError, SearchConfig
+from hlrs_tf.genotypes import PRIMITIVES, Genotype, GenotypeError, cap_skip_connect, derive_cell, derive_genotype
+
+
+def row(**weights):
+    """One edge's softmax weights: the named ops, the rest of the mass shared equally by the other ops."""
+    out = np.zeros(len(PRIMITIVES))
+    for op, w in weights.items():
+        out[PRIMITIVES.index(op)] = w
+    rest = [k for k, op in enumerate(PRIMITIVES) if op not in weights]
+    out[rest] = (1.0 - sum(weights.values())) / len(rest)
+    return out
+
+
+# Edges node by node: node 0 <- inputs 0, 1; node 1 <- 0, 1, 2; node 2 <- 0..3; node 3 <- 0..4.
+W = np.stack([
+    row(skip_connect=0.5, avg_pool_3x3=0.2),  # 0: node 0 <- 0 (filler 0.05)
+    row(sep_conv_3x3=0.6),  # 1: node 0 <- 1
+    row(skip_connect=0.4, dil_conv_3x3=0.3),  # 2: node 1 <- 0: without skip it scores 0.3 < edge 4's 0.35
+    row(sep_conv_5x5=0.5),  # 3: node 1 <- 1
+    row(max_pool_3x3=0.35),  # 4: node 1 <- 2 (filler 0.093)
+    row(skip_connect=0.7, avg_pool_3x3=0.1),  # 5: node 2 <- 0 (filler 0.033)
+    row(skip_connect=0.45, sep_conv_3x3=0.35),  # 6: node 2 <- 1: without skip sep_conv_3x3 0.35 beats edge 7
+    row(dil_conv_5x5=0.3),  # 7: node 2 <- 2 (filler 0.1)
+    row(sep_conv_3x3=0.25),  # 8: node 2 <- 3 (filler 0.107)
+    row(sep_conv_3x3=0.3),  # 9: node 3 <- 0
+    row(max_pool_3x3=0.2),  # 10: node 3 <- 1
+    row(sep_conv_5x5=0.55),  # 11: node 3 <- 2
+    row(dil_conv_3x3=0.45),  # 12: node 3 <- 3
+    row(none=0.9),  # 13: node 3 <- 4: 'none' never counts
+])
+
+# The plain DARTS derivation, by hand: per node the two edges with the largest non-none weight, best first.
+PLAIN = (
+    ("sep_conv_3x3", 1), ("skip_connect", 0),  # 0.6, 0.5
+    ("sep_conv_5x5", 1), ("skip_connect", 0),  # 0.5, 0.4
+    ("skip_connect", 0), ("skip_connect", 1),  # 0.7, 0.45
+    ("sep_conv_5x5", 2), ("dil_conv_3x3", 3),  # 0.55, 0.45
+)
+# The P-DARTS removals in order of increasing skip weight: 0.4 (edge 2), 0.45 (edge 6), 0.5 (edge 0), 0.7 (edge 5).
+# 1st, node 1: edge 2 now scores 0.3 (dil_conv_3x3) < edge 4 (max_pool_3x3 0.35): the node takes edge 4.
+AFTER_1 = PLAIN[:2] + (("sep_conv_5x5", 1), ("max_pool_3x3", 2)) + PLAIN[4:]
+# 2nd, node 2: edge 6 keeps its rank with its next-best op sep_conv_3x3 0.35 (> edge 7's 0.3).
+AFTER_2 = AFTER_1[:4] + (("skip_connect", 0), ("sep_conv_3x3", 1)) + AFTER_1[6:]
+# 3rd, node 0 (two edges only): edge 0 takes avg_pool_3x3 0.2 and falls behind edge 1's 0.6.
+AFTER_3 = (("sep_conv_3x3", 1), ("avg_pool_3x3", 0)) + AFTER_2[2:]
+# 4th, node 2: edge 5 drops to avg_pool_3x3 0.1; edges 6 (0.35) and 7 (dil_conv_5x5 0.3) lead.
+AFTER_4 = AFTER_3[:4] + (("sep_conv_3x3", 1), ("dil_conv_5x5", 2)) + AFTER_3[6:]
+RECORD = [
+    {"node": 1, "removed": ["skip_connect", 0], "replacement": ["max_pool_3x3", 2], "skip_weight": 0.4},
+    {"node": 2, "removed": ["skip_connect", 1], "replacement": ["sep_conv_3x3", 1], "skip_weight": 0.45},
+    {"node": 0, "removed": ["skip_connect", 0], "replacement": ["avg_pool_3x3", 0], "skip_weight": 0.5},
+    {"node": 2, "removed": ["skip_connect", 0], "replacement": ["dil_conv_5x5", 2], "skip_weight": 0.7},
+]
+
+
+def assert_record(got, expected):
+    assert [{k: v for k, v in r.items() if k != "skip_weight"} for r in got] == [
+        {k: v for k, v in r.items() if k != "skip_weight"} for r in expected]
+    assert [r["skip_weight"] for r in got] == pytest.approx([r["skip_weight"] for r in expected])
+
+
+def test_plain_derivation_of_the_hand_made_weights_has_four_skips():
+    assert derive_cell(W) == PLAIN
+    assert cap_skip_connect(W, max_skip_connect=4) == (PLAIN, [])
+
+
+@pytest.mark.parametrize("cap,expected,removals", [
+    (3, AFTER_1, 1), (2, AFTER_2, 2), (1, AFTER_3, 3), (0, AFTER_4, 4),
+])
+def test_cap_replaces_the_weakest_skips_first(cap, expected, removals):
+    replaced = []
+    assert derive_cell(W, max_skip_connect=cap, replaced=replaced) == expected
+    assert_record(replaced, RECORD[:removals])
+    assert sum(op == "skip_connect" for op, _ in expected) == min(cap, 4)
+
+
+@pytest.mark.parametrize("cap", [4, 5, 8])
+def test_cap_at_or_above_the_count_changes_nothing(cap):
+    replaced = []
+    assert derive_cell(W, max_skip_connect=cap, replaced=replaced) == PLAIN
+    assert replaced == []
+
+
+def test_cap_does_not_modify_the_weights():
+    before = W.copy()
+    cap_skip_connect(W, max_skip_connect=0)
+    np.testing.assert_array_equal(W, before)
+
+
+def test_genotype_caps_the_normal_cell_only():
+    """From logits (softmax(log w) = w): the reduction cell, the same 4-skip matrix, keeps its 4 skips."""
+    logits = np.log(W)
+    replaced = []
+    g = derive_genotype(logits, logits, max_skip_connect=2, replaced=replaced)
+    assert g.normal == AFTER_2 and g.reduce == PLAIN
+    assert g.count("skip_connect", "normal") == 2 and g.count("skip_connect", "reduce") == 4
+    assert_record(replaced, RECORD[:2])
+    assert derive_genotype(logits, logits) == derive_genotype(logits, logits, max_skip_connect=None)
+    assert derive_genotype(logits, logits, max_skip_connect=0).normal == AFTER_4
+
+
+def test_replacement_can_itself_be_a_skip_that_is_then_removed():
+    """A 2-node cell, cap 1. Node 1 chose edges 0 (skip 0.5) and 1 (skip 0.3); its third edge, input 2, is a skip
+    of 0.28. Removing the weakest chosen skip (input 1, now 0.15) brings in input 2's skip, still 2 skips; the
+    weakest chosen one is then input 2's (0.28), replaced by its next-best op dil_conv_5x5 0.2 (> 0.15)."""
+    w = np.stack([
+        row(sep_conv_3x3=0.6), row(max_pool_3x3=0.6),  # node 0 <- 0, 1
+        row(skip_connect=0.5),  # node 1 <- 0
+        row(skip_connect=0.3, sep_conv_5x5=0.15),  # node 1 <- 1
+        row(skip_connect=0.28, dil_conv_5x5=0.2),  # node 1 <- 2
+    ])
+    assert derive_cell(w, steps=2) == (("sep_conv_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 0),
+                                       ("skip_connect", 1))
+    cell, replaced = cap_skip_connect(w, steps=2, max_skip_connect=1)
+    assert cell == (("sep_conv_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 0), ("dil_conv_5x5", 2))
+    assert [(r["node"], r["removed"], r["replacement"]) for r in replaced] == [
+        (1, ["skip_connect", 1], ["skip_connect", 2]), (1, ["skip_connect", 2], ["dil_conv_5x5", 2])]
+
+
+@pytest.mark.parametrize("cap", [-1, 1.5, True])
+def test_cap_refuses_a_bad_value(cap):
+    with pytest.raises(GenotypeError, match="max_skip_connect"):
+        cap_skip_connect(W, max_skip_connect=cap)
+
+
+def test_cap_refuses_negative_weights():
+    with pytest.raises(GenotypeError, match="non-negative"):
+        cap_skip_connect(np.log(W), max_skip_connect=1)
