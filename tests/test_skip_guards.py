@@ -12,6 +12,7 @@ Expected genotypes are worked out by hand from the references' rules, not from t
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -146,3 +147,144 @@ def test_cap_refuses_a_bad_value(cap):
 def test_cap_refuses_negative_weights():
     with pytest.raises(GenotypeError, match="non-negative"):
         cap_skip_connect(np.log(W), max_skip_connect=1)
+
+
+# --- Config and flags ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("max_skip_connect", -2, "-1 (off) or an integer in [0, 8]"),
+    ("max_skip_connect", 9, "-1 (off) or an integer in [0, 8]"),
+    ("stop_on_skip", -1, "0 (off) or an integer in [1, 8]"),
+    ("stop_on_skip", 9, "0 (off) or an integer in [1, 8]"),
+])
+def test_config_refuses_bad_guard_values(field, value, allowed):
+    with pytest.raises(ConfigError, match=rf"--{field}={value} is invalid: it must be {re.escape(allowed)}"):
+        SearchConfig(**{field: value})
+
+
+def test_config_guards_are_off_by_default_and_take_their_range():
+    assert SearchConfig().max_skip_connect == -1 and SearchConfig().skip_cap is None
+    assert SearchConfig().stop_on_skip == 0
+    for n in (0, 8):
+        assert SearchConfig(max_skip_connect=n).skip_cap == n
+    for n in (1, 8):
+        assert SearchConfig(stop_on_skip=n).stop_on_skip == n
+
+
+@pytest.mark.parametrize("flag", ["--max_skip_connect=-5", "--stop_on_skip=12"])
+def test_cli_refuses_a_bad_guard_flag_naming_it(tmp_path, flag):
+    proc = run_cli("hlrs_tf.search", "--dataset=digits", flag, "--dry_run", f"--workdir={tmp_path}", timeout=120)
+    assert proc.returncode == 2
+    assert flag.split("=")[0] in proc.stderr and "it must be" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_guard_flags_round_trip_through_flags_cfg(tmp_path):
+    first = tmp_path / "first"
+    proc = run_cli("hlrs_tf.search", "--dataset=digits", "--channels=4", "--layers=3", "--max_skip_connect=0",
+                   "--stop_on_skip=3", "--dry_run", f"--workdir={first}", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (first / "flags.cfg").read_text()
+    assert "--max_skip_connect=0\n" in text and "--stop_on_skip=3\n" in text
+    proc = run_cli("hlrs_tf.search", f"--flagfile={first / 'flags.cfg'}", "--dry_run",
+                   f"--workdir={tmp_path / 'again'}", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "again" / "flags.cfg").read_text() == text
+
+
+def test_run_written_before_the_guards_resumes_with_them_off(tmp_path):
+    """An old flags.cfg has neither flag; it ran with both guards off, so resuming with the defaults is the same
+    run, and turning a guard on is refused."""
+    from hlrs_tf.trainer import check_same_run
+    from hlrs_tf.workdir import Workdir
+
+    wd = Workdir(str(tmp_path))
+    open(os.path.join(wd.checkpoint_dir, "state.json"), "w").write('{"epoch": 1}')
+    new = SearchConfig(dataset="digits").to_flagfile(exclude=("workdir", "dry_run"))
+    old = "".join(ln + "\n" for ln in new.splitlines() if "skip" not in ln)
+    open(wd.flags_file, "w").write(old)
+    check_same_run(wd, new)
+    with pytest.raises(ValueError, match="stop_on_skip"):
+        check_same_run(wd, SearchConfig(dataset="digits", stop_on_skip=2).to_flagfile(exclude=("workdir",)))
+
+
+# --- The DARTS+ stop (and the cap) on a real short search ---------------------------------------------------------
+
+# A tiny real search whose uncapped normal cell reaches 2 skips fast: digits, a large arch lr. Seed 3 has 2 skips
+# already at epoch 1, a warm-up epoch the rule must pass over, and (on the machines measured) again at epoch 2.
+WARMUP, THRESHOLD, CAP, EPOCHS = 1, 2, 1, 3
+STOP_ARGS = ["--dataset=digits", "--imbalance_ratio=10", "--channels=4", "--layers=3", "--batch_size=16",
+             f"--epochs={EPOCHS}", "--steps_per_epoch=4", "--deterministic", "--verbose=0", "--seed=3",
+             "--arch_learning_rate=1.0", f"--warmup_epochs={WARMUP}", f"--stop_on_skip={THRESHOLD}",
+             f"--max_skip_connect={CAP}", "--eval_batch_size=500"]
+
+
+def read_rows(workdir):
+    return list(csv.DictReader(open(os.path.join(workdir, "history.csv"))))
+
+
+def uncapped_skips(genotype, replaced):
+    """Skip edges of the normal cell before the cap, rebuilt by undoing the recorded replacements (last first):
+    each replacement pair must be in its node, and the removed skip goes back in its place."""
+    nodes = [list(genotype.normal[2 * j:2 * j + 2]) for j in range(genotype.steps)]
+    for r in reversed(replaced):
+        pairs = nodes[r["node"]]
+        pairs[pairs.index(tuple(r["replacement"]))] = tuple(r["removed"])
+    return sum(op == "skip_connect" for pairs in nodes for op, _ in pairs)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("stop") / "wd")
+    proc = run_cli("hlrs_tf.search", *STOP_ARGS, f"--workdir={workdir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def test_stop_fires_at_the_first_epoch_past_warmup_with_enough_skips(stopped_run):
+    wd = stopped_run
+    rows = read_rows(wd)
+    caps = json.load(open(os.path.join(wd, "skip_cap.json")))
+    assert caps["max_skip_connect"] == CAP
+    counts = {}
+    for e in range(1, len(rows) + 1):
+        g = Genotype.load(os.path.join(wd, "genotypes", f"epoch_{e:03d}.json"))
+        replaced = caps["replaced"][str(e)]
+        assert g.count("skip_connect", "normal") <= CAP  # the P-DARTS cap on every epoch's genotype
+        counts[e] = uncapped_skips(g, replaced)
+        row = rows[e - 1]
+        assert int(row["normal_skip_connect"]) == g.count("skip_connect", "normal")
+        assert int(row["normal_skip_connect_uncapped"]) == counts[e]
+        assert int(row["skip_replaced"]) == len(replaced)
+    # DARTS+: the first epoch past the warm-up whose (uncapped) normal cell has >= THRESHOLD skips.
+    fired = [e for e in counts if e > WARMUP and counts[e] >= THRESHOLD]
+    assert fired, f"seed 3 no longer reaches {THRESHOLD} skips here (counts {counts}): pick another seed"
+    k = fired[0]
+    assert len(rows) == k < EPOCHS  # stopped there: no later epoch ran
+    assert [int(r["stop_on_skip"]) for r in rows] == [0] * (k - 1) + [1]
+    assert not os.path.exists(os.path.join(wd, "genotypes", f"epoch_{k + 1:03d}.json"))
+    assert json.load(open(os.path.join(wd, "checkpoints", "state.json")))["epoch"] == k
+    # The collapsed epoch's genotype is not the result: the previous epoch's is.
+    kept = k - 1
+    assert Genotype.load(os.path.join(wd, "genotype.json")) == Genotype.load(
+        os.path.join(wd, "genotypes", f"epoch_{kept:03d}.json"))
+    m = json.load(open(os.path.join(wd, "metrics.json")))
+    assert m["early_stop"] == {"epoch": k, "rule": "stop_on_skip", "normal_skip_connect": counts[k],
+                               "threshold": THRESHOLD, "warmup_epochs": WARMUP, "kept_genotype_epoch": kept}
+    assert m["skip_cap"] == {"max_skip_connect": CAP, "genotype_epoch": kept, "replaced": caps["replaced"][str(kept)]}
+
+
+def test_rerun_of_a_stopped_search_does_not_train_further(stopped_run):
+    wd = stopped_run
+    names = ("history.csv", "genotype.json", "checkpoints/state.json", "skip_cap.json")
+    before = {n: open(os.path.join(wd, n)).read() for n in names}
+    listing = lambda: [sorted(os.listdir(os.path.join(wd, d))) for d in ("checkpoints", "genotypes")]  # noqa: E731
+    files_before = listing()
+    metrics_before = json.load(open(os.path.join(wd, "metrics.json")))
+    proc = run_cli("hlrs_tf.search", *STOP_ARGS, f"--workdir={wd}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopped early" in proc.stdout and "not training further" in proc.stdout
+    assert {n: open(os.path.join(wd, n)).read() for n in names} == before
+    assert listing() == files_before
+    metrics = json.load(open(os.path.join(wd, "metrics.json")))
+    assert metrics["early_stop"] == metrics_before["early_stop"]
+    assert metrics["skip_cap"] == metrics_before["skip_cap"]
