@@ -288,3 +288,54 @@ def test_rerun_of_a_stopped_search_does_not_train_further(stopped_run):
     metrics = json.load(open(os.path.join(wd, "metrics.json")))
     assert metrics["early_stop"] == metrics_before["early_stop"]
     assert metrics["skip_cap"] == metrics_before["skip_cap"]
+
+
+# --- The DARTS+ rule on given counts ------------------------------------------------------------------------------
+
+class Counts:
+    """The one thing SkipConnectStop reads from a GenotypeLogger: the last epoch's uncapped skip count."""
+
+    last_normal_skip_uncapped = 0
+
+
+def run_rule(threshold, warmup, counts):
+    """Epoch ends with these uncapped counts, as fit would run them (stopping at stop_training); returns the
+    stop callback and the per-epoch ``stop_on_skip`` log values."""
+    import keras
+
+    from hlrs_tf.collapse import SkipConnectStop
+
+    source = Counts()
+    stop = SkipConnectStop(threshold, warmup, source)
+    model = keras.Sequential([keras.layers.Dense(1)])
+    model.stop_training = False
+    stop.set_model(model)
+    logged = []
+    for epoch, n in enumerate(counts):
+        source.last_normal_skip_uncapped = n
+        logs = {}
+        stop.on_epoch_end(epoch, logs)
+        logged.append(logs["stop_on_skip"])
+        if model.stop_training:
+            break
+    return stop, logged
+
+
+@pytest.mark.parametrize("threshold,warmup,counts,stop_epoch", [
+    (2, 0, [0, 1, 2, 3], 3),  # DARTS+: the first epoch with >= 2
+    (2, 0, [0, 1, 1, 1], None),
+    (2, 2, [3, 2, 1, 2], 4),  # not during the warm-up, whose alphas are frozen
+    (1, 0, [1, 0], 1),  # already after epoch 1
+    (0, 0, [8, 8], None),  # off
+])
+def test_stop_rule(threshold, warmup, counts, stop_epoch):
+    stop, logged = run_rule(threshold, warmup, counts)
+    if stop_epoch is None:
+        assert stop.record is None and logged == [0] * len(counts) and stop.checkpoint_state() == {}
+        return
+    assert logged == [0] * (stop_epoch - 1) + [1]
+    # The previous epoch's genotype is kept; after epoch 1 there is none before it, so epoch 1's own.
+    kept = max(stop_epoch - 1, 1)
+    assert stop.record == {"epoch": stop_epoch, "rule": "stop_on_skip", "normal_skip_connect": counts[stop_epoch - 1],
+                           "threshold": threshold, "warmup_epochs": warmup, "kept_genotype_epoch": kept}
+    assert stop.checkpoint_state() == {"early_stop": stop.record}
