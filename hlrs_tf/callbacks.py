@@ -44,7 +44,8 @@ class GenotypeLogger(keras.callbacks.Callback):
     saved genotype, which with ``max_skip_connect`` is the capped one (P-DARTS,
     :func:`hlrs_tf.genotypes.cap_skip_connect`); ``normal_skip_connect_uncapped`` counts the plain DARTS
     derivation (what ``--stop_on_skip`` watches) and ``skip_replaced`` how many skips the cap replaced (0 without
-    a cap). With a cap, the replacements themselves go to ``skip_cap.json`` (:func:`hlrs_tf.collapse.save_skip_cap`).
+    a cap). With a cap, the replacements themselves go to ``skip_cap.json``
+    (:func:`hlrs_tf.collapse.save_skip_cap`).
 
     Args:
         workdir: The run's :class:`~hlrs_tf.workdir.Workdir`.

@@ -256,10 +256,12 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
     t0 = time.perf_counter()
     model = build_model(config, spec, total_steps=config.epochs * steps, class_counts=train_counts)
     build_s = time.perf_counter() - t0
-    # Resume: a rerun of the same command continues after the last complete epoch, with weights, alphas,
-    # BN statistics, both optimizers (and so the lr schedule position) and the data stream restored.
+    # The collapse guards of issue 18 (hlrs_tf.collapse): the P-DARTS cap on every derived genotype and the
+    # DARTS+ stop, whose record the checkpoint carries.
     genotype_logger = GenotypeLogger(wd, max_skip_connect=config.skip_cap)
     skip_stop = SkipConnectStop(config.stop_on_skip, config.warmup_epochs, genotype_logger)
+    # Resume: a rerun of the same command continues after the last complete epoch, with weights, alphas,
+    # BN statistics, both optimizers (and so the lr schedule position) and the data stream restored.
     checkpoint = EpochCheckpoint(wd.checkpoint_dir, extra_state=skip_stop.checkpoint_state)
     # Every worker restores the chief's checkpoint, so all of them continue from the same epoch.
     chief_checkpoint = EpochCheckpoint(os.path.join(chief_workdir, "checkpoints"))
