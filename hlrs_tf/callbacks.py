@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from hlrs_tf.alpha_movement import alpha_movement, edge_max_weight
+from hlrs_tf.collapse import save_skip_cap
 from hlrs_tf.genotypes import PRIMITIVES
 from hlrs_tf.workdir import Workdir, atomic_write_json
 
@@ -39,24 +40,44 @@ class GenotypeLogger(keras.callbacks.Callback):
     """Derives the genotype after every epoch, saves ``genotypes/epoch_NNN.json`` and logs skip counts.
 
     ``normal_skip_connect`` (and ``reduce_skip_connect``) go into the epoch logs: DARTS' known failure is a
-    normal cell collapsing to parameter-free skip connections, so it is watched every epoch.
+    normal cell collapsing to parameter-free skip connections, so it is watched every epoch. They count the
+    saved genotype, which with ``max_skip_connect`` is the capped one (P-DARTS,
+    :func:`hlrs_tf.genotypes.cap_skip_connect`); ``normal_skip_connect_uncapped`` counts the plain DARTS
+    derivation (what ``--stop_on_skip`` watches) and ``skip_replaced`` how many skips the cap replaced (0 without
+    a cap). With a cap, the replacements themselves go to ``skip_cap.json``
+    (:func:`hlrs_tf.collapse.save_skip_cap`).
 
     Args:
         workdir: The run's :class:`~hlrs_tf.workdir.Workdir`.
+        max_skip_connect: The P-DARTS cap of the normal cell; ``None``: no cap.
+
+    Attributes:
+        last_genotype: The genotype saved at the last epoch end.
+        last_normal_skip_uncapped: Skip edges of the last epoch's uncapped normal cell.
     """
 
-    def __init__(self, workdir: Workdir):
+    def __init__(self, workdir: Workdir, max_skip_connect: int | None = None):
         super().__init__()
         self.workdir = workdir
+        self.max_skip_connect = max_skip_connect
         self.last_genotype = None
+        self.last_normal_skip_uncapped = 0
 
     def on_epoch_end(self, epoch, logs=None):
-        genotype = self.model.genotype()
+        uncapped = self.model.genotype()
+        replaced: list[dict] = []
+        genotype = uncapped
+        if self.max_skip_connect is not None:
+            genotype = self.model.genotype(max_skip_connect=self.max_skip_connect, replaced=replaced)
+            save_skip_cap(self.workdir, epoch + 1, self.max_skip_connect, replaced)
         genotype.save(self.workdir.epoch_genotype_file(epoch + 1))
         self.last_genotype = genotype
+        self.last_normal_skip_uncapped = uncapped.count("skip_connect", "normal")
         if logs is not None:
             logs["normal_skip_connect"] = genotype.count("skip_connect", "normal")
             logs["reduce_skip_connect"] = genotype.count("skip_connect", "reduce")
+            logs["normal_skip_connect_uncapped"] = self.last_normal_skip_uncapped
+            logs["skip_replaced"] = len(replaced)
 
 
 def model_alpha_movement(model) -> dict[str, float]:
@@ -256,11 +277,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     Args:
         directory: The run's ``checkpoints/`` folder.
+        extra_state: Called at every epoch end; the entries of the dict it returns are added to that epoch's
+            ``state.json``, in the same atomic write (e.g. an early stop,
+            :meth:`hlrs_tf.collapse.SkipConnectStop.checkpoint_state`). Read them back with :meth:`saved_state`.
     """
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, extra_state=None):
         super().__init__()
         self.directory = directory
+        self.extra_state = extra_state
 
     def _paths(self, epoch: int) -> tuple[str, str]:
         stem = os.path.join(self.directory, f"epoch_{epoch:03d}")
@@ -280,12 +305,21 @@ class EpochCheckpoint(keras.callbacks.Callback):
         previous = self._read_state()
         atomic_write_json(
             os.path.join(self.directory, "state.json"),
-            {"epoch": done, "weights": os.path.basename(weights_path), "optimizers": os.path.basename(opt_path)},
+            {"epoch": done, "weights": os.path.basename(weights_path), "optimizers": os.path.basename(opt_path),
+             **(self.extra_state() if self.extra_state else {})},
         )
         if previous and previous.get("epoch") != done:
             for p in self._paths(previous["epoch"]):
                 if os.path.exists(p):
                     os.remove(p)
+
+    def saved_state(self) -> dict:
+        """The last complete epoch's ``state.json`` (``{}`` without a checkpoint), with any extra state.
+
+        Raises:
+            CheckpointError: If ``state.json`` is corrupt.
+        """
+        return self._read_state() or {}
 
     def _read_state(self):
         path = os.path.join(self.directory, "state.json")

@@ -13,6 +13,7 @@ import numbers
 
 from hlrs_tf.data import SAMPLERS
 from hlrs_tf.distribute import STRATEGIES
+from hlrs_tf.genotypes import STEPS
 from hlrs_tf.precision import PRECISIONS, SECOND_ORDER_REASON
 from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
 
@@ -23,6 +24,8 @@ LOSSES = ("ce", "class_balanced")
 CLASS_WEIGHT_REDUCTIONS = ("weighted_mean", "batch_mean")
 #: How weights are initialised (hlrs_tf.init): PyTorch's defaults as the reference, or Keras' own.
 INITS = ("reference", "keras")
+#: Edges of a derived normal cell (2 per intermediate node), the range of the skip guards' counts.
+MAX_SKIP_EDGES = 2 * STEPS
 
 # The paper's five methods (SPEC.md section 7) as presets of the pieces below. A preset only fills in the
 # settings that were not given explicitly: ``--method=hlrs --arch_lr_schedule=freeze`` is HLRS with freezing.
@@ -80,6 +83,9 @@ class SearchConfig:
     arch_lr_schedule: str = "constant"
     freeze_threshold: float = 0.5
     warmup_epochs: int = 0
+    # Collapse guards (issue 18), both off by default
+    max_skip_connect: int = -1  # P-DARTS: at most N skip edges in the derived normal cell; -1 = off
+    stop_on_skip: int = 0  # DARTS+: stop once the normal cell has >= N skip edges; 0 = off
     # Search space
     channels: int = 16
     layers: int = 8
@@ -128,6 +134,12 @@ class SearchConfig:
                 f"one of {', '.join(ARCH_LR_SCHEDULES)}")
         require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", self.warmup_epochs,
                 f"an integer in [0, epochs={self.epochs})")
+        require(self.max_skip_connect == -1 or 0 <= self.max_skip_connect <= MAX_SKIP_EDGES, "max_skip_connect",
+                self.max_skip_connect, f"-1 (off) or an integer in [0, {MAX_SKIP_EDGES}] (skip_connect edges kept "
+                "in the derived normal cell)")
+        require(0 <= self.stop_on_skip <= MAX_SKIP_EDGES, "stop_on_skip", self.stop_on_skip,
+                f"0 (off) or an integer in [1, {MAX_SKIP_EDGES}] (skip_connect edges of the normal cell that stop "
+                "the search)")
         if self.bbn:
             # BBN fixes its samplers (uniform + reversed) and its loss (the mixed CE).
             for flag in ("weight_sampler", "arch_sampler"):
@@ -151,6 +163,11 @@ class SearchConfig:
         require(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, "an integer >= 0 (0 = full split)")
         require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1")
         require(self.threads >= 0, "threads", self.threads, "an integer >= 0 (0 = all cores)")
+
+    @property
+    def skip_cap(self) -> int | None:
+        """``max_skip_connect`` as the library takes it: ``None`` when the cap is off."""
+        return None if self.max_skip_connect < 0 else self.max_skip_connect
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> "SearchConfig":

@@ -215,9 +215,9 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         """``(weight_variables, arch_variables)``, split by identity."""
         return split_variables(self, self.network.arch_variables)
 
-    def genotype(self):
-        """The genotype derived from the current alphas."""
-        return self.network.genotype()
+    def genotype(self, max_skip_connect: int | None = None, replaced: list | None = None):
+        """The genotype derived from the current alphas (arguments as :meth:`SearchNetwork.genotype`)."""
+        return self.network.genotype(max_skip_connect=max_skip_connect, replaced=replaced)
 
     def get_config(self):
         return {

@@ -69,7 +69,19 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_float("freeze_threshold", _D.freeze_threshold, "alpha_T below which 'freeze' stops the alphas.")
 flags.DEFINE_integer("warmup_epochs", _D.warmup_epochs,
-                     "First K epochs with architecture lr 0 (weights warm up, alphas frozen).")
+                     "First K epochs with architecture lr 0 (weights warm up, alphas frozen; PC-DARTS: 15 of 50).")
+# Collapse guards (issue 18)
+flags.DEFINE_integer(
+    "max_skip_connect", _D.max_skip_connect,
+    "P-DARTS rule at derivation: the normal cell keeps at most N skip_connect edges; each extra one, weakest skip "
+    "weight first, is replaced by its edge's next-best op or its node's next-best edge. Applies to every "
+    "epoch's genotype and the final one; the reduction cell is not capped. -1 = off.",
+)
+flags.DEFINE_integer(
+    "stop_on_skip", _D.stop_on_skip,
+    "DARTS+ early stop: end the search after the first epoch (past --warmup_epochs) whose uncapped normal cell "
+    "has >= N skip_connect edges, and keep the previous epoch's genotype. A rerun does not train on. 0 = off.",
+)
 # Search space
 flags.DEFINE_integer("channels", _D.channels, "Initial channels C of the supernet.", lower_bound=2)
 flags.DEFINE_integer("layers", _D.layers, "Number of cells L of the supernet.", lower_bound=3)

@@ -42,6 +42,7 @@ __all__ = [
     "Genotype",
     "softmax",
     "derive_cell",
+    "cap_skip_connect",
     "derive_genotype",
     "DARTS_V1",
     "DARTS_V2",
@@ -71,6 +72,7 @@ MULTIPLIER: int = 4
 GENOTYPE_FILENAME: str = "genotype.json"
 
 _NONE_INDEX = PRIMITIVES.index("none")
+_SKIP_INDEX = PRIMITIVES.index("skip_connect")
 _KEYS = ("normal", "normal_concat", "reduce", "reduce_concat")
 
 
@@ -384,7 +386,12 @@ def softmax(x: Any, axis: int = -1) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def derive_cell(weights: Any, steps: int = STEPS) -> tuple[tuple[str, int], ...]:
+def derive_cell(
+    weights: Any,
+    steps: int = STEPS,
+    max_skip_connect: int | None = None,
+    replaced: list | None = None,
+) -> tuple[tuple[str, int], ...]:
     """Derives one discrete cell from softmaxed architecture weights (the reference DARTS ``_parse``).
 
     For intermediate node ``j``, each incoming edge is scored by its largest non-``none`` weight; the two
@@ -392,17 +399,29 @@ def derive_cell(weights: Any, steps: int = STEPS) -> tuple[tuple[str, int], ...]
     labelled with its argmax non-``none`` op (the first maximum wins on ties, i.e. the op earlier in
     ``PRIMITIVES``). Pairs are emitted in the order of the sorted top-2 edges, exactly as the reference does.
 
+    With ``max_skip_connect`` set, the P-DARTS cap is applied on top (:func:`cap_skip_connect`). It works on
+    ``weights`` as given, i.e. on whatever matrix ranks the edges (softmaxed alphas, or PC-DARTS' edge-normalised
+    weights), so it composes with any re-weighting done before this call.
+
     Args:
         weights: ``(num_edges, len(PRIMITIVES))`` array of already-softmaxed weights, edges ordered node by node
             (node 0: inputs 0, 1; node 1: inputs 0, 1, 2; ...), ``num_edges = 14`` for 4 steps.
         steps: Number of intermediate nodes.
+        max_skip_connect: Keep at most this many ``skip_connect`` edges (P-DARTS); ``None``: no cap.
+        replaced: If given, a list the cap's replacement record is appended to (see :func:`cap_skip_connect`);
+            nothing is appended without a cap or when the cap changes nothing.
 
     Returns:
         ``2 * steps`` ``(op_name, input_index)`` pairs.
 
     Raises:
-        GenotypeError: wrong shape or non-finite weights.
+        GenotypeError: wrong shape or non-finite weights (or, with a cap, negative weights or a bad cap).
     """
+    if max_skip_connect is not None:
+        cell, record = cap_skip_connect(weights, steps, max_skip_connect)
+        if replaced is not None:
+            replaced.extend(record)
+        return cell
     w = np.asarray(weights, dtype=np.float64)
     expected = (_num_edges(steps), len(PRIMITIVES))
     if w.shape != expected:
@@ -450,6 +469,72 @@ def edge_normalised_weights(weights: Any, betas: Any, steps: int = STEPS) -> np.
         edge.append(softmax(b[start:start + 2 + j]))
         start += 2 + j
     return w * np.concatenate(edge)[:, None]
+def _count_skips(cell: Sequence[tuple[str, int]]) -> int:
+    return sum(1 for op, _ in cell if op == "skip_connect")
+
+
+def cap_skip_connect(
+    weights: Any, steps: int = STEPS, max_skip_connect: int = 2
+) -> tuple[tuple[tuple[str, int], ...], list[dict]]:
+    """Derives a cell with at most ``max_skip_connect`` skip connections: the P-DARTS rule.
+
+    Follows P-DARTS (Chen et al. 2019), ``train_search.py`` of github.com/chenxin061/pdarts, the "Restricting
+    skipconnect" loop with ``check_sk_number``, ``delete_min_sk_prob``, ``keep_1_on`` and ``keep_2_branches``:
+    while the derived cell has more than ``max_skip_connect`` skip edges, the ``skip_connect`` weight of the
+    chosen skip edge with the *smallest* skip weight is set to 0 (``delete_min_sk_prob``; ``np.argmin`` over the
+    edges, so on a tie the lower edge index goes first) and the cell is derived again -- each edge's op is its
+    best remaining op (``keep_1_on``) and each node keeps its two best edges (``keep_2_branches``). The removed
+    skip is so replaced by the next-best op on the same edge, or by the node's next-best edge if that one now
+    scores higher.
+
+    Departures from P-DARTS: P-DARTS applies this to its final-stage switches, where each edge has a reduced op
+    set left from its progressive pruning; we apply it to the full 8-op weights of a DARTS search. Edges and ops
+    are ranked by :func:`derive_cell` (the reference DARTS ``_parse``, ties to the lower index), not by
+    P-DARTS' own ascending sort (ties to the higher index). The caller chooses which cells to cap; P-DARTS (and
+    :func:`derive_genotype`) caps only the normal cell.
+
+    Args:
+        weights: Non-negative ``(num_edges, len(PRIMITIVES))`` weights as for :func:`derive_cell` (softmaxed
+            alphas, possibly multiplied by edge weights); not modified.
+        steps: Number of intermediate nodes.
+        max_skip_connect: Largest number of ``skip_connect`` edges kept (``>= 0``).
+
+    Returns:
+        ``(cell, replaced)``: the capped cell and one dict per removal, in removal order: ``node`` (0-based
+        intermediate node), ``removed`` (``[op, input]``, always a ``skip_connect``), ``replacement``
+        (``[op, input]`` the node took instead; itself a ``skip_connect`` if the node's next-best edge is one,
+        which a later step may then remove) and ``skip_weight`` (the removed skip's weight). Empty when the
+        plain derivation is within the cap.
+
+    Raises:
+        GenotypeError: as :func:`derive_cell`, or a negative weight or ``max_skip_connect``.
+    """
+    if not _is_int(max_skip_connect) or max_skip_connect < 0:
+        raise GenotypeError(f"cap_skip_connect: max_skip_connect must be an integer >= 0, got {max_skip_connect!r}")
+    w = np.array(weights, dtype=np.float64)  # a copy: the caller's weights stay as they are
+    cell = derive_cell(w, steps)  # validates shape and finiteness
+    if np.any(w < 0):
+        # Zeroing a weight removes it only if no weight is below 0, as with P-DARTS' probabilities.
+        raise GenotypeError("cap_skip_connect: weights must be non-negative (softmaxed), got a negative weight")
+    replaced: list[dict] = []
+    while _count_skips(cell) > max_skip_connect:
+        rows = [_num_edges(i // 2) + idx for i, (op, idx) in enumerate(cell) if op == "skip_connect"]
+        row = min(rows, key=lambda r: (w[r, _SKIP_INDEX], r))
+        node = next(j for j in range(steps) if row < _num_edges(j + 1))
+        skip_weight = float(w[row, _SKIP_INDEX])
+        w[row, _SKIP_INDEX] = 0.0
+        new_cell = derive_cell(w, steps)
+        old, new = cell[2 * node:2 * node + 2], new_cell[2 * node:2 * node + 2]
+        # Only this node's block changed and its other edge stays, so exactly one of its pairs is new.
+        replacement = next(pair for pair in new if pair not in old)
+        replaced.append({
+            "node": node,
+            "removed": ["skip_connect", row - _num_edges(node)],
+            "replacement": list(replacement),
+            "skip_weight": skip_weight,
+        })
+        cell = new_cell
+    return cell, replaced
 
 
 def derive_genotype(
@@ -459,8 +544,13 @@ def derive_genotype(
     multiplier: int = MULTIPLIER,
     betas_normal: Any = None,
     betas_reduce: Any = None,
+    max_skip_connect: int | None = None,
+    replaced: list | None = None,
 ) -> Genotype:
     """Derives the genotype from raw architecture logits (the reference ``Network.genotype``).
+
+    ``max_skip_connect`` caps the skip connections of the normal cell only, as P-DARTS does (the reduction
+    cell is derived as in DARTS); see :func:`cap_skip_connect`.
 
     Args:
         alphas_normal: Raw ``(num_edges, len(PRIMITIVES))`` logits of the normal cell (softmax applied here,
@@ -472,12 +562,15 @@ def derive_genotype(
         betas_normal: PC-DARTS' raw ``(num_edges,)`` edge betas of the normal cell, or ``None`` (DARTS); with
             betas, the edges are ranked by :func:`edge_normalised_weights`, as PC-DARTS does.
         betas_reduce: The same for the reduction cell (given together with ``betas_normal``).
+        max_skip_connect: At most this many ``skip_connect`` edges in the normal cell (P-DARTS); ``None``: no cap.
+        replaced: If given, the normal cell's replacement record is appended to it (:func:`cap_skip_connect`).
 
     Returns:
         The derived genotype.
 
     Raises:
-        GenotypeError: wrong alpha or beta shape, non-finite values, or an invalid ``multiplier``.
+        GenotypeError: wrong alpha or beta shape, non-finite values, an invalid ``multiplier`` or
+            ``max_skip_connect``.
     """
     expected = (_num_edges(steps), len(PRIMITIVES))
     arrays = []
@@ -497,7 +590,7 @@ def derive_genotype(
         weights = [edge_normalised_weights(w, b, steps) for w, b in zip(weights, (betas_normal, betas_reduce))]
     concat = tuple(range(2 + steps - multiplier, steps + 2))
     return Genotype(
-        normal=derive_cell(weights[0], steps=steps),
+        normal=derive_cell(weights[0], steps=steps, max_skip_connect=max_skip_connect, replaced=replaced),
         normal_concat=concat,
         reduce=derive_cell(weights[1], steps=steps),
         reduce_concat=concat,

@@ -180,9 +180,15 @@ class SearchNetwork(CompositeLayer):
     def call(self, x, training=None):
         return self.classifier(self.features(x, training=training))
 
-    def genotype(self) -> Genotype:
+    def genotype(self, max_skip_connect: int | None = None, replaced: list | None = None) -> Genotype:
         """Derives the discrete genotype from the current alphas (reference rules; with partial channels,
-        PC-DARTS' edge-normalised ranking by the betas)."""
+        PC-DARTS' edge-normalised ranking by the betas).
+
+        Args:
+            max_skip_connect: P-DARTS cap on the normal cell's skip connections (``None``: no cap); see
+                :func:`hlrs_tf.genotypes.cap_skip_connect`.
+            replaced: If given, the cap's replacement record is appended to it.
+        """
         betas = {}
         if self.betas_normal is not None:
             betas = dict(betas_normal=ops.convert_to_numpy(self.betas_normal),
@@ -192,6 +198,8 @@ class SearchNetwork(CompositeLayer):
             ops.convert_to_numpy(self.alphas_reduce),
             steps=self.steps,
             multiplier=self.multiplier,
+            max_skip_connect=max_skip_connect,
+            replaced=replaced,
             **betas,
         )
 

@@ -27,6 +27,7 @@ from hlrs_tf.callbacks import (
     model_alpha_movement,
 )
 from hlrs_tf.cli import onednn_enabled
+from hlrs_tf.collapse import SkipConnectStop, kept_genotype, load_skip_cap
 from hlrs_tf.config import SearchConfig
 from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.diagrams import plot_genotype
@@ -257,11 +258,19 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
     t0 = time.perf_counter()
     model = build_model(config, spec, total_steps=config.epochs * steps, class_counts=train_counts)
     build_s = time.perf_counter() - t0
+    # The collapse guards of issue 18 (hlrs_tf.collapse): the P-DARTS cap on every derived genotype and the
+    # DARTS+ stop, whose record the checkpoint carries.
+    genotype_logger = GenotypeLogger(wd, max_skip_connect=config.skip_cap)
+    skip_stop = SkipConnectStop(config.stop_on_skip, config.warmup_epochs, genotype_logger)
     # Resume: a rerun of the same command continues after the last complete epoch, with weights, alphas,
     # BN statistics, both optimizers (and so the lr schedule position) and the data stream restored.
-    checkpoint = EpochCheckpoint(wd.checkpoint_dir)
+    checkpoint = EpochCheckpoint(wd.checkpoint_dir, extra_state=skip_stop.checkpoint_state)
     # Every worker restores the chief's checkpoint, so all of them continue from the same epoch.
-    initial_epoch = min(EpochCheckpoint(os.path.join(chief_workdir, "checkpoints")).restore(model), config.epochs)
+    chief_checkpoint = EpochCheckpoint(os.path.join(chief_workdir, "checkpoints"))
+    initial_epoch = min(chief_checkpoint.restore(model), config.epochs)
+    # A search the DARTS+ rule stopped stays stopped: its last checkpoint says so (hlrs_tf.collapse).
+    skip_stop.record = chief_checkpoint.saved_state().get("early_stop")
+    end_epoch = initial_epoch if skip_stop.record else config.epochs
     train_ds, _ = data_lib.search_dataset(
         *split, spec, config.batch_size, config.seed, config.augment, skip_batches=initial_epoch * steps,
         weight_sampler=config.weight_sampler, arch_sampler=config.arch_sampler, bbn=config.bbn,
@@ -275,7 +284,6 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
         ),
     )
 
-    genotype_logger = GenotypeLogger(wd)
     schedule = ScheduleConfig(
         arch_lr_schedule=config.arch_lr_schedule, mixing=config.mixing, base_arch_lr=config.arch_learning_rate,
         freeze_threshold=config.freeze_threshold, warmup_epochs=config.warmup_epochs,
@@ -287,6 +295,7 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
         HLRSCallback(schedule, config.epochs),
         LearningRateLogger(),
         genotype_logger,
+        skip_stop,  # after the genotype it counts, before the writers and the checkpoint that persists a stop
         AlphaMovementLogger(),  # before the writers: alpha_max_softmax, alpha_range, ... every epoch
         TensorBoardLogger(wd.tensorboard_dir, genotype_logger),
         CSVHistory(wd.history_file, append=initial_epoch > 0),
@@ -295,10 +304,13 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
     if initial_epoch:
         truncate_history(wd.history_file, initial_epoch)
         print(f"resuming from the checkpoint of epoch {initial_epoch} in {wd.checkpoint_dir}")
-    history = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+    if skip_stop.record:
+        print(f"the search stopped early after epoch {skip_stop.record['epoch']} "
+              f"(--{skip_stop.record['rule']}): not training further")
+    history = model.fit(train_ds, epochs=end_epoch, initial_epoch=initial_epoch, steps_per_epoch=steps,
                         callbacks=callbacks, verbose=config.verbose, shuffle=False)  # tf.data shuffles
 
-    genotype = model.genotype()
+    genotype, guards = final_genotype(model, wd, config, skip_stop.record)
     genotype.save(wd.genotype_file)
     plot_genotype(genotype, wd.path)  # normal.png, reduce.png
     metrics = evaluate(model, ds, train_counts, config)
@@ -306,8 +318,33 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
     metrics["validation"] = validation_metrics(model, split[2], split[3], spec, config)
     # The final alphas' distance from uniform: a genotype derived from alphas that never moved is noise.
     metrics.update(model_alpha_movement(model))
+    metrics.update(guards)
     atomic_write_json(wd.metrics_file, metrics)
     return SearchResult(wd.path, genotype, metrics, history.history)
+
+
+def final_genotype(model, wd: Workdir, config: SearchConfig, early_stop: dict | None) -> tuple[object, dict]:
+    """The search's final genotype and what the collapse guards did to it (issue 18, :mod:`hlrs_tf.collapse`).
+
+    Without an early stop it is derived from the final alphas (capped by ``--max_skip_connect``, like every
+    epoch's); after one it is the saved genotype of the epoch the stop keeps.
+
+    Returns:
+        ``(genotype, guards)``; ``guards`` goes into ``metrics.json``: ``early_stop`` (the stop record, or
+        ``None``) and ``skip_cap`` (``{"max_skip_connect", "genotype_epoch", "replaced"}``: the cap and the
+        replacements behind the final genotype; ``replaced`` is ``[]`` without a cap).
+    """
+    replaced: list[dict] = []
+    if early_stop:
+        epoch = int(early_stop["kept_genotype_epoch"])
+        genotype = kept_genotype(wd, early_stop)
+        if config.skip_cap is not None:
+            replaced = load_skip_cap(wd, epoch) or []
+    else:
+        epoch = config.epochs
+        genotype = model.genotype(max_skip_connect=config.skip_cap, replaced=replaced)
+    skip_cap = {"max_skip_connect": config.skip_cap, "genotype_epoch": epoch, "replaced": replaced}
+    return genotype, {"early_stop": early_stop, "skip_cap": skip_cap}
 
 
 # Flags that may change between an interrupted run and its resumption (they do not change the result).
@@ -316,8 +353,10 @@ _RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size", "strategy", "cpu_
 # as a change (resuming float32 checkpoints in bfloat16 would mix two runs), so it is refused like any other.
 # --init: runs written before it existed were initialised the Keras way. --class_weight_reduction: the
 # class-weighted loss was sum(w_y CE) / batch size (Keras' sample_weight) before it existed.
+# --partial_channels (issue 18): runs before it were DARTS (K=1). --max_skip_connect, --stop_on_skip (issue 18):
+# the collapse guards were off.
 _ADDED_FLAG_DEFAULTS = {"precision": "float32", "init": "keras", "class_weight_reduction": "batch_mean",
-                        "partial_channels": "1"}
+                        "partial_channels": "1", "max_skip_connect": "-1", "stop_on_skip": "0"}
 
 
 def _flag_map(text: str) -> dict[str, str]:

@@ -6,10 +6,11 @@ Layout (a contract tools and tests rely on)::
     model_summary.json      {"weight_params", "arch_params", ...}
     genotype.json           final genotype
     genotypes/epoch_NNN.json  genotype after every epoch (1-based)
+    skip_cap.json           with --max_skip_connect: what the cap replaced, per epoch (hlrs_tf.collapse)
     history.csv             one row per epoch (Keras CSVLogger)
     metrics.json            test-set evaluation of the supernet
     tensorboard/            scalars, alpha heatmaps, genotype text
-    checkpoints/            per-epoch state to resume from
+    checkpoints/            per-epoch state to resume from (state.json: also an early stop, hlrs_tf.collapse)
     .lock                   held by the run using the folder (:class:`WorkdirLock`)
 
 Every file is written to a temporary name in the same folder, flushed, fsynced and renamed over the target, so
@@ -221,6 +222,11 @@ class Workdir:
     def epoch_genotype_file(self, epoch: int) -> str:
         """``genotypes/epoch_NNN.json`` for a 1-based epoch number."""
         return self.file(os.path.join("genotypes", f"epoch_{epoch:03d}.json"))
+
+    @property
+    def skip_cap_file(self) -> str:
+        """``skip_cap.json``: the ``--max_skip_connect`` replacements of every epoch (:mod:`hlrs_tf.collapse`)."""
+        return self.file("skip_cap.json")
 
     @property
     def history_file(self) -> str:
