@@ -311,9 +311,9 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                 stride = self._stride(i)
                 if k_pc == 1:
                     h = state
-                else:  # the ops see the first C // K channels; the rest bypass them, once per source and stride
-                    h = source(i, "ops_slice", lambda s=state: s[..., :c_op])
-                    passed = source(i, "bypass", lambda s=state, st=stride: pc.bypass(s[..., c_op:], st))
+                else:  # the ops see the first C // K channels; the rest bypass them, once per source state
+                    h, rest = source(i, "split", lambda s=state: pc.split_channels(s, k_pc))
+                    passed = source(i, "bypass", lambda r=rest, st=stride: pc.bypass(r, st))
                     bypass_terms.append(passed if beta_c is None else beta_c[e] * passed)
                 even = h.shape[1] % 2 == 0 and h.shape[2] % 2 == 0
                 relu_h = lambda i=i, h=h: source(i, "relu", lambda: tf.nn.relu(h))  # noqa: E731

@@ -1,4 +1,5 @@
-"""The paper's five methods: presets give SPEC.md's table, explicit flags win, and each one really runs."""
+"""The paper's five methods and the PC-DARTS presets: presets give SPEC.md's table (and PC-DARTS' K=4), explicit
+flags win, and each one really runs."""
 
 import csv
 import json
@@ -22,7 +23,12 @@ EXPECTED = {
                            arch_lr_schedule="constant"),
     "darts_bbn": dict(bbn=True, loss="ce", mixing="parabolic", arch_lr_schedule="constant"),
     "hlrs": dict(bbn=True, loss="ce", mixing="parabolic", arch_lr_schedule="mixing"),
+    # PC-DARTS (Xu et al. 2020: K=4 in its model_search.py) on DARTS and on HLRS.
+    "pcdarts": dict(weight_sampler="uniform", arch_sampler="uniform", loss="ce", bbn=False,
+                    arch_lr_schedule="constant", partial_channels=4),
+    "pcdarts_hlrs": dict(bbn=True, loss="ce", mixing="parabolic", arch_lr_schedule="mixing", partial_channels=4),
 }
+PAPER = ("darts", "darts_resample", "darts_reweight", "darts_bbn", "hlrs")
 
 
 def parse(*argv):
@@ -78,11 +84,19 @@ def test_effective_flags_reproduce_the_config(tmp_path):
     (["--warmup_epochs=50"], "--warmup_epochs=50 is invalid: it must be an integer in [0, epochs=50)"),
     (["--freeze_threshold=1.5"], "--freeze_threshold=1.5 is invalid: it must be in [0, 1]"),
     (["--reweight_beta=1"], "--reweight_beta=1.0 is invalid: it must be in [0, 1)"),
+    (["--partial_channels=3"], "--partial_channels=3 is invalid: it must be a divisor of channels=16"),
+    (["--method=pcdarts", "--channels=6"], "--partial_channels=4 is invalid: it must be a divisor of channels=6"),
 ])
 def test_bad_combinations_name_the_flag(argv, message):
     with pytest.raises(ConfigError) as e:
         parse(*argv)
     assert message in str(e.value)
+
+
+def test_compare_runs_the_paper_methods_by_default():
+    from hlrs_tf.config import PAPER_METHODS
+
+    assert PAPER_METHODS == PAPER
 
 
 def test_unknown_method_lists_the_methods():
@@ -120,13 +134,18 @@ def test_every_method_logs_arch_lr_and_bbn_alpha(runs, method):
     assert [int(r["epoch"]) for r in rows] == list(range(EPOCHS))
     alpha = [1 - (t / EPOCHS) ** 2 for t in range(EPOCHS)]  # parabolic
     np.testing.assert_allclose([float(r["bbn_alpha"]) for r in rows], alpha, rtol=1e-6)
-    lr = [3e-4 * a for a in alpha] if method == "hlrs" else [3e-4] * EPOCHS
+    lr = [3e-4 * a for a in alpha] if method.endswith("hlrs") else [3e-4] * EPOCHS
     np.testing.assert_allclose([float(r["arch_lr"]) for r in rows], lr, rtol=1e-6)
     assert all(np.isfinite(float(r["loss"])) and np.isfinite(float(r["arch_loss"])) for r in rows)
     metrics = json.load(open(os.path.join(result.workdir, "metrics.json")))
     assert 0.0 <= metrics["top1"] <= 1.0 and len(metrics["per_class"]) == 10
     summary = json.load(open(os.path.join(result.workdir, "model_summary.json")))
     assert summary["method"] == method and summary["bbn"] == EXPECTED[method]["bbn"]
+    k = EXPECTED[method].get("partial_channels", 1)
+    assert summary["partial_channels"] == k
+    # PC-DARTS: 14 betas per cell type besides the 14 x 8 alphas, logged every epoch.
+    assert summary["arch_params"] == 2 * 14 * 8 + (2 * 14 if k > 1 else 0)
+    assert all(("edge_max_weight_normal" in r) == (k > 1) for r in rows)
 
 
 def test_bbn_runs_have_the_extra_branch(runs):
@@ -134,6 +153,8 @@ def test_bbn_runs_have_the_extra_branch(runs):
     assert summary("hlrs")["weight_params"] == summary("darts_bbn")["weight_params"]
     assert summary("hlrs")["weight_params"] > summary("darts")["weight_params"]
     assert summary("darts_reweight")["weight_params"] == summary("darts")["weight_params"]
+    assert summary("pcdarts_hlrs")["weight_params"] > summary("pcdarts")["weight_params"]
+    assert summary("pcdarts")["weight_params"] < summary("darts")["weight_params"]
 
 
 def test_methods_differ_in_what_they_learn(runs):
