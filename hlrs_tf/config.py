@@ -14,12 +14,13 @@ import numbers
 from hlrs_tf.data import SAMPLERS
 from hlrs_tf.distribute import STRATEGIES
 from hlrs_tf.genotypes import STEPS
+from hlrs_tf.long_tail_losses import DRW_LOSSES, LOSSES
 from hlrs_tf.precision import PRECISIONS, SECOND_ORDER_REASON
 from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
 
 ORDERS = ("first", "second")
 CELL_IMPLS = ("fused", "direct")
-LOSSES = ("ce", "class_balanced")
+# LOSSES (``--loss``) and DRW_LOSSES (what ``--drw_epoch`` re-weights) come from hlrs_tf.long_tail_losses.
 #: How the class-weighted loss reduces over a batch (hlrs_tf.losses.CLASS_WEIGHT_REDUCTIONS).
 CLASS_WEIGHT_REDUCTIONS = ("weighted_mean", "batch_mean")
 #: How weights are initialised (hlrs_tf.init): PyTorch's defaults as the reference, or Keras' own.
@@ -49,6 +50,14 @@ PAPER_METHODS = tuple(METHOD_PRESETS)
 # budget choices left to the run's own flags.
 METHOD_PRESETS["pcdarts"] = dict(METHOD_PRESETS["darts"], partial_channels=4)
 METHOD_PRESETS["pcdarts_hlrs"] = dict(METHOD_PRESETS["hlrs"], partial_channels=4)
+# The long-tail losses of issue 19 (hlrs_tf.long_tail_losses) on plain DARTS, on both levels of the search.
+# LDAM-DRW switches its weights on at 80% of the epochs, as the reference (epoch 160 of 200): 40 of the default
+# 50; a run with other --epochs sets --drw_epoch itself (the config refuses drw_epoch >= epochs).
+METHOD_PRESETS["darts_la"] = dict(METHOD_PRESETS["darts"], loss="logit_adjusted")
+METHOD_PRESETS["darts_bsm"] = dict(METHOD_PRESETS["darts"], loss="balanced_softmax")
+METHOD_PRESETS["darts_ldam_drw"] = dict(METHOD_PRESETS["darts"], loss="ldam", drw_epoch=40)
+METHOD_PRESETS["darts_focal"] = dict(METHOD_PRESETS["darts"], loss="focal")
+METHOD_PRESETS["darts_cb_focal"] = dict(METHOD_PRESETS["darts"], loss="class_balanced_focal")
 METHODS = tuple(METHOD_PRESETS)
 
 
@@ -78,6 +87,9 @@ class SearchConfig:
     loss: str = "ce"
     reweight_beta: float = 0.9999
     class_weight_reduction: str = "weighted_mean"  # sum(w*CE)/sum(w) (LDAM-DRW) or sum(w*CE)/batch
+    la_tau: float = 1.0  # logit_adjusted: CE(z + tau log prior)
+    focal_gamma: float = 2.0  # focal, class_balanced_focal: (1 - p_t)^gamma
+    drw_epoch: int = 0  # DRW: class-balanced weights from this 0-based epoch on (0 = no DRW)
     bbn: bool = False
     mixing: str = "parabolic"
     arch_lr_schedule: str = "constant"
@@ -125,9 +137,7 @@ class SearchConfig:
         require(self.method in METHODS, "method", self.method, f"one of {', '.join(METHODS)}")
         for flag in ("weight_sampler", "arch_sampler"):
             require(getattr(self, flag) in SAMPLERS, flag, getattr(self, flag), f"one of {', '.join(SAMPLERS)}")
-        require(self.loss in LOSSES, "loss", self.loss, f"one of {', '.join(LOSSES)}")
-        require(self.class_weight_reduction in CLASS_WEIGHT_REDUCTIONS, "class_weight_reduction",
-                self.class_weight_reduction, f"one of {', '.join(CLASS_WEIGHT_REDUCTIONS)}")
+        check_loss_settings(self)
         require(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
         require(self.mixing in MIXING_SCHEDULES, "mixing", self.mixing, f"one of {', '.join(MIXING_SCHEDULES)}")
         require(self.arch_lr_schedule in ARCH_LR_SCHEDULES, "arch_lr_schedule", self.arch_lr_schedule,
@@ -147,6 +157,8 @@ class SearchConfig:
                         "uniform with --bbn (the conventional branch samples uniformly; the re-balancing "
                         "branch always uses the reversed sampler)")
             require(self.loss == "ce", "loss", self.loss, "ce with --bbn (BBN's loss is its mixed cross-entropy)")
+            require(self.drw_epoch == 0, "drw_epoch", self.drw_epoch, "0 with --bbn (BBN's loss is its mixed "
+                    "cross-entropy)")
         require(self.strategy in STRATEGIES, "strategy", self.strategy, f"one of {', '.join(STRATEGIES)}")
         require(self.cpu_replicas >= 0, "cpu_replicas", self.cpu_replicas,
                 "an integer >= 0 (N > 1: mirror over N logical CPU devices)")
@@ -199,6 +211,26 @@ class SearchConfig:
     def to_dict(self) -> dict:
         """Plain-dict view (JSON-ready)."""
         return dataclasses.asdict(self)
+
+
+def check_loss_settings(settings, error: type[Exception] = ConfigError) -> None:
+    """Refuses a bad ``--loss`` / ``--class_weight_reduction`` / ``--drw_epoch`` of a search or retraining config.
+
+    ``settings`` has the fields ``loss``, ``class_weight_reduction``, ``drw_epoch`` and ``epochs`` (the float
+    settings ``la_tau``, ``focal_gamma`` and ``reweight_beta`` are checked by :func:`check_floats`).
+
+    Raises:
+        error: Naming the flag and the allowed values.
+    """
+    require(settings.loss in LOSSES, "loss", settings.loss, f"one of {', '.join(LOSSES)}", error)
+    require(settings.class_weight_reduction in CLASS_WEIGHT_REDUCTIONS, "class_weight_reduction",
+            settings.class_weight_reduction, f"one of {', '.join(CLASS_WEIGHT_REDUCTIONS)}", error)
+    require(0 <= settings.drw_epoch < settings.epochs, "drw_epoch", settings.drw_epoch,
+            f"an integer in [0, epochs={settings.epochs}) (0 = no DRW; DRW weights from this 0-based epoch on)",
+            error)
+    require(settings.drw_epoch == 0 or settings.loss in DRW_LOSSES, "drw_epoch", settings.drw_epoch,
+            f"0 with --loss={settings.loss} (DRW re-weights --loss={', '.join(DRW_LOSSES)}; the other losses "
+            f"are already class-weighted or class-adjusted)", error)
 
 
 def require(ok: bool, flag: str, value, allowed: str, error: type[Exception] = ConfigError) -> None:
@@ -260,6 +292,8 @@ FLOAT_RANGES: dict[str, FloatRange] = {
     "imbalance_ratio": FloatRange("[1, inf)", "N_max / N_min"),
     "train_portion": FloatRange("(0, 1)", "share of each class on the weight split"),
     "reweight_beta": FloatRange("[0, 1)"),  # the effective number (1 - beta^n) / (1 - beta) needs beta < 1
+    "la_tau": FloatRange("[0, inf)", "logit adjustment's tau; 0 = plain cross-entropy"),
+    "focal_gamma": FloatRange("[0, inf)", "the focal exponent; 0 = plain cross-entropy"),
     "freeze_threshold": FloatRange("[0, 1]"),  # compared with alpha_T, which lies in [0, 1]
     "learning_rate": FloatRange("(0, inf)"),
     "learning_rate_min": FloatRange("[0, learning_rate]"),  # the end of a decay from learning_rate

@@ -50,6 +50,7 @@ from keras import ops
 
 from hlrs_tf import losses, precision, sync_bn
 from hlrs_tf.distribute import PrebuiltModelMixin, step_logs
+from hlrs_tf.long_tail_losses import LossSpec, long_tail_loss
 from hlrs_tf.search_network import SearchNetwork, split_variables
 
 ORDERS = ("first", "second")
@@ -125,11 +126,15 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         grad_clip: Global-norm clip of the weight gradient (5).
         class_weights: Optional per-class loss weights (re-weighting, e.g.
             :func:`hlrs_tf.losses.effective_number_weights`): each example's cross-entropy is scaled by the weight of its
-            class, on both levels; ``None`` is plain cross-entropy.
+            class, on both levels; ``None`` is plain cross-entropy. A shorthand for
+            ``loss=LossSpec("class_balanced", reduction, class_weights)``; not with ``loss``.
         class_weight_reduction: How the weighted loss reduces over the batch
             (:func:`hlrs_tf.losses.class_weighted_cross_entropy`): ``"weighted_mean"``, ``sum(w_y CE) / sum(w_y)``
             over the global batch, or ``"batch_mean"``, ``sum(w_y CE) / batch size``. Unused without
             ``class_weights``.
+        loss: The loss of both levels (:class:`hlrs_tf.long_tail_losses.LossSpec`, ``--loss``); ``None``: from
+            ``class_weights``. A DRW loss gives the model a non-trainable ``drw_active`` variable (0 or 1) that
+            :class:`hlrs_tf.schedules.DRWSchedule` assigns per epoch.
         **kwargs: Forwarded to ``keras.Model``.
     """
 
@@ -142,6 +147,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         grad_clip: float = 5.0,
         class_weights=None,
         class_weight_reduction: str = "weighted_mean",
+        loss: LossSpec | dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -152,9 +158,19 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         self.weight_decay = float(weight_decay)
         self.arch_weight_decay = float(arch_weight_decay)
         self.grad_clip = float(grad_clip)
-        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
-        self._class_weights = None if class_weights is None else ops.convert_to_tensor(self.class_weights)
-        self.class_weight_reduction = losses.check_reduction(class_weight_reduction)
+        if loss is None:
+            name = "ce" if class_weights is None else "class_balanced"
+            loss = LossSpec(name, losses.check_reduction(class_weight_reduction), class_weights)
+        elif class_weights is not None:
+            raise ValueError("give the class weights in `loss` (a LossSpec), not both")
+        self.loss_spec = LossSpec(**loss) if isinstance(loss, dict) else loss
+        self.class_weights = None if not self.loss_spec.weighted else list(self.loss_spec.class_weights)
+        self._class_weights = None if self.class_weights is None else ops.convert_to_tensor(self.class_weights)
+        self.class_weight_reduction = self.loss_spec.reduction
+        # DRW's switch, assigned per epoch (hlrs_tf.schedules.DRWSchedule); only with DRW, so the variables
+        # (and so the checkpoints) of every other run are unchanged.
+        self.drw_active = (keras.Variable(0.0, trainable=False, dtype="float32", name="drw_active")
+                           if self.loss_spec.drw else None)
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
@@ -227,14 +243,17 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
             "weight_decay": self.weight_decay,
             "arch_weight_decay": self.arch_weight_decay,
             "grad_clip": self.grad_clip,
-            "class_weights": self.class_weights,
-            "class_weight_reduction": self.class_weight_reduction,
+            "class_weight_reduction": self.class_weight_reduction,  # also in "loss"; kept for readers
+            "loss": self.loss_spec.to_config(),
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config["network"] = keras.layers.deserialize(config["network"])
+        if "loss" in config:  # the LossSpec carries the weights and the reduction
+            config.pop("class_weights", None)
+            config.pop("class_weight_reduction", None)
         return cls(**config)
 
     # ---------------------------------------------------------------- batches and losses (BBN overrides)
@@ -245,14 +264,11 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         return batch[0]
 
     def _loss_from_logits(self, batch, logits):
-        """The loss of a batch given its logits (cross-entropy, class-weighted when re-weighting).
+        """The loss of a batch given its logits: ``self.loss_spec`` (``hlrs_tf.long_tail_losses.long_tail_loss``).
 
         This replica's share under a strategy, as Keras' losses: the shares sum to the global-batch loss.
         """
-        y = batch[1]
-        if self._class_weights is None:
-            return self.loss_fn(y, logits)
-        return losses.class_weighted_cross_entropy(y, logits, self._class_weights, self.class_weight_reduction)
+        return long_tail_loss(batch[1], logits, self.loss_spec, self.drw_active)
 
     def _traced_pass(self, fn):
         """``traced_once(fn)``, or ``fn`` itself when the loss all-reduces across replicas.
@@ -261,7 +277,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         TensorFlow refuses inside a nested ``tf.function`` (as synchronised BN's sums; see :func:`traced_once`).
         With synchronised BN on (the default) a multi-replica pass is inline anyway; this covers it switched off.
         """
-        if self._class_weights is not None and losses.reduction_syncs_replicas(self.class_weight_reduction):
+        if self.loss_spec.syncs_replicas():
             return fn
         return traced_once(fn)
 

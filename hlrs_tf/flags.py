@@ -11,11 +11,12 @@ import dataclasses
 
 from absl import flags
 
-from hlrs_tf.config import CELL_IMPLS, CLASS_WEIGHT_REDUCTIONS, INITS, LOSSES, METHOD_PRESETS, METHODS, ORDERS, SearchConfig
+from hlrs_tf.config import CELL_IMPLS, INITS, METHOD_PRESETS, METHODS, ORDERS, SearchConfig
 from hlrs_tf.data import SAMPLERS
 from hlrs_tf.distribute import STRATEGIES
 from hlrs_tf.precision import PRECISIONS
 from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
+from hlrs_tf.loss_flags import define_loss_flags
 
 _D = SearchConfig()  # defaults live in one place: the dataclass
 
@@ -44,21 +45,15 @@ flags.DEFINE_enum(
     "Preset of the paper's table: darts (CE, uniform), darts_resample (class-balanced sampler for the weight "
     "step), darts_reweight (class-balanced CE, effective number), darts_bbn (BBN mixed loss), hlrs (BBN + the "
     "HLRS arch-lr schedule 'mixing'); beyond the paper: pcdarts and pcdarts_hlrs (darts and hlrs with "
-    "--partial_channels=4). Flags given explicitly win over the preset.",
+    "--partial_channels=4), and darts with a long-tail loss on both levels: darts_la (logit_adjusted), darts_bsm "
+    "(balanced_softmax), darts_ldam_drw (ldam, --drw_epoch=40), darts_focal (focal), darts_cb_focal "
+    "(class_balanced_focal). Flags given explicitly win over the preset.",
 )
 flags.DEFINE_enum("weight_sampler", _D.weight_sampler, list(SAMPLERS),
                   "Sampler of the weight-step batches (preset by --method).")
 flags.DEFINE_enum("arch_sampler", _D.arch_sampler, list(SAMPLERS),
                   "Sampler of the architecture-step batches (preset by --method).")
-flags.DEFINE_enum("loss", _D.loss, list(LOSSES),
-                  "ce, or class_balanced: CE weighted by the effective number of samples (preset by --method).")
-flags.DEFINE_float("reweight_beta", _D.reweight_beta, "beta of the effective number (class_balanced loss).")
-flags.DEFINE_enum(
-    "class_weight_reduction", _D.class_weight_reduction, list(CLASS_WEIGHT_REDUCTIONS),
-    "Reduction of the class-weighted loss: weighted_mean, sum(w_y CE) / sum(w_y) over the batch (LDAM-DRW's "
-    "F.cross_entropy(weight=w); the step size does not depend on the batch's mean weight), or batch_mean, "
-    "sum(w_y CE) / batch size (Cui et al.'s TF code; at ratio 100 about 5.8x smaller steps than plain CE).",
-)
+define_loss_flags(_D, __name__, preset=" (preset by --method)")
 flags.DEFINE_bool("bbn", _D.bbn, "BBN on the supernet: shared trunk, conventional + re-balancing branch cells, "
                   "mixed loss on both levels (preset by --method).")
 flags.DEFINE_enum("mixing", _D.mixing, list(MIXING_SCHEDULES), "BBN mixing factor alpha_T over the epochs.")

@@ -111,17 +111,39 @@ def class_weighted_cross_entropy(y, logits, class_weights, reduction: str = "wei
     Raises:
         ValueError: Unknown ``reduction``.
     """
-    check_reduction(reduction)
     y = ops.reshape(ops.cast(y, "int32"), (-1,))
-    logits = ops.cast(logits, "float32")
-    ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-    w = ops.take(ops.cast(ops.convert_to_tensor(class_weights), "float32"), y)
-    total = ops.sum(w * ce)
+    ce = keras.losses.sparse_categorical_crossentropy(y, ops.cast(logits, "float32"), from_logits=True)
+    return reduce_over_batch(ce, y, class_weights, reduction)
+
+
+def reduce_over_batch(values, y, class_weights=None, reduction: str = "weighted_mean"):
+    """This replica's share of a per-example loss reduced over the global batch, optionally class-weighted.
+
+    The one reduction of every loss of this package (:func:`class_weighted_cross_entropy` and
+    :func:`hlrs_tf.long_tail_losses.long_tail_loss`); see :func:`class_weighted_cross_entropy` for the two
+    reductions and how the replicas' shares add up to the single-device value.
+
+    Args:
+        values: Per-example losses ``[B]`` (float32).
+        y: Integer labels ``[B]``, which pick each example's class weight.
+        class_weights: ``[C]`` per-class weights, or ``None``: the plain batch mean (Keras' losses).
+        reduction: One of :data:`CLASS_WEIGHT_REDUCTIONS` (only used with ``class_weights``).
+
+    Returns:
+        Scalar float32 loss (this replica's share under a strategy).
+    """
+    check_reduction(reduction)
     replicas = _replicas()
-    if reduction == "batch_mean":
-        # Keras' order of operations (mean, then 1 / replicas), so this is bit-identical to the old
-        # ``SparseCategoricalCrossentropy(...)(y, logits, sample_weight=w)``.
-        loss = ops.divide_no_nan(total, ops.cast(ops.shape(ce)[0], "float32"))
+    if class_weights is None:
+        total = ops.sum(values)
+    else:
+        y = ops.reshape(ops.cast(y, "int32"), (-1,))
+        w = ops.take(ops.cast(ops.convert_to_tensor(class_weights), "float32"), y)
+        total = ops.sum(w * values)
+    if class_weights is None or reduction == "batch_mean":
+        # Keras' order of operations (mean, then 1 / replicas), so this is bit-identical to
+        # ``SparseCategoricalCrossentropy(...)(y, logits[, sample_weight=w])``.
+        loss = ops.divide_no_nan(total, ops.cast(ops.shape(values)[0], "float32"))
         return loss * (1.0 / replicas) if replicas > 1 else loss
     weight_sum = tf.stop_gradient(ops.sum(w))
     if replicas > 1:

@@ -2,7 +2,9 @@
 
 Per step, as the reference DARTS ``train.py``:
 
-* loss = CE(logits, y) + ``auxiliary_weight`` (0.4) * CE(aux_logits, y) while the auxiliary head exists;
+* loss = L(logits, y) + ``auxiliary_weight`` (0.4) * L(aux_logits, y) while the auxiliary head exists, with
+  ``L`` the run's ``--loss`` (:func:`hlrs_tf.long_tail_losses.long_tail_loss`; cross-entropy by default), on
+  both heads as the reference's one ``criterion``;
 * gradient clipped to global norm ``grad_clip`` (5), *then* coupled L2 ``weight_decay * w`` added (the
   reference's ``clip_grad_norm_`` followed by ``SGD(weight_decay=...)``; Keras' own ``weight_decay`` would be
   decoupled, STACK.md trap 5), then SGD with momentum (cosine learning rate, set by the optimizer's schedule);
@@ -18,6 +20,9 @@ Mixed precision (:mod:`hlrs_tf.precision`): the network computes in bfloat16 / f
 losses are float32; with ``mixed_float16`` the optimizer is a ``LossScaleOptimizer`` and the gradient is
 unscaled before the clipping (:func:`hlrs_tf.precision.gradients`).
 
+The test-set ``loss`` of ``evaluate`` (``val_loss``) stays the plain cross-entropy whatever ``--loss``, so runs
+with different losses compare on one scale.
+
 This model is for training only (single device); what is saved and exported is its ``network``.
 """
 
@@ -30,6 +35,7 @@ from keras import ops
 from hlrs_tf import precision
 from hlrs_tf.bbn import bbn_loss
 from hlrs_tf.derived_network import DerivedNetwork
+from hlrs_tf.long_tail_losses import LossSpec, long_tail_loss
 
 
 class RetrainModel(keras.Model):
@@ -43,6 +49,9 @@ class RetrainModel(keras.Model):
         auxiliary_weight: Weight of the auxiliary loss (0.4).
         weight_decay: Coupled L2 (3e-4).
         grad_clip: Global-norm clip (5).
+        loss: The training loss (:class:`hlrs_tf.long_tail_losses.LossSpec`; default cross-entropy). With BBN
+            the loss is BBN's mixed cross-entropy and this must be plain ``ce``. A DRW loss gives the model a
+            non-trainable ``drw_active`` variable that :class:`hlrs_tf.schedules.DRWSchedule` assigns per epoch.
         **kwargs: Forwarded to ``keras.Model``.
     """
 
@@ -52,9 +61,14 @@ class RetrainModel(keras.Model):
         auxiliary_weight: float = 0.4,
         weight_decay: float = 3e-4,
         grad_clip: float = 5.0,
+        loss: LossSpec | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.loss_spec = LossSpec() if loss is None else loss
+        if network.bbn and self.loss_spec.name != "ce":
+            raise ValueError(f"--loss={self.loss_spec.name!r} is invalid: it must be ce with --bbn (BBN's loss is "
+                             "its mixed cross-entropy)")
         self.network = network
         self.auxiliary_weight = float(auxiliary_weight)
         self.weight_decay = float(weight_decay)
@@ -65,6 +79,9 @@ class RetrainModel(keras.Model):
         self.aux_loss_tracker = keras.metrics.Mean(name="aux_loss")
         # BBN's alpha_T; 1.0 is the parabolic schedule's first value. Unused without BBN.
         self.bbn_alpha = keras.Variable(1.0, trainable=False, dtype="float32", name="bbn_alpha")
+        # DRW's switch (hlrs_tf.schedules.DRWSchedule); only with DRW, so other runs' checkpoints are unchanged.
+        self.drw_active = (keras.Variable(0.0, trainable=False, dtype="float32", name="drw_active")
+                           if self.loss_spec.drw else None)
 
     def build(self, input_shape):
         del input_shape  # build_all builds the network explicitly
@@ -101,6 +118,10 @@ class RetrainModel(keras.Model):
     def _accuracy(y, logits):
         return ops.mean(ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(y, "int64")), "float32"))
 
+    def _loss(self, y, logits):
+        """The training loss of one head's logits (``self.loss_spec``)."""
+        return long_tail_loss(y, logits, self.loss_spec, self.drw_active)
+
     def _step_losses(self, data):
         """``(total loss, main loss, aux loss or None, accuracy)`` of one training element."""
         network = self.network
@@ -116,8 +137,8 @@ class RetrainModel(keras.Model):
         else:
             x, y = data
             logits, aux = network.forward(x, training=True)
-            loss = self.loss_fn(y, logits)
-            aux_loss = self.loss_fn(y, aux) if aux is not None else None
+            loss = self._loss(y, logits)
+            aux_loss = self._loss(y, aux) if aux is not None else None
             accuracy = self._accuracy(y, logits)
         total = loss if aux_loss is None else loss + self.auxiliary_weight * aux_loss
         return total, loss, aux_loss, accuracy

@@ -11,10 +11,12 @@ Work directory (the search's contract, :mod:`hlrs_tf.workdir`, plus the model)::
     model_summary.json    parameter counts (PyTorch-style; with and without the auxiliary head), data, setup
     genotype.json         the genotype trained (a copy; a resume checks it is the same)
     normal.png reduce.png cell diagrams
-    history.csv           one row per epoch: loss, accuracy, aux_loss, lr, drop_path_prob (bbn_alpha, val_*)
+    history.csv           one row per epoch: loss, accuracy, aux_loss, lr, drop_path_prob (bbn_alpha, drw_active,
+                          val_*)
     tensorboard/          the same scalars, the genotype and the diagrams
     checkpoints/          per-epoch state: rerunning the same command resumes after the last complete epoch
     metrics.json          test top-1, per-class, many/medium/few-shot accuracy
+    class_counts.json     class counts and priors of the long-tailed training set, and the loss' constants
     model.keras           the trained network (inference; self-describing: dataset, mean/std, class names)
 
 The library never reads absl flags.
@@ -43,13 +45,21 @@ from hlrs_tf.retrain_data import cutout_length_for, retrain_dataset, retrain_ste
 from hlrs_tf.retrain_model import RetrainModel
 from hlrs_tf.runtime import configure_devices, set_thread_pools, visible_devices
 from hlrs_tf.train_config import TrainConfig
-from hlrs_tf.trainer import check_same_run, truncate_history
+from hlrs_tf.schedules import DRWSchedule
+from hlrs_tf.trainer import _ADDED_FLAG_DEFAULTS as _SEARCH_ADDED_FLAG_DEFAULTS
+from hlrs_tf.trainer import check_same_run, run_loss, save_class_counts, truncate_history
 from hlrs_tf.workdir import Workdir, WorkdirLock, atomic_write_json, atomic_write_text
 
 __all__ = ["MODEL_FILENAME", "RetrainResult", "build_network", "build_model", "run_retrain", "save_network"]
 
 #: File name of the trained network in a train work directory.
 MODEL_FILENAME = "model.keras"
+
+# Flags added to hlrs_tf.train after runs were written (see trainer._ADDED_FLAG_DEFAULTS): before --loss and its
+# settings existed a retraining was plain cross-entropy, which these defaults are (the search's old
+# --class_weight_reduction=batch_mean does not apply: no retraining was class-weighted).
+_ADDED_FLAG_DEFAULTS = {**_SEARCH_ADDED_FLAG_DEFAULTS, "loss": "ce", "reweight_beta": "0.9999",
+                        "class_weight_reduction": "weighted_mean"}
 
 
 @dataclasses.dataclass
@@ -100,11 +110,12 @@ def build_network(config: TrainConfig, genotype: Genotype, spec: data_lib.Datase
 
 
 def build_model(config: TrainConfig, network: DerivedNetwork, spec: data_lib.DatasetSpec,
-                total_steps: int) -> RetrainModel:
-    """Wraps, compiles and builds the training model: SGD + momentum, cosine decay per step over the run."""
+                total_steps: int, class_counts=None) -> RetrainModel:
+    """Wraps, compiles and builds the training model: SGD + momentum, cosine decay per step over the run, the
+    loss of ``config.loss`` from ``class_counts`` (the long-tailed training set's; equal counts if omitted)."""
     model = RetrainModel(
         network, auxiliary_weight=config.auxiliary_weight, weight_decay=config.weight_decay,
-        grad_clip=config.grad_clip, name="retrain",
+        grad_clip=config.grad_clip, loss=run_loss(config, spec, class_counts), name="retrain",
     )
     lr = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(total_steps, 1),
@@ -193,7 +204,7 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
     # A resume must continue the same run: checked before anything in the work directory is overwritten.
     _check_same_genotype(wd, genotype)
     if flags_text is not None:
-        check_same_run(wd, flags_text)
+        check_same_run(wd, flags_text, _ADDED_FLAG_DEFAULTS)
         atomic_write_text(wd.flags_file, flags_text)
     configure_runtime(config)
 
@@ -221,10 +232,11 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
 
     t0 = time.perf_counter()
     network = build_network(config, genotype, spec)
-    model = build_model(config, network, spec, total_steps=config.epochs * steps)
+    model = build_model(config, network, spec, total_steps=config.epochs * steps, class_counts=train_counts)
     build_s = time.perf_counter() - t0
     checkpoint = RetrainCheckpoint(wd.checkpoint_dir)
     initial_epoch = min(checkpoint.restore(model), config.epochs)
+    save_class_counts(wd, config, model.loss_spec, train_counts)
     train_ds = retrain_dataset(
         x_lt, y_lt, spec, config.batch_size, config.seed, augment=config.augment, cutout_length=cutout,
         skip_batches=initial_epoch * steps, bbn=config.bbn,
@@ -240,6 +252,8 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
     callbacks = [DropPathSchedule(config.drop_path_prob, config.epochs)]
     if config.bbn:
         callbacks.append(MixingSchedule(config.mixing, config.epochs))
+    if config.drw_epoch:
+        callbacks.append(DRWSchedule(config.drw_epoch))  # DRW's weights, logged as drw_active
     callbacks += [
         LearningRateLogger(),
         ScalarTensorBoard(wd.tensorboard_dir, genotype, diagrams),

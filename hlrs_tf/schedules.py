@@ -216,3 +216,40 @@ class HLRSCallback(keras.callbacks.Callback):
         if logs is not None and self.arch_lr is not None:
             logs["arch_lr"] = float(self.arch_lr)
             logs["bbn_alpha"] = float(self.alpha)
+
+
+def drw_active(epoch: int, drw_epoch: int) -> float:
+    """DRW's switch at 0-based ``epoch``: 1.0 from ``drw_epoch`` on, else 0.0; always 0.0 when ``drw_epoch`` is
+    0 (no DRW). LDAM-DRW's ``cifar_train.py`` ``idx = epoch // 160`` with ``drw_epoch = 160``."""
+    return 1.0 if 0 < drw_epoch <= epoch else 0.0
+
+
+class DRWSchedule(keras.callbacks.Callback):
+    """Assigns DRW's switch (:func:`drw_active`) to the model's ``drw_active`` variable at the start of every
+    epoch and logs it as ``drw_active``.
+
+    The variable is read inside the traced step (:func:`hlrs_tf.long_tail_losses.class_weights_now`), so the
+    weights change without retracing; Keras passes the true epoch index, so a resumed run (``initial_epoch``)
+    gets the right weights whatever the checkpoint held. List it before the callbacks that write logs.
+
+    Args:
+        drw_epoch: The first 0-based epoch with class-balanced weights (``--drw_epoch``, > 0).
+    """
+
+    def __init__(self, drw_epoch: int):
+        super().__init__()
+        if drw_epoch < 1:
+            raise ValueError(f"--drw_epoch must be >= 1 for DRW, got {drw_epoch}")
+        self.drw_epoch = int(drw_epoch)
+        self._value = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._value = drw_active(epoch, self.drw_epoch)
+        variable = getattr(self.model, "drw_active", None)
+        if not isinstance(variable, keras.Variable):
+            raise ValueError("DRWSchedule needs a model built with a DRW loss (its drw_active variable)")
+        variable.assign(self._value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self._value is not None:
+            logs["drw_active"] = self._value

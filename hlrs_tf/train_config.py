@@ -4,14 +4,15 @@ The CLI (:mod:`hlrs_tf.train_flags`) turns absl flags into a :class:`TrainConfig
 (:mod:`hlrs_tf.retrainer`) only ever sees this object. Defaults are the DARTS CIFAR evaluation setting
 (``train.py`` of the reference) on the long-tailed training set: C=36, 20 cells, 600 epochs, batch 96,
 SGD lr 0.025 with cosine decay to 0, momentum 0.9, weight decay 3e-4, gradient clip 5, auxiliary head weight
-0.4, drop-path ramped to 0.2, cutout 16 (scaled to the image size).
+0.4, drop-path ramped to 0.2, cutout 16 (scaled to the image size); cross-entropy, or a long-tail ``--loss``
+(:mod:`hlrs_tf.long_tail_losses`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from hlrs_tf.config import INITS, ConfigError, check_floats, require
+from hlrs_tf.config import INITS, ConfigError, check_floats, check_loss_settings, require
 from hlrs_tf.precision import PRECISIONS
 from hlrs_tf.schedules import MIXING_SCHEDULES
 
@@ -45,6 +46,13 @@ class TrainConfig:
     bbn: bool = False
     mixing: str = "parabolic"
     init: str = "reference"  # PyTorch default init (hlrs_tf.init) or "keras"
+    # Loss (hlrs_tf.long_tail_losses; the same choices and semantics as the search's --loss)
+    loss: str = "ce"
+    reweight_beta: float = 0.9999
+    class_weight_reduction: str = "weighted_mean"
+    la_tau: float = 1.0
+    focal_gamma: float = 2.0
+    drw_epoch: int = 0  # DRW: class-balanced weights from this 0-based epoch on (0 = no DRW)
     # Optimisation
     epochs: int = 600
     batch_size: int = 96
@@ -79,6 +87,11 @@ class TrainConfig:
         require(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
         require(self.mixing in MIXING_SCHEDULES, "mixing", self.mixing, f"one of {', '.join(MIXING_SCHEDULES)}")
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        check_loss_settings(self)
+        if self.bbn:  # BBN's loss is its mixed cross-entropy (hlrs_tf.bbn.bbn_loss), as in the search
+            require(self.loss == "ce", "loss", self.loss, "ce with --bbn (BBN's loss is its mixed cross-entropy)")
+            require(self.drw_epoch == 0, "drw_epoch", self.drw_epoch,
+                    "0 with --bbn (BBN's loss is its mixed cross-entropy)")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         require(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch,
                 "an integer >= 0 (0 = one pass over the training set)")

@@ -13,6 +13,7 @@ import dataclasses
 from absl import flags
 
 from hlrs_tf.config import INITS
+from hlrs_tf.loss_flags import define_loss_flags
 from hlrs_tf.precision import PRECISIONS
 from hlrs_tf.schedules import MIXING_SCHEDULES
 from hlrs_tf.train_config import TrainConfig
@@ -62,6 +63,8 @@ flags.DEFINE_enum(
     "Weight initialisation: reference (PyTorch's defaults, as the DARTS code: kaiming-uniform a=sqrt(5) for "
     "conv and dense kernels, uniform classifier bias) or keras (glorot-uniform, zero biases).",
 )
+# Loss: the search's choices and semantics (hlrs_tf.long_tail_losses), on the main and the auxiliary logits.
+define_loss_flags(_D, __name__)
 # Optimisation
 flags.DEFINE_integer("epochs", _D.epochs, "Training epochs.", lower_bound=1)
 flags.DEFINE_integer("batch_size", _D.batch_size, "Batch size.", lower_bound=1)

@@ -34,10 +34,10 @@ from hlrs_tf.diagrams import plot_genotype
 from hlrs_tf.distribute import check_global_batch_size, is_chief, make_strategy, workdir_lock, worker_workdir
 from hlrs_tf.guards import NonFiniteLossGuard
 from hlrs_tf.init import apply_init
-from hlrs_tf.losses import effective_number_weights
+from hlrs_tf.long_tail_losses import LossSpec
 from hlrs_tf.metrics import balanced_accuracy, evaluation_report
 from hlrs_tf.runtime import configure_devices, set_thread_pools, visible_devices
-from hlrs_tf.schedules import HLRSCallback, ScheduleConfig
+from hlrs_tf.schedules import DRWSchedule, HLRSCallback, ScheduleConfig
 from hlrs_tf.search_network import SearchNetwork
 from hlrs_tf.workdir import Workdir, atomic_write_json, atomic_write_text
 
@@ -114,11 +114,10 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
     """Builds and compiles the bilevel search model (both optimizers built, nothing left to trace twice).
 
     Args:
-        config: The run config (``bbn`` picks the BBN supernet and loss, ``loss`` the re-weighting).
+        config: The run config (``bbn`` picks the BBN supernet and loss, ``loss`` the loss of both levels).
         spec: Dataset spec (input shape, classes).
         total_steps: Weight steps of the whole search (length of the cosine schedule).
-        class_counts: Training examples per class, for ``loss="class_balanced"`` (equal counts if omitted,
-            e.g. in a dry run).
+        class_counts: Training examples per class, the loss' priors and counts (:func:`run_loss`).
     """
     common = dict(
         order=config.order,
@@ -133,17 +132,13 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
         )
         model = BBNSearchModel(network, name="bbn_search", **common)
     else:
-        class_weights = None
-        if config.loss == "class_balanced":
-            counts = np.ones(spec.num_classes) if class_counts is None else class_counts
-            class_weights = effective_number_weights(counts, config.reweight_beta).tolist()
         network = SearchNetwork(
             config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="supernet",
             dtype=config.precision,  # the network's dtype policy (hlrs_tf.precision); the wrapper stays float32
             partial_channels=config.partial_channels,
         )
-        model = DartsSearchModel(network, class_weights=class_weights,
-                                 class_weight_reduction=config.class_weight_reduction, name="darts_search", **common)
+        model = DartsSearchModel(network, loss=run_loss(config, spec, class_counts), name="darts_search",
+                                 **common)
     weight_lr = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(total_steps, 1), alpha=config.learning_rate_min / config.learning_rate
     )
@@ -162,6 +157,21 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
     # Once built (the initialiser needs the fans), before any checkpoint is restored over it (run_search).
     apply_init(network, config.init, config.seed)
     return model
+
+
+def run_loss(config, spec: data_lib.DatasetSpec, class_counts=None) -> LossSpec:
+    """The loss of a run (``config.loss`` and its settings, a search or retraining config) from the class counts
+    of its long-tailed training split; equal counts if they are not known (a dry run)."""
+    counts = np.ones(spec.num_classes) if class_counts is None else class_counts
+    return LossSpec.from_settings(config, counts)
+
+
+def save_class_counts(wd: Workdir, config, loss: LossSpec, class_counts) -> None:
+    """Writes ``class_counts.json``: the training split's counts and priors and the loss' constants."""
+    atomic_write_json(wd.class_counts_file, loss.summary(
+        class_counts, reweight_beta=config.reweight_beta, la_tau=config.la_tau, focal_gamma=config.focal_gamma,
+        drw_epoch=config.drw_epoch,
+    ))
 
 
 def model_summary(model: DartsSearchModel, spec: data_lib.DatasetSpec, config: SearchConfig, **extra) -> dict:
@@ -271,6 +281,7 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
     # A search the DARTS+ rule stopped stays stopped: its last checkpoint says so (hlrs_tf.collapse).
     skip_stop.record = chief_checkpoint.saved_state().get("early_stop")
     end_epoch = initial_epoch if skip_stop.record else config.epochs
+    save_class_counts(wd, config, model.loss_spec, train_counts)  # (BBN: its mixed CE uses none of it)
     train_ds, _ = data_lib.search_dataset(
         *split, spec, config.batch_size, config.seed, config.augment, skip_batches=initial_epoch * steps,
         weight_sampler=config.weight_sampler, arch_sampler=config.arch_sampler, bbn=config.bbn,
@@ -293,6 +304,7 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
         # Sets this epoch's arch lr and alpha_T before any step, and logs both (every method, so
         # runs compare column for column; alpha_T only drives the loss when bbn is on).
         HLRSCallback(schedule, config.epochs),
+        *([DRWSchedule(config.drw_epoch)] if config.drw_epoch else []),  # DRW's weights, logged as drw_active
         LearningRateLogger(),
         genotype_logger,
         skip_stop,  # after the genotype it counts, before the writers and the checkpoint that persists a stop
@@ -354,9 +366,11 @@ _RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size", "strategy", "cpu_
 # --init: runs written before it existed were initialised the Keras way. --class_weight_reduction: the
 # class-weighted loss was sum(w_y CE) / batch size (Keras' sample_weight) before it existed.
 # --partial_channels (issue 18): runs before it were DARTS (K=1). --max_skip_connect, --stop_on_skip (issue 18):
-# the collapse guards were off.
+# the collapse guards were off. The long-tail loss settings (--la_tau, --focal_gamma, --drw_epoch; issue 19) had
+# no effect before them: their defaults.
 _ADDED_FLAG_DEFAULTS = {"precision": "float32", "init": "keras", "class_weight_reduction": "batch_mean",
-                        "partial_channels": "1", "max_skip_connect": "-1", "stop_on_skip": "0"}
+                        "partial_channels": "1", "max_skip_connect": "-1", "stop_on_skip": "0",
+                        "la_tau": "1.0", "focal_gamma": "2.0", "drw_epoch": "0"}
 
 
 def _flag_map(text: str) -> dict[str, str]:
@@ -368,17 +382,24 @@ def _flag_map(text: str) -> dict[str, str]:
     return out
 
 
-def check_same_run(wd: Workdir, flags_text: str) -> None:
+def check_same_run(wd: Workdir, flags_text: str, added_defaults: dict[str, str] | None = None) -> None:
     """Refuses to resume a checkpointed run with different settings (it would silently mix two runs).
+
+    Args:
+        wd: The work directory.
+        flags_text: The new run's effective flags.
+        added_defaults: The value of each flag added after runs were written, for a ``flags.cfg`` without it
+            (default: the search's, ``_ADDED_FLAG_DEFAULTS``).
 
     Raises:
         ValueError: Naming the flags that differ and what to do.
     """
     if not os.path.exists(os.path.join(wd.checkpoint_dir, "state.json")) or not os.path.exists(wd.flags_file):
         return
+    added = _ADDED_FLAG_DEFAULTS if added_defaults is None else added_defaults
     with open(wd.flags_file) as f:
-        old = {**_ADDED_FLAG_DEFAULTS, **_flag_map(f.read())}
-    new = {**_ADDED_FLAG_DEFAULTS, **_flag_map(flags_text)}
+        old = {**added, **_flag_map(f.read())}
+    new = {**added, **_flag_map(flags_text)}
     diff = sorted(k for k in set(old) | set(new)
                   if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if diff:

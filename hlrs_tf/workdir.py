@@ -9,6 +9,7 @@ Layout (a contract tools and tests rely on)::
     skip_cap.json           with --max_skip_connect: what the cap replaced, per epoch (hlrs_tf.collapse)
     history.csv             one row per epoch (Keras CSVLogger)
     metrics.json            test-set evaluation of the supernet
+    class_counts.json       class counts and priors of the training split, and the loss' constants
     tensorboard/            scalars, alpha heatmaps, genotype text
     checkpoints/            per-epoch state to resume from (state.json: also an early stop, hlrs_tf.collapse)
     .lock                   held by the run using the folder (:class:`WorkdirLock`)
@@ -235,6 +236,12 @@ class Workdir:
     @property
     def metrics_file(self) -> str:
         return self.file("metrics.json")
+
+    @property
+    def class_counts_file(self) -> str:
+        """``class_counts.json``: the counts and priors the loss was built from, and its constants (LDAM
+        margins, logit offsets, class weights; :meth:`hlrs_tf.long_tail_losses.LossSpec.summary`)."""
+        return self.file("class_counts.json")
 
     @property
     def tensorboard_dir(self) -> str:

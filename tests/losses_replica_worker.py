@@ -9,6 +9,10 @@ done, so this runs in a process of its own and prints ``RESULT <json>`` as its l
 * ``fit``: :class:`hlrs_tf.darts_model.DartsSearchModel` on a toy network (a dense layer whose bias is the
   "architecture" variable), two bilevel steps with ``fit``, one device against ``MirroredStrategy``, per
   reduction and order: max |difference| of weights, alphas and logged losses.
+
+With the argument ``long_tail`` (``tests/test_long_tail_losses.py``) it does the same for every loss of
+:mod:`hlrs_tf.long_tail_losses` instead (DRW off and on): ``shares`` of :func:`long_tail_loss` and their
+gradients, and ``fit`` cases of the search model with a :class:`LossSpec`.
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ def shares_main(strategy) -> dict:
     return out
 
 
-def _fit_once(strategy, reduction: str, order: str, steps: int):
+def _fit_once(strategy, reduction: str, order: str, steps: int, loss=None, drw_active=None):
     import keras
     import numpy as np
     import tensorflow as tf
@@ -132,10 +136,15 @@ def _fit_once(strategy, reduction: str, order: str, steps: int):
     ds = tf.data.Dataset.from_tensor_slices(((x, y), (x_val, y_val))).batch(len(LABELS)).repeat()
     kernel0 = _kernel0()
     with strategy.scope():
-        model = DartsSearchModel(
-            _toy_network_class()(name="toy"), order=order,
-            class_weights=effective_number_weights(COUNTS).tolist(), class_weight_reduction=reduction,
-        )
+        if loss is None:
+            model = DartsSearchModel(
+                _toy_network_class()(name="toy"), order=order,
+                class_weights=effective_number_weights(COUNTS).tolist(), class_weight_reduction=reduction,
+            )
+        else:
+            model = DartsSearchModel(_toy_network_class()(name="toy"), order=order, loss=loss)
+            if drw_active is not None:
+                model.drw_active.assign(drw_active)
         # Large learning rates so two steps move the variables far beyond float round-off.
         model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9), arch_optimizer=keras.optimizers.Adam(0.1))
         model.build_all((FEATURES,))
@@ -176,9 +185,90 @@ def fit_main(strategy, steps: int = 2) -> dict:
     return out
 
 
+def _long_tail_specs() -> dict:
+    """Every long-tail loss on COUNTS (focal with gamma 2), plus LDAM and focal with DRW switched off and on."""
+    from hlrs_tf.long_tail_losses import LOSSES, LossSpec
+
+    specs = {name: (LossSpec.from_counts(name, COUNTS), None) for name in LOSSES}
+    for name in ("ldam", "focal"):
+        for active in (0.0, 1.0):
+            specs[f"{name}_drw{int(active)}"] = (LossSpec.from_counts(name, COUNTS, drw=True), active)
+    return specs
+
+
+def long_tail_shares_main(strategy) -> dict:
+    """Replicas' shares of each long-tail loss (and of its kernel gradient) against one device."""
+    import numpy as np
+    import tensorflow as tf
+
+    from hlrs_tf.long_tail_losses import long_tail_loss
+
+    x, y, _, _ = _data()
+    kernel0 = _kernel0()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(LABELS))
+    xb, yb = next(iter(strategy.experimental_distribute_dataset(ds)))
+    out = {}
+    for key, (spec, active) in _long_tail_specs().items():
+        drw = None if active is None else tf.constant(active)
+
+        def loss_and_grad(xb, yb, kernel, spec=spec, drw=drw):
+            with tf.GradientTape() as tape:
+                tape.watch(kernel)
+                loss = long_tail_loss(yb, tf.matmul(xb, kernel), spec, drw)
+            return loss, tape.gradient(loss, kernel)
+
+        single_loss, single_grad = tf.function(loss_and_grad)(tf.constant(x), tf.constant(y), tf.constant(kernel0))
+        kernel = tf.constant(kernel0)
+
+        @tf.function
+        def replicated(xb, yb, fn=loss_and_grad):
+            loss, grad = strategy.run(fn, args=(xb, yb, kernel))
+            return (strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+                    strategy.reduce(tf.distribute.ReduceOp.SUM, grad, axis=None))
+
+        loss_sum, grad_sum = replicated(xb, yb)
+        out[key] = {"single": float(single_loss), "replicated": float(loss_sum),
+                    "d_grad": float(np.abs(grad_sum.numpy() - single_grad.numpy()).max()),
+                    "grad_scale": float(np.abs(single_grad.numpy()).max())}
+    return out
+
+
+def long_tail_fit_main(strategy, steps: int = 2) -> dict:
+    """Two bilevel steps with a few long-tail losses, one device against 2 replicas."""
+    import numpy as np
+
+    specs = _long_tail_specs()
+    cases = [("logit_adjusted", "first"), ("balanced_softmax", "first"), ("ldam_drw1", "first"),
+             ("class_balanced_focal", "second"), ("focal", "first")]
+    out = {}
+    for key, order in cases:
+        spec, active = specs[key]
+        single = _fit_once(tf_default_strategy(), spec.reduction, order, steps, loss=spec, drw_active=active)
+        mirrored = _fit_once(strategy, spec.reduction, order, steps, loss=spec, drw_active=active)
+        diff = lambda k: float(np.max(np.abs(np.asarray(single[k]) - np.asarray(mirrored[k]))))  # noqa: E731
+        out[f"{key}/{order}"] = {
+            "d_kernel": diff("kernel"), "d_alpha": diff("alpha"), "d_loss": diff("loss"),
+            "d_arch_loss": diff("arch_loss"),
+            "kernel_moved": float(np.abs(single["kernel"] - _kernel0()).max()),
+            "alpha_moved": float(np.abs(single["alpha"]).max()),
+        }
+    return out
+
+
+def tf_default_strategy():
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()
+
+
 def main() -> None:
     strategy = distribute.make_strategy("mirrored", cpu_replicas=2)  # before any other TF op
-    result = {"replicas": strategy.num_replicas_in_sync, "shares": shares_main(strategy), "fit": fit_main(strategy)}
+    if sys.argv[1:] == ["long_tail"]:
+        result = {"replicas": strategy.num_replicas_in_sync, "shares": long_tail_shares_main(strategy),
+                  "fit": long_tail_fit_main(strategy)}
+    else:
+        result = {"replicas": strategy.num_replicas_in_sync, "shares": shares_main(strategy),
+                  "fit": fit_main(strategy)}
     print("RESULT " + json.dumps(result), flush=True)
 
 
