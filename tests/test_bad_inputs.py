@@ -82,7 +82,7 @@ CASES = [
     (["--arch_lr_schedule=step"], "flag --arch_lr_schedule=step: value should be one of <constant|mixing|"),
     (["--weight_sampler=inverse"], "flag --weight_sampler=inverse: value should be one of <uniform|"),
     (["--arch_sampler=x"], "flag --arch_sampler=x: value should be one of <uniform|class_balanced|reversed>"),
-    (["--loss=focal"], "flag --loss=focal: value should be one of <ce|class_balanced>"),
+    (["--loss=softmax_focal"], "flag --loss=softmax_focal: value should be one of <ce|class_balanced|logit_adjusted|"),
     (["--batch_size=abc"], "flag --batch_size=abc: invalid literal for int()"),
     (["--seed=1.5"], "flag --seed=1.5"),
     (["--deterministic=maybe"], "flag --deterministic=maybe"),
