@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from hlrs_tf.genotypes import node_edge_slices
+
 __all__ = ["alpha_movement", "edge_max_weight", "ALPHA_MOVEMENT_KEYS"]
 
 #: The keys of :func:`alpha_movement`, in the order they are reported.
@@ -97,10 +99,7 @@ def edge_max_weight(edge_weights: Any, steps: int = 4) -> float:
         steps: Number of intermediate nodes.
     """
     w = np.asarray(edge_weights, dtype=np.float64)
-    if w.shape != (sum(2 + j for j in range(steps)),) or not np.all(np.isfinite(w)):
-        raise ValueError(f"edge_weights must be a finite ({sum(2 + j for j in range(steps))},) array, got {w.shape}")
-    maxima, start = [], 0
-    for j in range(steps):
-        maxima.append(w[start:start + 2 + j].max())
-        start += 2 + j
-    return float(np.mean(maxima))
+    nodes = node_edge_slices(steps)
+    if w.shape != (nodes[-1].stop,) or not np.all(np.isfinite(w)):
+        raise ValueError(f"edge_weights must be a finite ({nodes[-1].stop},) array, got {w.shape}")
+    return float(np.mean([w[node].max() for node in nodes]))

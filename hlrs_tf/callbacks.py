@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from hlrs_tf.alpha_movement import alpha_movement, edge_max_weight
 from hlrs_tf.collapse import save_skip_cap
-from hlrs_tf.genotypes import PRIMITIVES
+from hlrs_tf.genotypes import PRIMITIVES, node_edge_slices
 from hlrs_tf.workdir import Workdir, atomic_write_json
 
 
@@ -201,10 +201,8 @@ def edge_weight_heatmap(edge_weights: np.ndarray, steps: int, title: str) -> np.
     ``j``'s ``2 + j`` inputs. Inputs a node does not have stay blank."""
     edge_weights = np.asarray(edge_weights, dtype=np.float64)
     grid = np.full((steps, steps + 1), np.nan)
-    start = 0
-    for j in range(steps):
-        grid[j, : 2 + j] = edge_weights[start : start + 2 + j]
-        start += 2 + j
+    for j, node in enumerate(node_edge_slices(steps)):
+        grid[j, : 2 + j] = edge_weights[node]
     uniform = 1.0 / (2.0 + np.arange(steps))
     summary = f"mean max weight {float(np.nanmax(grid, axis=1).mean()):.3g}, uniform {float(uniform.mean()):.3g}"
     return _weight_heatmap(grid, uniform, [f"node {j}" for j in range(steps)],

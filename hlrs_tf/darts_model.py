@@ -164,9 +164,6 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         elif class_weights is not None:
             raise ValueError("give the class weights in `loss` (a LossSpec), not both")
         self.loss_spec = LossSpec(**loss) if isinstance(loss, dict) else loss
-        self.class_weights = None if not self.loss_spec.weighted else list(self.loss_spec.class_weights)
-        self._class_weights = None if self.class_weights is None else ops.convert_to_tensor(self.class_weights)
-        self.class_weight_reduction = self.loss_spec.reduction
         # DRW's switch, assigned per epoch (hlrs_tf.schedules.DRWSchedule); only with DRW, so the variables
         # (and so the checkpoints) of every other run are unchanged.
         self.drw_active = (keras.Variable(0.0, trainable=False, dtype="float32", name="drw_active")
@@ -177,6 +174,16 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         self.arch_loss_tracker = keras.metrics.Mean(name="arch_loss")
         self.arch_accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="arch_accuracy")
         self.arch_optimizer = None
+
+    @property
+    def class_weights(self) -> list | None:
+        """The loss' class weights (``None`` when it is not class-weighted); part of :attr:`loss_spec`."""
+        return None if not self.loss_spec.weighted else list(self.loss_spec.class_weights)
+
+    @property
+    def class_weight_reduction(self) -> str:
+        """How the class-weighted loss reduces over the batch; part of :attr:`loss_spec`."""
+        return self.loss_spec.reduction
 
     # ---------------------------------------------------------------- Keras plumbing
     def build(self, input_shape):

@@ -446,6 +446,12 @@ def derive_cell(
     return tuple(gene)
 
 
+def node_edge_slices(steps: int = STEPS) -> list[slice]:
+    """The rows of each intermediate node's incoming edges in the ``(num_edges, ...)`` edge order: node ``j``
+    has ``2 + j`` edges (``slice(0, 2), slice(2, 5), slice(5, 9), slice(9, 14)`` for 4 nodes)."""
+    return [slice(_num_edges(j), _num_edges(j + 1)) for j in range(steps)]
+
+
 def edge_normalised_weights(weights: Any, betas: Any, steps: int = STEPS) -> np.ndarray:
     """PC-DARTS' derivation weights: each edge's softmaxed op weights times its edge weight, the softmax of the
     betas over the edges of its node (``yuhuixu1993/PC-DARTS``, ``model_search.py``, ``Network.genotype``:
@@ -464,11 +470,8 @@ def edge_normalised_weights(weights: Any, betas: Any, steps: int = STEPS) -> np.
         raise GenotypeError(f"betas must have shape ({_num_edges(steps)},), got {b.shape}")
     if not np.all(np.isfinite(b)):
         raise GenotypeError("betas contain NaN or inf")
-    edge, start = [], 0
-    for j in range(steps):  # node j's 2 + j incoming edges
-        edge.append(softmax(b[start:start + 2 + j]))
-        start += 2 + j
-    return w * np.concatenate(edge)[:, None]
+    edge = np.concatenate([softmax(b[node]) for node in node_edge_slices(steps)])
+    return w * edge[:, None]
 def _count_skips(cell: Sequence[tuple[str, int]]) -> int:
     return sum(1 for op, _ in cell if op == "skip_connect")
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from hlrs_tf.genotypes import node_edge_slices
+
 __all__ = ["channel_shuffle", "split_channels", "bypass", "edge_weights", "check_partial_channels"]
 
 
@@ -86,15 +88,6 @@ def channel_shuffle(x, groups: int):
     return tf.reshape(y, shape)
 
 
-def node_slices(steps: int) -> list[tuple[int, int]]:
-    """``[(start, end)]`` of each node's incoming edges in the ``(num_edges,)`` edge order (2, 3, 4, ... edges)."""
-    slices, start = [], 0
-    for j in range(steps):
-        slices.append((start, start + 2 + j))
-        start += 2 + j
-    return slices
-
-
 def edge_weights(betas, steps: int = 4):
     """Softmax of the betas over each node's incoming edges (the reference's ``weights2``), ``(num_edges,)``."""
-    return tf.concat([tf.nn.softmax(betas[a:b]) for a, b in node_slices(steps)], axis=0)
+    return tf.concat([tf.nn.softmax(betas[node]) for node in node_edge_slices(steps)], axis=0)
