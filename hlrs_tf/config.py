@@ -291,6 +291,7 @@ class FloatRange:
 FLOAT_RANGES: dict[str, FloatRange] = {
     "imbalance_ratio": FloatRange("[1, inf)", "N_max / N_min"),
     "train_portion": FloatRange("(0, 1)", "share of each class on the weight split"),
+    "holdout_fraction": FloatRange("[0, 1)", "share of each class held out for post-hoc calibration; 0 = none"),
     "reweight_beta": FloatRange("[0, 1)"),  # the effective number (1 - beta^n) / (1 - beta) needs beta < 1
     "la_tau": FloatRange("[0, inf)", "logit adjustment's tau; 0 = plain cross-entropy"),
     "focal_gamma": FloatRange("[0, inf)", "the focal exponent; 0 = plain cross-entropy"),

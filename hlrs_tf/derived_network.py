@@ -342,12 +342,22 @@ class DerivedNetwork(keras.Model):
         if with_aux is None:
             with_aux = bool(training) and self.auxiliary
         with_aux = with_aux and self.auxiliary
+        features, aux = self._features(x, training, with_aux)
+        return self.classifier(features), aux
+
+    def _features(self, x, training, with_aux):
         s0, s1, aux = self._trunk(x, training, with_aux)
         if not self.bbn:
-            return self.classifier(self._pool(s1)), aux
+            return self._pool(s1), aux
         f_c = self._pool(self.branch_cells[0](s0, s1, self.drop_path_prob, training=training))
         f_r = self._pool(self.branch_cells[1](s0, s1, self.drop_path_prob, training=training))
-        return self.classifier(bbn_mix(f_c, f_r, 0.5)), aux
+        return bbn_mix(f_c, f_r, 0.5), aux
+
+    def features(self, x, training=False):
+        """The classifier's input of one batch: the pooled last cell (with BBN, both branches' features mixed
+        with ``a = 0.5``, as inference). ``classifier(features(x)) == call(x)``; the post-hoc methods
+        (:mod:`hlrs_tf.post_hoc`) work on it."""
+        return self._features(x, training, False)[0]
 
     def forward_bbn(self, x_c, x_r, alpha, training=True):
         """BBN training pass: each batch through the trunk and its own branch, features mixed by ``alpha``.

@@ -8,7 +8,9 @@ the borders, set to zero *after* normalisation, i.e. to the dataset mean). Crop,
 Cutout length: 16 for 32x32 images (the DARTS setting), scaled with the image side for other sizes
 (``round(16 * min(H, W) / 32)``: 14 for 28x28 Fashion-MNIST, 4 for 8x8 digits).
 
-The training set is the long-tailed set itself (no split: the whole set trains the weights), drawn uniformly
+The training set is the long-tailed set itself (by default no split: the whole set trains the weights; with
+``--holdout_fraction`` a stratified share of each class is held out first, :func:`holdout_split`, as the
+validation split of :mod:`hlrs_tf.post_hoc`), drawn uniformly
 without replacement and reshuffled on every pass. With BBN, each element also carries a batch of the
 ``reversed`` sampler (class ``i`` with probability proportional to ``N_max / N_i``) for the re-balancing
 branch.
@@ -21,10 +23,39 @@ import tensorflow as tf
 
 from hlrs_tf import data as data_lib
 
-__all__ = ["REFERENCE_CUTOUT", "cutout_length_for", "cutout_batch", "retrain_dataset", "retrain_steps_per_epoch"]
+__all__ = ["REFERENCE_CUTOUT", "cutout_length_for", "cutout_batch", "holdout_split", "retrain_dataset",
+           "retrain_steps_per_epoch"]
 
 #: Cutout length of the DARTS CIFAR setting (32x32 images).
 REFERENCE_CUTOUT = 16
+
+
+def holdout_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
+    """Holds a stratified share of each class of the long-tailed training set out of training.
+
+    One function for the retraining and for :mod:`hlrs_tf.post_hoc`, so that both see the same split of the same
+    seed (:func:`hlrs_tf.data.stratified_split`: per class a shuffled ``ceil(fraction * n_c)`` held out).
+
+    Args:
+        x: Images of the long-tailed training set.
+        y: Their labels.
+        fraction: ``--holdout_fraction``; 0 holds nothing out.
+        seed: ``--seed``.
+
+    Returns:
+        ``((x_train, y_train), (x_holdout, y_holdout) or None)``.
+
+    Raises:
+        ValueError: A class left without a training image (the message names ``--holdout_fraction``).
+    """
+    if fraction == 0:
+        return (x, y), None
+    held, kept = data_lib.stratified_split(y, fraction, seed=seed)
+    empty = sorted(set(np.unique(y).tolist()) - set(np.unique(y[kept]).tolist()))
+    if empty:
+        raise ValueError(f"--holdout_fraction={fraction:g} is invalid here: it leaves class(es) {empty} without a "
+                         "training image (each has one image in the long-tailed set); lower it, or set 0")
+    return (x[kept], y[kept]), (x[held], y[held])
 
 
 def cutout_length_for(image_shape, length: int = 0) -> int:

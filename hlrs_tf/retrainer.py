@@ -8,7 +8,8 @@ Data flows one way: config -> genotype + data (long-tailed training set, balance
 Work directory (the search's contract, :mod:`hlrs_tf.workdir`, plus the model)::
 
     flags.cfg             effective flags, usable again as --flagfile
-    model_summary.json    parameter counts (PyTorch-style; with and without the auxiliary head), data, setup
+    model_summary.json    parameter counts (PyTorch-style; with and without the auxiliary head), data (the class
+                          counts trained on and, with --holdout_fraction, held out), setup
     genotype.json         the genotype trained (a copy; a resume checks it is the same)
     normal.png reduce.png cell diagrams
     history.csv           one row per epoch: loss, accuracy, aux_loss, lr, drop_path_prob (bbn_alpha, drw_active,
@@ -41,7 +42,7 @@ from hlrs_tf.genotypes import Genotype, GenotypeError, get_genotype
 from hlrs_tf.init import apply_init
 from hlrs_tf.metrics import evaluation_report
 from hlrs_tf.retrain_callbacks import DropPathSchedule, MixingSchedule, RetrainCheckpoint, ScalarTensorBoard
-from hlrs_tf.retrain_data import cutout_length_for, retrain_dataset, retrain_steps_per_epoch
+from hlrs_tf.retrain_data import cutout_length_for, holdout_split, retrain_dataset, retrain_steps_per_epoch
 from hlrs_tf.retrain_model import RetrainModel
 from hlrs_tf.runtime import configure_devices, set_thread_pools, visible_devices
 from hlrs_tf.train_config import TrainConfig
@@ -59,7 +60,7 @@ MODEL_FILENAME = "model.keras"
 # settings existed a retraining was plain cross-entropy, which these defaults are (the search's old
 # --class_weight_reduction=batch_mean does not apply: no retraining was class-weighted).
 _ADDED_FLAG_DEFAULTS = {**_SEARCH_ADDED_FLAG_DEFAULTS, "loss": "ce", "reweight_beta": "0.9999",
-                        "class_weight_reduction": "weighted_mean"}
+                        "class_weight_reduction": "weighted_mean", "holdout_fraction": "0.0"}
 
 
 @dataclasses.dataclass
@@ -223,7 +224,10 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
     # Before anything is built or written: a class left without a training image is refused from the counts.
     data_lib.check_class_counts(ds.y_train, spec.num_classes, config.imbalance_ratio, class_names=spec.class_names)
     x_lt, y_lt = data_lib.make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
+    (x_lt, y_lt), holdout = holdout_split(x_lt, y_lt, config.holdout_fraction, config.seed)
     train_counts = data_lib.class_counts(y_lt, spec.num_classes)
+    holdout_counts = {} if holdout is None else {
+        "holdout_class_counts": data_lib.class_counts(holdout[1], spec.num_classes).tolist()}
     steps = config.steps_per_epoch or retrain_steps_per_epoch(len(y_lt), config.batch_size)
     cutout = cutout_length_for(spec.image_shape, config.cutout_length) if config.cutout else 0
 
@@ -244,8 +248,8 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
     atomic_write_json(
         wd.summary_file,
         model_summary(
-            network, config, spec, train_class_counts=train_counts.tolist(), num_train=int(len(y_lt)),
-            steps_per_epoch=steps, cutout_length=cutout, build_s=round(build_s, 2),
+            network, config, spec, train_class_counts=train_counts.tolist(), **holdout_counts,
+            num_train=int(len(y_lt)), steps_per_epoch=steps, cutout_length=cutout, build_s=round(build_s, 2),
         ),
     )
 

@@ -34,6 +34,7 @@ class TrainConfig:
     manual_dir: str | None = None
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
     imbalance_ratio: float = 100.0
+    holdout_fraction: float = 0.0  # share of each class held out of training for post-hoc calibration (0: none)
     augment: bool = True
     cutout: bool = True
     cutout_length: int = 0  # 0: 16 scaled to the image size
@@ -99,6 +100,36 @@ class TrainConfig:
                 "an integer >= 0 (0 = test only at the end)")
         require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1")
         require(self.threads >= 0, "threads", self.threads, "an integer >= 0 (0 = TensorFlow's default)")
+
+    @classmethod
+    def from_flags_text(cls, text: str) -> TrainConfig:
+        """The config a run's ``flags.cfg`` describes (``--name=value`` and ``--[no]name`` lines, as
+        :func:`hlrs_tf.train_flags.effective_flags` writes them); flags this version does not know are skipped,
+        flags the file lacks (added later) take their defaults. No absl: the flags of another command can be
+        defined in the reading process (``hlrs_tf.post_hoc``).
+
+        Raises:
+            ConfigError: a value of the wrong type, or one the config refuses (naming the flag).
+        """
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {}
+        for line in text.splitlines():
+            if not line.startswith("--"):
+                continue
+            name, equals, raw = line[2:].partition("=")
+            if not equals:  # a boolean: --name or --noname
+                name, raw = ((name[2:], "false") if name.startswith("no") and types.get(name[2:]) in ("bool", bool)
+                             else (name, "true"))
+            kind = types.get(name)
+            if kind is None:
+                continue
+            kind = kind if isinstance(kind, str) else kind.__name__
+            try:
+                values[name] = {"bool": lambda v: {"true": True, "false": False}[v.lower()], "int": int,
+                                "float": float}.get(kind, str)(raw)
+            except (KeyError, ValueError):
+                raise ConfigError(f"--{name}={raw} is invalid: it must be of type {kind}") from None
+        return cls(**values)
 
     def to_dict(self) -> dict:
         """Plain-dict view (JSON-ready)."""

@@ -42,6 +42,11 @@ flags.DEFINE_float(
     "N_max / N_min of the long-tailed training set (1 = keep the data as it is); the test set stays balanced.",
     lower_bound=1.0,
 )
+flags.DEFINE_float(
+    "holdout_fraction", _D.holdout_fraction,
+    "Share of each class of the long-tailed training set held out of training (stratified, seeded by --seed), "
+    "the validation split on which `python -m hlrs_tf.post_hoc` chooses tau; 0 = train on everything.",
+)
 flags.DEFINE_bool("augment", _D.augment, "Random crop + horizontal flip (as the reference).")
 flags.DEFINE_bool("cutout", _D.cutout, "Cutout: zero one square per training image after normalisation.")
 flags.DEFINE_integer(
