@@ -11,17 +11,19 @@ its parity check like the original.
   mode: test logits minus ``log(base_probs ** tau)``): ``b <- b - log(pi^tau + 1e-12)`` with ``pi`` the class
   priors of the training split. The offsets are those of the logit-adjusted loss
   (:func:`hlrs_tf.long_tail_losses.logit_adjustments`, with ``utils.py``'s ``1e-12``), one helper for both.
-* ``tau_norm`` (Kang et al., ICLR 2020; facebookresearch/classifier-balancing ``tau_normalization`` notebook,
-  ``pnorm``): each class's weight vector ``w_j <- w_j / ||w_j||_2^tau``. Departure: the bias is kept (the
-  notebook's ``dotproduct_similarity`` drops it; mmpretrain's ``TauNormHook`` keeps it, as here), so tau = 0
-  is exactly the identity.
-* ``crt`` (Kang et al.; facebookresearch/classifier-balancing ``config/*/stage_2/*crt*.yaml``: classifier re-initialised,
-  retrained 10 epochs with the class-aware sampler, SGD lr 0.2 cosine, momentum 0.9, weight decay 5e-4, the
-  features frozen): the classifier gets PyTorch ``nn.Linear``'s default init (``U(-1/sqrt(F), 1/sqrt(F))``,
-  seeded by ``--seed``) and is trained with cross-entropy on class-balanced batches (class uniformly, then an
-  image of it uniformly). Departure: the features of the training split are computed once without
-  augmentation and reused every epoch (the reference re-augments); with frozen features and BN in inference
-  mode this only removes the augmentation's variety, and makes cRT take seconds.
+* ``tau_norm`` (Kang et al., ICLR 2020; facebookresearch/classifier-balancing ``tau_norm.py``, ``pnorm`` and
+  its sweep ``np.linspace(0, 2, 21)``, our default grid): each class's weight vector
+  ``w_j <- w_j / ||w_j||_2^tau``. Departure: the bias is kept (``tau_norm.py`` scores with
+  ``dotproduct_similarity``, which drops it; mmpretrain's ``TauNormHook`` keeps it, as here), so tau = 0 is
+  exactly the identity.
+* ``crt`` (Kang et al.; classifier-balancing ``config/ImageNet_LT/cls_crt.yaml``: the classifier
+  re-initialised, the features fixed, 10 epochs of the ``ClassAwareSampler``, SGD lr 0.2 with cosine decay to
+  0, momentum 0.9, weight decay 5e-4, batch 512, cross-entropy): the classifier gets PyTorch ``nn.Linear``'s
+  default init (``U(-1/sqrt(F), 1/sqrt(F))``, seeded by ``--seed``). Departures: each example of a batch draws
+  its class uniformly, then an image of it uniformly (the reference's sampler takes 4 per drawn class in a
+  row); the features of the training split are computed once without augmentation and reused every epoch
+  (the reference re-augments): with the features frozen and BN in inference mode this only removes the
+  augmentation's variety, and makes cRT take seconds.
 
 **Tau is chosen on the validation split, never on the test set**: the split the retraining held out with
 ``--holdout_fraction`` (:func:`hlrs_tf.retrain_data.holdout_split`). The criterion is its balanced accuracy
@@ -87,7 +89,7 @@ class PostHocConfig:
     tau_max: float = 2.0
     tau_steps: int = 20
     crt_epochs: int = 10
-    crt_batch_size: int = 128
+    crt_batch_size: int = 512
     crt_learning_rate: float = 0.2
     crt_momentum: float = 0.9
     crt_weight_decay: float = 5e-4
@@ -276,7 +278,7 @@ def run_post_hoc(train_workdir: str, train_config: TrainConfig, config: PostHocC
         PostHocError: an unfinished work directory, a training split that differs from the one recorded, or
             ``logit_adjust`` / ``tau_norm`` without a validation split and without ``tau``.
         hlrs_tf.data.DatasetError: the dataset cannot be loaded.
-        hlrs_tf.workdir.WorkdirInUseError: another process is writing the output folder.
+        hlrs_tf.workdir.WorkdirInUseError: another process is using the work directory.
     """
     wd = Workdir(train_workdir)
     model_path = wd.file(MODEL_FILENAME)
@@ -286,7 +288,8 @@ def run_post_hoc(train_workdir: str, train_config: TrainConfig, config: PostHocC
                                f"{os.path.basename(path)} (`python -m hlrs_tf.train` writes it at the end)")
     _require_validation(config, train_config.holdout_fraction > 0)  # before any data is loaded
     out = os.path.join(wd.path, "post_hoc", config.method)
-    with WorkdirLock(out, what="post-hoc output folder", flag="--post_hoc"):
+    # The retraining's own lock: no retraining resumes into it, and no other post-hoc run writes beside it, meanwhile.
+    with WorkdirLock(wd.path):
         ds = data_lib.load_dataset(train_config.dataset, train_config.data_dir, train_config.manual_dir,
                                    fashion_mnist_dir=train_config.fashion_mnist_dir)
         spec = ds.spec
