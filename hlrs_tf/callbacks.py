@@ -7,6 +7,7 @@ Callbacks run in list order and share the epoch ``logs`` dict, so the ones that 
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -253,7 +254,15 @@ class TensorBoardLogger(keras.callbacks.Callback):
 
 
 class CSVHistory(keras.callbacks.CSVLogger):
-    """Keras' ``CSVLogger`` without the empty ``val_*`` columns it adds when a run has no validation data.
+    """Keras' ``CSVLogger`` without the empty ``val_*`` columns it adds when a run has no validation data, and
+    safe to resume into a file written with other columns.
+
+    ``CSVLogger`` appending to an existing file keeps its header and writes the new rows under it, so a run
+    resumed after a version that logs more columns (e.g. the skip guards' ``skip_replaced``) would put its
+    values under other columns' names. Here the first epoch of an appending run compares the header with its
+    columns and, if they differ, rewrites the file once under the union of both (sorted, as CSVLogger sorts):
+    the old rows get ``NA`` for the new columns and the new rows ``NA`` for the dropped ones, CSVLogger's mark
+    for a missing value.
 
     Args:
         filename: The ``history.csv`` path.
@@ -263,7 +272,26 @@ class CSVHistory(keras.callbacks.CSVLogger):
     def on_epoch_end(self, epoch, logs=None):
         if self.keys is None and logs:
             self.keys = sorted(logs)  # fixed at the first epoch, as in CSVLogger
+            if self.append and not self.append_header:  # appending to a file that has a header
+                self._merge_columns()
         super().on_epoch_end(epoch, logs)
+
+    def _merge_columns(self) -> None:
+        with open(self.filename, newline="") as f:
+            reader = csv.DictReader(f, delimiter=self.sep)
+            old = list(reader.fieldnames or [])
+            rows = list(reader)
+        if old == ["epoch", *self.keys]:
+            return
+        self.keys = sorted(set(self.keys) | (set(old) - {"epoch"}))
+        self.csv_file.close()
+        tmp = f"{self.filename}.{os.getpid()}.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["epoch", *self.keys], restval="NA", delimiter=self.sep)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.filename)
+        self.csv_file = open(self.filename, "a")  # noqa: SIM115 -- CSVLogger closes it in on_train_end
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

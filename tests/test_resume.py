@@ -81,3 +81,28 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     proc = run_cli("hlrs_tf.search", *ARGS, f"--workdir={workdir}")
     assert proc.returncode == 2
     assert "corrupt checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resumed_history_keeps_every_value_under_its_column(tmp_path):
+    """A run resumed by a version that logs other columns (here: one more, one fewer) must not write its values
+    under the old header's names (Keras' CSVLogger would): the file is rewritten once under the union."""
+    from hlrs_tf.callbacks import CSVHistory
+
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,old_only\r\n0,1.5,7\r\n1,1.25,8\r\n")
+    logger = CSVHistory(str(path), append=True)
+    logger.on_train_begin()
+    logger.on_epoch_end(2, {"loss": 1.0, "skip_replaced": 3})
+    logger.on_epoch_end(3, {"loss": 0.5, "skip_replaced": 4})
+    logger.on_train_end()
+    rows = list(csv.DictReader(open(path, newline="")))
+    assert list(rows[0]) == ["epoch", "loss", "old_only", "skip_replaced"]
+    assert [(r["epoch"], r["loss"], r["old_only"], r["skip_replaced"]) for r in rows] == [
+        ("0", "1.5", "7", "NA"), ("1", "1.25", "8", "NA"), ("2", "1.0", "NA", "3"), ("3", "0.5", "NA", "4")]
+    # Same columns: the file is appended to as before, not rewritten.
+    before = path.read_bytes()
+    logger = CSVHistory(str(path), append=True)
+    logger.on_train_begin()
+    logger.on_epoch_end(4, {"loss": 0.25, "old_only": 9, "skip_replaced": 5})
+    logger.on_train_end()
+    assert path.read_bytes() == before + b"4,0.25,9,5\r\n"
