@@ -266,12 +266,20 @@ class CSVHistory(keras.callbacks.CSVLogger):
 
     Args:
         filename: The ``history.csv`` path.
+        validation_metrics: What a run that evaluates every few epochs (``validation_freq``) evaluates: their
+            ``val_*`` columns are made at the first epoch even when it has no evaluation (the columns are fixed
+            then), so the later epochs' values are kept; the epochs without one get ``NA``.
         **kwargs: Forwarded to ``CSVLogger`` (``append=True`` continues a resumed run's file).
     """
 
+    def __init__(self, filename, validation_metrics=(), **kwargs):
+        super().__init__(filename, **kwargs)
+        self.validation_metrics = tuple(validation_metrics)
+
     def on_epoch_end(self, epoch, logs=None):
         if self.keys is None and logs:
-            self.keys = sorted(logs)  # fixed at the first epoch, as in CSVLogger
+            # fixed at the first epoch, as in CSVLogger
+            self.keys = sorted(set(logs) | {f"val_{m}" for m in self.validation_metrics})
             if self.append and not self.append_header:  # appending to a file that has a header
                 self._merge_columns()
         super().on_epoch_end(epoch, logs)

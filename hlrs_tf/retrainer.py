@@ -261,7 +261,9 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
     callbacks += [
         LearningRateLogger(),
         ScalarTensorBoard(wd.tensorboard_dir, genotype, diagrams),
-        CSVHistory(wd.history_file, append=initial_epoch > 0),
+        # RetrainModel.test_step's metrics: the val_* columns exist from the first epoch on.
+        CSVHistory(wd.history_file, validation_metrics=("accuracy", "loss") if config.validation_freq else (),
+                   append=initial_epoch > 0),
         checkpoint,
     ]
     fit_kwargs = {}

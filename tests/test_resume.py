@@ -106,3 +106,23 @@ def test_resumed_history_keeps_every_value_under_its_column(tmp_path):
     logger.on_epoch_end(4, {"loss": 0.25, "old_only": 9, "skip_replaced": 5})
     logger.on_train_end()
     assert path.read_bytes() == before + b"4,0.25,9,5\r\n"
+
+
+def test_history_keeps_validation_columns_of_later_epochs(tmp_path):
+    """With --validation_freq=2 the first epoch has no val_* logs; its columns must still hold the later ones."""
+    from hlrs_tf.callbacks import CSVHistory
+
+    path = tmp_path / "history.csv"
+    logger = CSVHistory(str(path), validation_metrics=("accuracy", "loss"))
+    logger.on_train_begin()
+    logger.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5})
+    logger.on_epoch_end(1, {"loss": 0.5, "accuracy": 0.75, "val_loss": 0.6, "val_accuracy": 0.7})
+    logger.on_train_end()
+    rows = list(csv.DictReader(open(path, newline="")))
+    assert [(r["val_loss"], r["val_accuracy"]) for r in rows] == [("NA", "NA"), ("0.6", "0.7")]
+    without = tmp_path / "plain.csv"  # no evaluation: no empty val_* columns (CSVLogger would add them)
+    logger = CSVHistory(str(without))
+    logger.on_train_begin()
+    logger.on_epoch_end(0, {"loss": 1.0})
+    logger.on_train_end()
+    assert without.read_text().splitlines()[0] == "epoch,loss"
