@@ -19,7 +19,7 @@ import tensorflow as tf
 from hlrs_tf.alpha_movement import alpha_movement, edge_max_weight
 from hlrs_tf.collapse import save_skip_cap
 from hlrs_tf.genotypes import PRIMITIVES, node_edge_slices
-from hlrs_tf.workdir import Workdir, atomic_write_json
+from hlrs_tf.workdir import Workdir, atomic_write_json, atomic_write_text
 
 
 def _current_lr(optimizer) -> float:
@@ -293,12 +293,11 @@ class CSVHistory(keras.callbacks.CSVLogger):
             return
         self.keys = sorted(set(self.keys) | (set(old) - {"epoch"}))
         self.csv_file.close()
-        tmp = f"{self.filename}.{os.getpid()}.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["epoch", *self.keys], restval="NA", delimiter=self.sep)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.filename)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=["epoch", *self.keys], restval="NA", delimiter=self.sep)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.filename, text.getvalue())  # the work directory's one atomic write
         self.csv_file = open(self.filename, "a")  # noqa: SIM115 -- CSVLogger closes it in on_train_end
 
 
