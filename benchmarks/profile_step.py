@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     for key in ("primitive", args.by):
         print(f"\n{'by ' + key:70s} {'count':>7s} {'s/step':>8s} {'share':>6s}")
         for name, t in by_key[key].most_common(args.top):
-            print(f"{name[-70:]:70s} {counts[key][name] // args.steps:7d} {t / args.steps:8.3f} {100 * t / total:5.1f}%")
+            calls = counts[key][name] // args.steps
+            print(f"{name[-70:]:70s} {calls:7d} {t / args.steps:8.3f} {100 * t / total:5.1f}%")
     return 0
 
 

@@ -167,7 +167,7 @@ def main(argv=None) -> int:
             options.intra_op_num_threads = args.threads
         try:
             session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 -- onnxruntime raises its own exception types
+        except Exception as e:  # onnxruntime raises its own exception types
             raise PredictError(f"{model_path}: not a loadable ONNX model: {str(e).splitlines()[0]}") from e
         meta = load_metadata(model_path, session)
         inp = session.get_inputs()[0]

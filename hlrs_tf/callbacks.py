@@ -298,7 +298,7 @@ class CSVHistory(keras.callbacks.CSVLogger):
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.filename, text.getvalue())  # the work directory's one atomic write
-        self.csv_file = open(self.filename, "a")  # noqa: SIM115 -- CSVLogger closes it in on_train_end
+        self.csv_file = open(self.filename, "a")  # CSVLogger closes it in on_train_end
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

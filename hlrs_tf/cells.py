@@ -12,13 +12,14 @@ the softmax of their betas (``edge_weights``).
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 from keras import ops
 
 from hlrs_tf import ops as darts_ops
 from hlrs_tf import partial_channels as pc
-from hlrs_tf.ops import CompositeLayer
 from hlrs_tf.genotypes import PRIMITIVES
+from hlrs_tf.ops import CompositeLayer
 
 
 def add_n(tensors):
@@ -31,6 +32,7 @@ def num_edges(steps: int = 4) -> int:
     return sum(2 + j for j in range(steps))
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class MixedOp(CompositeLayer):
     """``sum_o w_o * o(x)`` over the candidate ops of one edge.
 
@@ -116,6 +118,7 @@ class SearchCellConfig:
         }
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class SearchCell(SearchCellConfig, CompositeLayer):
     """A DARTS search cell (normal or reduction) whose edges are mixed ops.
 
@@ -166,7 +169,7 @@ class SearchCell(SearchCellConfig, CompositeLayer):
         rows = tf.unstack(weights)
         betas = None if edge_weights is None else tf.unstack(edge_weights)
         offset = 0
-        for j in range(self.steps):
+        for _ in range(self.steps):
             node = [self.edges[offset + i](h, rows[offset + i], training=training) for i, h in enumerate(states)]
             if betas is not None:
                 node = [tf.cast(betas[offset + i], out.dtype) * out for i, out in enumerate(node)]

@@ -112,10 +112,8 @@ def check_retrain_protocol(args: list[str], python: str = sys.executable) -> Non
 def main(argv) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
-    from hlrs_tf.comparison import CompareConfig, report, run_all
+    from hlrs_tf.comparison import CompareConfig, parse_arm, report, run_all
     from hlrs_tf.workdir import WorkdirLock, atomic_write_text, default_workdir
-
-    from hlrs_tf.comparison import parse_arm
 
     try:
         arms = {spec: parse_arm(spec) for spec in FLAGS.methods}

@@ -288,8 +288,8 @@ def by_seed(rows: list[dict], method: str, column: str) -> dict[int, float]:
 
 def summary_table(rows: list[dict], methods, stage: str, confidence: float = 0.95) -> str:
     """Per method: mean ± std [95% t-interval] of the stage's accuracies over seeds, in percent."""
-    head = (f"| method | seeds | top-1 % | balanced % | many-shot % | medium-shot % | few-shot % | "
-            f"normal-cell skip_connect | alpha max-softmax (uniform 0.125) |")
+    head = ("| method | seeds | top-1 % | balanced % | many-shot % | medium-shot % | few-shot % | "
+            "normal-cell skip_connect | alpha max-softmax (uniform 0.125) |")
     lines = [head, "|" + "---|" * 9]
     for method in methods:
         n = len(by_seed(rows, method, f"{stage}_top1"))
@@ -321,8 +321,8 @@ def paired_table(rows: list[dict], methods, stage: str, baseline: str, confidenc
 
 def verdict_lines(rows: list[dict], methods, stages, baseline: str, confidence: float = 0.95) -> list[str]:
     """One line per (method, stage, metric in top-1, medium- and few-shot; a group without classes is left
-    out): the paired difference to the baseline, its interval and what the interval supports, e.g. ``darts_resample vs darts, retrained top-1: -3.1 points
-    [-5.0, -1.2] over 3 seeds: hurts``."""
+    out): the paired difference to the baseline, its interval and what the interval supports, e.g.
+    ``darts_resample vs darts, retrained top-1: -3.1 points [-5.0, -1.2] over 3 seeds: hurts``."""
     lines = []
     for stage in stages:
         for metric in ("top1", "medium_shot", "few_shot"):

@@ -182,7 +182,7 @@ class SearchConfig:
         return None if self.max_skip_connect < 0 else self.max_skip_connect
 
     @classmethod
-    def for_method(cls, method: str, **overrides) -> "SearchConfig":
+    def for_method(cls, method: str, **overrides) -> SearchConfig:
         """The config of a method preset; ``overrides`` win over the preset (and the preset over defaults).
 
         Raises:

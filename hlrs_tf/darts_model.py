@@ -110,6 +110,7 @@ def clip_by_global_norm(grads, clip_norm: float):
     return [g * scale for g in grads], norm
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class DartsSearchModel(PrebuiltModelMixin, keras.Model):
     """DARTS bilevel search: architecture step then weight step, first or second order.
 
@@ -125,8 +126,8 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         arch_weight_decay: Coupled L2 on the alphas (1e-3).
         grad_clip: Global-norm clip of the weight gradient (5).
         class_weights: Optional per-class loss weights (re-weighting, e.g.
-            :func:`hlrs_tf.losses.effective_number_weights`): each example's cross-entropy is scaled by the weight of its
-            class, on both levels; ``None`` is plain cross-entropy. A shorthand for
+            :func:`hlrs_tf.losses.effective_number_weights`): each example's cross-entropy is scaled by the
+            weight of its class, on both levels; ``None`` is plain cross-entropy. A shorthand for
             ``loss=LossSpec("class_balanced", reduction, class_weights)``; not with ``loss``.
         class_weight_reduction: How the weighted loss reduces over the batch
             (:func:`hlrs_tf.losses.class_weighted_cross_entropy`): ``"weighted_mean"``, ``sum(w_y CE) / sum(w_y)``

@@ -32,6 +32,7 @@ import socket
 import threading
 import urllib.parse
 import zipfile
+
 import numpy as np
 import tensorflow as tf
 

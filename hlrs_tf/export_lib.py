@@ -165,7 +165,7 @@ def load_network(path: str) -> keras.Model:
     """
     try:
         model = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # noqa: BLE001 -- Keras raises many types here; one clear line for all of them
+    except Exception as e:  # Keras raises many types here; one clear line for all of them
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"--model={path}: cannot load the Keras model: {first[:300]}") from e
     shape = _image_shape(model)

@@ -14,9 +14,9 @@ from absl import flags
 from hlrs_tf.config import CELL_IMPLS, INITS, METHOD_PRESETS, METHODS, ORDERS, SearchConfig
 from hlrs_tf.data import SAMPLERS
 from hlrs_tf.distribute import STRATEGIES
+from hlrs_tf.loss_flags import define_loss_flags
 from hlrs_tf.precision import PRECISIONS
 from hlrs_tf.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
-from hlrs_tf.loss_flags import define_loss_flags
 
 _D = SearchConfig()  # defaults live in one place: the dataclass
 

@@ -60,7 +60,13 @@ from hlrs_tf import sync_bn
 from hlrs_tf.cells import SearchCellConfig
 from hlrs_tf.genotypes import PRIMITIVES
 from hlrs_tf.ops import (
-    BN_EPSILON, BN_MOMENTUM, avg_pool_3x3, depthwise_conv, max_pool_3x3, pad_spatial, reference_padding,
+    BN_EPSILON,
+    BN_MOMENTUM,
+    avg_pool_3x3,
+    depthwise_conv,
+    max_pool_3x3,
+    pad_spatial,
+    reference_padding,
     strided_views,
 )
 
@@ -108,6 +114,7 @@ def _stacked_uniform(limit: float) -> keras.initializers.Initializer:
     return keras.initializers.RandomUniform(-limit, limit)
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
     """A DARTS search cell (normal or reduction), computed with stacked parameters and shared work.
 
@@ -181,12 +188,16 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
         half = c // 2
         c0, c1 = int(s0_shape[-1]), int(s1_shape[-1])
         add = self.add_weight
+
+        def glorot(fan_in, fan_out):
+            return _stacked_uniform(_glorot_limit(fan_in, fan_out))
+
         if self.reduction_prev:
-            self.pre0_fr1 = add(name="pre0_fr1", shape=(c0, half), initializer=_stacked_uniform(_glorot_limit(c0, half)))
-            self.pre0_fr2 = add(name="pre0_fr2", shape=(c0, half), initializer=_stacked_uniform(_glorot_limit(c0, half)))
+            self.pre0_fr1 = add(name="pre0_fr1", shape=(c0, half), initializer=glorot(c0, half))
+            self.pre0_fr2 = add(name="pre0_fr2", shape=(c0, half), initializer=glorot(c0, half))
         else:
-            self.pre0_kernel = add(name="pre0_kernel", shape=(c0, c), initializer=_stacked_uniform(_glorot_limit(c0, c)))
-        self.pre1_kernel = add(name="pre1_kernel", shape=(c1, c), initializer=_stacked_uniform(_glorot_limit(c1, c)))
+            self.pre0_kernel = add(name="pre0_kernel", shape=(c0, c), initializer=glorot(c0, c))
+        self.pre1_kernel = add(name="pre1_kernel", shape=(c1, c), initializer=glorot(c1, c))
         c = self.op_channels  # the candidate ops' channels (C // K)
         half = c // 2
         self.conv_kernels = {}
@@ -303,7 +314,7 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
         # PC-DARTS: the edge weights as compute-dtype scalars, for the bypassed channels.
         beta_c = None if beta is None else tf.unstack(tf.cast(beta, compute))
         e = -1  # edge index: edges run in edge_list order, node by node
-        for j in range(self.steps):
+        for _ in range(self.steps):
             terms, phase_terms = [], []  # phase_terms: dilated-conv outputs still in phase space
             bypass_terms = []  # PC-DARTS: the bypassed channels of the node's edges
             for i, state in enumerate(states):

@@ -231,7 +231,7 @@ class Genotype:
         }
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "genotype", steps: int = STEPS) -> "Genotype":
+    def from_dict(cls, d: Any, source: str = "genotype", steps: int = STEPS) -> Genotype:
         """Builds a validated genotype from a dict such as ``to_dict`` returns (or parsed JSON).
 
         Args:
@@ -276,7 +276,7 @@ class Genotype:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "genotype", steps: int = STEPS) -> "Genotype":
+    def from_json(cls, text: str, source: str = "genotype", steps: int = STEPS) -> Genotype:
         """Parses and validates a genotype from JSON text.
 
         Args:
@@ -325,7 +325,7 @@ class Genotype:
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike, steps: int = STEPS) -> "Genotype":
+    def load(cls, path: str | os.PathLike, steps: int = STEPS) -> Genotype:
         """Reads and validates a genotype JSON file (never ``eval``).
 
         Args:

@@ -42,8 +42,9 @@ whose ``_ConvNd.reset_parameters`` (the pre-1.0 ``conv.py``) drew every conv ker
 ``U(-1/sqrt(n), 1/sqrt(n))`` with ``n = in_channels * kh * kw`` *not* divided by ``groups`` -- a depthwise
 kernel's bound was ``sqrt(C)`` times smaller than here; this module follows PyTorch >= 1.0
 (``kaiming_uniform_``, fan-in per group), what the reference code gives when run today. The 1x1 / full
-convs and the linear layers get the same bound under both versions. (Behind each depthwise conv the 1x1 conv and a BatchNorm follow, so the
-scale of the depthwise kernel does not change the initial function, only the early steps.)
+convs and the linear layers get the same bound under both versions. (Behind each depthwise conv the 1x1 conv
+and a BatchNorm follow, so the scale of the depthwise kernel does not change the initial function, only the
+early steps.)
 """
 
 from __future__ import annotations

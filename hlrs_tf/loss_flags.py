@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from hlrs_tf.losses import CLASS_WEIGHT_REDUCTIONS
 from hlrs_tf.long_tail_losses import DRW_LOSSES, LOSSES
+from hlrs_tf.losses import CLASS_WEIGHT_REDUCTIONS
 
 
 def define_loss_flags(defaults, module_name: str, preset: str = "") -> None:

@@ -42,6 +42,7 @@ BN_MOMENTUM = 0.1
 BN_EPSILON = 1e-5
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class BatchNorm(keras.layers.Layer):
     """BatchNorm on channels-last input as one fused kernel, with PyTorch's running-statistics rule.
 
@@ -258,6 +259,7 @@ def depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1, padding:
     return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, strides=[1, s, s, 1], padding="VALID")
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class DepthwiseConv(keras.layers.Layer):
     """Bias-free depthwise convolution, padded as the reference (:func:`depthwise_conv`), any stride and dilation.
 
@@ -349,6 +351,7 @@ def pointwise_conv(filters: int, strides: int = 1, name: str | None = None) -> P
     return PointwiseConv(filters, strides=strides, name=name)
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class ReLUConvBN(CompositeLayer):
     """ReLU -> kxk conv -> BN: the cell-input preprocessing of DARTS (``ReLUConvBN`` of ``cnn/operations.py``).
 
@@ -412,6 +415,7 @@ def strided_views(x):
     return even, odd
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class FactorizedReduce(CompositeLayer):
     """ReLU, two 1x1 stride-2 convs (the second on the input shifted by one pixel), concat, BN.
 
@@ -457,6 +461,7 @@ class FactorizedReduce(CompositeLayer):
         }
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class SepConv(CompositeLayer):
     """Separable conv applied twice: [ReLU, depthwise kxk, 1x1, BN] x 2; only the first is strided.
 
@@ -501,6 +506,7 @@ class SepConv(CompositeLayer):
         }
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class DilConv(CompositeLayer):
     """Dilated separable conv: ReLU, depthwise kxk with dilation 2, 1x1, BN.
 
@@ -543,6 +549,7 @@ class DilConv(CompositeLayer):
         }
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class Pool(CompositeLayer):
     """3x3 max or average pooling, padded 1/1 as the reference (:func:`max_pool_3x3`, :func:`avg_pool_3x3`; the
     average excludes the padding), optionally followed by BN.
@@ -570,6 +577,7 @@ class Pool(CompositeLayer):
         return {**super().get_config(), "kind": self.kind, "strides": self.strides, "bn": self.bn}
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class Identity(CompositeLayer):
     """``skip_connect`` at stride 1."""
 
@@ -577,6 +585,7 @@ class Identity(CompositeLayer):
         return x
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class Zero(CompositeLayer):
     """``none``: zeros of the (possibly subsampled) output shape. Only used when a genotype names it."""
 

@@ -38,6 +38,7 @@ from hlrs_tf.derived_network import DerivedNetwork
 from hlrs_tf.long_tail_losses import LossSpec, long_tail_loss
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class RetrainModel(keras.Model):
     """Trains a :class:`~hlrs_tf.derived_network.DerivedNetwork` with the DARTS evaluation recipe.
 
@@ -82,6 +83,23 @@ class RetrainModel(keras.Model):
         # DRW's switch (hlrs_tf.schedules.DRWSchedule); only with DRW, so other runs' checkpoints are unchanged.
         self.drw_active = (keras.Variable(0.0, trainable=False, dtype="float32", name="drw_active")
                            if self.loss_spec.drw else None)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "network": keras.layers.serialize(self.network),
+            "auxiliary_weight": self.auxiliary_weight,
+            "weight_decay": self.weight_decay,
+            "grad_clip": self.grad_clip,
+            "loss": self.loss_spec.to_config(),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.layers.deserialize(config["network"])
+        config["loss"] = LossSpec(**config["loss"])
+        return cls(**config)
 
     def build(self, input_shape):
         del input_shape  # build_all builds the network explicitly

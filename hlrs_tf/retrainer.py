@@ -45,8 +45,8 @@ from hlrs_tf.retrain_callbacks import DropPathSchedule, MixingSchedule, RetrainC
 from hlrs_tf.retrain_data import cutout_length_for, holdout_split, retrain_dataset, retrain_steps_per_epoch
 from hlrs_tf.retrain_model import RetrainModel
 from hlrs_tf.runtime import configure_devices, set_thread_pools, visible_devices
-from hlrs_tf.train_config import TrainConfig
 from hlrs_tf.schedules import DRWSchedule
+from hlrs_tf.train_config import TrainConfig
 from hlrs_tf.trainer import _ADDED_FLAG_DEFAULTS as _SEARCH_ADDED_FLAG_DEFAULTS
 from hlrs_tf.trainer import check_same_run, run_loss, save_class_counts, truncate_history
 from hlrs_tf.workdir import Workdir, WorkdirLock, atomic_write_json, atomic_write_text

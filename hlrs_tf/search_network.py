@@ -23,13 +23,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from hlrs_tf import partial_channels as pc
 from hlrs_tf.cells import SearchCell, num_edges
 from hlrs_tf.fused_cell import FusedSearchCell
-from hlrs_tf import partial_channels as pc
 from hlrs_tf.genotypes import PRIMITIVES, Genotype, derive_genotype
 from hlrs_tf.ops import CompositeLayer, batch_norm
 from hlrs_tf.precision import policy_scope
-
 
 # How the cells are computed: "fused" (fast; stacked parameters, shared work) or "direct" (one Keras layer per
 # candidate op of every edge, as in the reference; the oracle the fused cell is tested against). Same function,
@@ -42,6 +41,7 @@ def reduction_layers(layers: int) -> tuple[int, int]:
     return (layers // 3, 2 * layers // 3)
 
 
+@keras.saving.register_keras_serializable(package="hlrs_tf")
 class SearchNetwork(CompositeLayer):
     """DARTS supernet with shared per-cell-type alphas.
 

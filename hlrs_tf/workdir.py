@@ -62,7 +62,7 @@ def atomic_write_json(path: str, obj) -> None:
 
 def default_workdir(name: str, root: str = "runs") -> str:
     """A new folder name ``runs/<UTC timestamp>-<name>`` (not created)."""
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return os.path.join(root, f"{stamp}-{safe}")
 
@@ -142,7 +142,7 @@ class WorkdirLock:
                               "locks, so make sure no other run uses it", RuntimeWarning, stacklevel=2)
                 return self
             raise
-        started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}) + "\n"
         try:
             os.ftruncate(fd, 0)

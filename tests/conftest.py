@@ -1,6 +1,25 @@
-"""Shared test setup: the commands' process settings (quiet TensorFlow, oneDNN kernels), repository paths.
+"""Shared test setup: the commands' process settings (quiet TensorFlow, oneDNN kernels) and the test harness.
 
 ``TF_ENABLE_ONEDNN_OPTS=0 bash scripts/test.sh`` runs the whole suite on TensorFlow's own kernels instead.
+
+Fixtures (session scope, so module-scoped fixtures of the test files can request them too); test files take
+them as arguments and never import from this module:
+
+- ``repo_root``: the repository's path (the working directory of the commands the tests start).
+- ``run_cli``: ``run_cli(module, *args, cwd=repo_root, timeout=900)`` runs ``python -m <module> <args>`` in a
+  fresh process with ``child_env`` and returns the ``subprocess.CompletedProcess``.
+- ``child_env``: the environment every child process of the tests needs: ``os.environ`` with the repository
+  prepended to ``PYTHONPATH``. Shared by the whole session: copy it (``dict(child_env, NAME=value)``) to add
+  variables, never change it in place.
+
+Markers:
+
+- ``isolated``: the test runs in a fresh deterministic process with one thread in each pool (see below).
+- ``slow``: the test starts another Python process (a real command, a worker or an isolated test).
+  ``pytest -m 'not slow'`` leaves these out, for a quick loop. It is added automatically (in
+  ``pytest_collection_modifyitems``) to every test whose fixtures, direct or through other fixtures, include
+  ``run_cli`` or ``child_env``, and to every ``isolated`` test; a test that starts a process without either
+  fixture carries ``@pytest.mark.slow`` itself.
 """
 
 import os
@@ -36,6 +55,25 @@ else:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "isolated: run in a fresh deterministic one-thread process (conftest.py)")
+    config.addinivalue_line(
+        "markers",
+        "slow: starts another Python process (a real command, a worker or an isolated test); "
+        "`pytest -m 'not slow'` leaves these out",
+    )
+
+
+_SLOW_FIXTURES = ("run_cli", "child_env")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks ``slow`` every test that requests ``run_cli`` or ``child_env`` (directly or through other fixtures)
+    or is ``isolated``: each of them starts another Python process."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            continue
+        starts_a_process = any(name in getattr(item, "fixturenames", ()) for name in _SLOW_FIXTURES)
+        if starts_a_process or item.get_closest_marker("isolated") is not None:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -55,17 +93,38 @@ def pytest_pyfunc_call(pyfuncitem):
     return True
 
 
-@pytest.fixture
-def repo_root():
-    return REPO
+def _child_env():
+    """``os.environ`` with the repository prepended to ``PYTHONPATH``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
 
 
 def run_cli(module, *args, cwd=REPO, timeout=900):
     """Runs ``python -m <module> <args>`` in a fresh process; returns the CompletedProcess."""
     import subprocess
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *args], cwd=cwd, env=_child_env(), capture_output=True, text=True,
+        timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+    """The repository's path."""
+    return REPO
+
+
+@pytest.fixture(name="run_cli", scope="session")
+def run_cli_fixture():
+    """The ``run_cli`` function: ``run_cli(module, *args, cwd=REPO, timeout=900)`` -> CompletedProcess."""
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def child_env():
+    """The environment of the tests' child processes: ``os.environ`` plus the repository on ``PYTHONPATH``.
+
+    Shared by the session: copy it (``dict(child_env, NAME=value)``) to add variables, never change it."""
+    return _child_env()

@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hlrs_tf.cli import prepare_process  # noqa: E402
+from hlrs_tf.cli import prepare_process
 
 prepare_process()  # the commands' settings (the parent test's environment wins)
 
@@ -105,19 +105,12 @@ def tiny_model(order: str, total_steps: int, nodes: int = 2):
     (4 in DARTS) -- fewer edges, much shorter tracing, which is what these runs spend their time on."""
     import keras
 
-    from hlrs_tf.darts_model import DartsSearchModel
-    from hlrs_tf.search_network import SearchNetwork
+    from hlrs_tf.testing import small_search_model
 
-    keras.utils.set_random_seed(0)
-    model = DartsSearchModel(SearchNetwork(4, 10, 3, steps=nodes, multiplier=nodes, name="supernet"), order=order)
-    model.compile(
-        optimizer=keras.optimizers.SGD(
-            keras.optimizers.schedules.CosineDecay(0.025, decay_steps=total_steps, alpha=0.04), momentum=0.9
-        ),
-        arch_optimizer=keras.optimizers.Adam(3e-4, beta_1=0.5, beta_2=0.999),
+    return small_search_model(
+        order=order, learning_rate=keras.optimizers.schedules.CosineDecay(0.025, decay_steps=total_steps, alpha=0.04),
+        network_kwargs=dict(steps=nodes, multiplier=nodes, name="supernet"),
     )
-    model.build_all((8, 8, 1))
-    return model
 
 
 def run_once(strategy, order: str, steps: int, global_batch: int, time_steps: int, nodes: int):

@@ -22,7 +22,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hlrs_tf.cli import prepare_process  # noqa: E402
+from hlrs_tf.cli import prepare_process
 
 prepare_process()
 
@@ -126,7 +126,6 @@ def shares_main(strategy) -> dict:
 
 def _fit_once(strategy, reduction: str, order: str, steps: int, loss=None, drw_active=None):
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from hlrs_tf.darts_model import DartsSearchModel

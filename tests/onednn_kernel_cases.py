@@ -119,7 +119,7 @@ def op_cases(out: dict) -> None:
             layer = FactorizedReduce(8, affine=True, name=f"fr_{c_in}_{size}")
             x = f(8, size, size, c_in)
             layer(tf.constant(x), training=True)  # build
-            _record(out, f"factorized_reduce/{size}x{size}x{c_in}", lambda x, l=layer: l(x, training=True), x,
+            _record(out, f"factorized_reduce/{size}x{size}x{c_in}", lambda x, lay=layer: lay(x, training=True), x,
                     variables=layer.trainable_variables)
 
 
@@ -299,7 +299,6 @@ def network_cases(out: dict, float64_truth: bool) -> None:
 
 def main(path: str) -> None:
     from hlrs_tf.cli import onednn_enabled
-
     from hlrs_tf.trainer import configure_threads
 
     configure_threads()  # the commands' thread layout: oneDNN picks other kernels for one intra-op thread

@@ -92,10 +92,8 @@ TARGET = 0.25
 
 
 @pytest.fixture(scope="module")
-def search_run(tmp_path_factory):
+def search_run(tmp_path_factory, run_cli):
     """The search in a process of its own, so its determinism and thread settings stay out of this one."""
-    from conftest import run_cli
-
     workdir = str(tmp_path_factory.mktemp("alpha") / "wd")
     proc = run_cli("hlrs_tf.search", *SEARCH, f"--workdir={workdir}")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -15,7 +15,6 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from hlrs_tf import cli
 from hlrs_tf import search as search_cli
 
@@ -172,7 +171,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     assert "--method=darts" in (wd / "flags.cfg").read_text()
 
 
-def test_real_process_exit_status(tmp_path):
+def test_real_process_exit_status(tmp_path, run_cli):
     for argv, needle in ((["--order=third"], "--order=third"), (["--dataset=npz:/nope.npz"], "/nope.npz")):
         proc = run_cli("hlrs_tf.search", *argv, "--dry_run", f"--workdir={tmp_path}", timeout=120)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr

@@ -6,8 +6,9 @@ import pytest
 import tensorflow as tf
 
 from hlrs_tf import data as data_lib
-from hlrs_tf.bbn import BBNSearchModel, BBNSearchNetwork, bbn_loss, bbn_mix
+from hlrs_tf.bbn import BBNSearchNetwork, bbn_loss, bbn_mix
 from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.testing import registry_round_trip, small_search_model
 
 
 def np_ce(logits, y):
@@ -47,14 +48,7 @@ def digits():
 
 
 def make_model(order="first", seed=0):
-    keras.utils.set_random_seed(seed)
-    model = BBNSearchModel(BBNSearchNetwork(4, 10, 3), order=order)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.025, momentum=0.9),
-        arch_optimizer=keras.optimizers.Adam(3e-4, beta_1=0.5, beta_2=0.999),
-    )
-    model.build_all((8, 8, 1))
-    return model
+    return small_search_model(order=order, seed=seed, bbn=True)
 
 
 def test_model_loss_equals_the_formula(digits):
@@ -115,7 +109,7 @@ def test_structure_trunk_branches_and_shared_alphas():
 
 def test_serialisation_round_trip():
     net = BBNSearchNetwork(4, 10, 3, name="bbn")
-    again = keras.layers.deserialize(keras.layers.serialize(net))
+    again = registry_round_trip(net)
     assert isinstance(again, BBNSearchNetwork)
     assert again.get_config() == net.get_config()
 

@@ -19,11 +19,18 @@ import shutil
 import keras
 import numpy as np
 import pytest
-from conftest import run_cli
 
 from hlrs_tf import data as data_lib
-from hlrs_tf.classifier_rebalancing import (PostHocConfig, PostHocError, _choose_tau, _features, balanced_accuracy,
-                                            crt_classifier, logit_adjusted_bias, tau_normalised_kernel)
+from hlrs_tf.classifier_rebalancing import (
+    PostHocConfig,
+    PostHocError,
+    _choose_tau,
+    _features,
+    balanced_accuracy,
+    crt_classifier,
+    logit_adjusted_bias,
+    tau_normalised_kernel,
+)
 from hlrs_tf.retrain_data import holdout_split
 from hlrs_tf.train_config import ConfigError, TrainConfig
 
@@ -134,7 +141,7 @@ def test_train_config_reads_a_flags_file_back():
 
 # ---------------------------------------------------------------------------- a real retraining
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, run_cli):
     root = tmp_path_factory.mktemp("post_hoc")
     workdir = str(root / "train")
     proc = run_cli("hlrs_tf.train", *TRAIN, f"--workdir={workdir}")
@@ -146,7 +153,7 @@ def trained(tmp_path_factory):
             "holdout": (x_ho, y_ho)}
 
 
-def _post_hoc(trained, method, *args):
+def _post_hoc(run_cli, trained, method, *args):
     proc = run_cli("hlrs_tf.post_hoc", f"--workdir={trained['workdir']}", f"--post_hoc={method}", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = os.path.join(trained["workdir"], "post_hoc", method)
@@ -180,8 +187,8 @@ def test_retraining_holds_out_a_stratified_split_and_trains_on_the_rest(trained)
     assert "--holdout_fraction=0.2" in open(os.path.join(trained["workdir"], "flags.cfg")).read()
 
 
-def test_logit_adjust_chooses_tau_on_the_holdout_and_shifts_only_the_bias(trained):
-    metrics, network, proc = _post_hoc(trained, "logit_adjust")
+def test_logit_adjust_chooses_tau_on_the_holdout_and_shifts_only_the_bias(trained, run_cli):
+    metrics, network, proc = _post_hoc(run_cli, trained, "logit_adjust")
     original = _original(trained)
     digits = trained["digits"]
     record = metrics["post_hoc"]
@@ -210,8 +217,8 @@ def test_logit_adjust_chooses_tau_on_the_holdout_and_shifts_only_the_bias(traine
         assert record["original_top1"] == json.load(f)["top1"]
 
 
-def test_tau_norm_at_tau_zero_changes_nothing(trained):
-    metrics, network, _ = _post_hoc(trained, "tau_norm", "--tau=0")
+def test_tau_norm_at_tau_zero_changes_nothing(trained, run_cli):
+    metrics, network, _ = _post_hoc(run_cli, trained, "tau_norm", "--tau=0")
     original = _original(trained)
     assert _changed(network, original) == []
     with open(os.path.join(trained["workdir"], "metrics.json")) as f:
@@ -221,8 +228,8 @@ def test_tau_norm_at_tau_zero_changes_nothing(trained):
                                    "original_top1": before["top1"]}
 
 
-def test_crt_keeps_the_features_bitwise_and_exports_with_parity(trained):
-    metrics, network, _ = _post_hoc(trained, "crt", "--crt_epochs=2")
+def test_crt_keeps_the_features_bitwise_and_exports_with_parity(trained, run_cli):
+    metrics, network, _ = _post_hoc(run_cli, trained, "crt", "--crt_epochs=2")
     original = _original(trained)
     digits = trained["digits"]
     x = data_lib.normalize(digits.x_test[:200], digits.spec)
@@ -239,7 +246,7 @@ def test_crt_keeps_the_features_bitwise_and_exports_with_parity(trained):
     assert report["passed"] and report["num_images"] == 100
 
 
-def test_choosing_tau_without_a_validation_split_is_refused(trained):
+def test_choosing_tau_without_a_validation_split_is_refused(trained, run_cli):
     no_holdout = str(trained["root"] / "no_holdout")
     shutil.copytree(trained["workdir"], no_holdout, ignore=shutil.ignore_patterns("post_hoc", ".lock"))
     flags_file = os.path.join(no_holdout, "flags.cfg")

@@ -8,14 +8,12 @@ import os
 import numpy as np
 import pytest
 
-from conftest import run_cli
-
 TINY = ["--channels=4", "--layers=3", "--batch_size=16", "--epochs=2", "--steps_per_epoch=3", "--verbose=2",
         "--eval_batch_size=500"]
 
 
 @pytest.fixture(scope="module")
-def search_run(tmp_path_factory):
+def search_run(tmp_path_factory, run_cli):
     """One short real search: Fashion-MNIST (Debian files) made long-tailed with ratio 100."""
     workdir = str(tmp_path_factory.mktemp("run") / "wd")
     proc = run_cli("hlrs_tf.search", "--flagfile=configs/quickstart.cfg", *TINY, f"--workdir={workdir}")
@@ -45,7 +43,8 @@ def test_model_summary(search_run):
 def test_genotypes_are_valid_json_genotypes(search_run):
     from hlrs_tf.genotypes import Genotype
 
-    for path in [os.path.join(search_run[0], "genotype.json"), *glob.glob(os.path.join(search_run[0], "genotypes", "*"))]:
+    run_dir = search_run[0]
+    for path in [os.path.join(run_dir, "genotype.json"), *glob.glob(os.path.join(run_dir, "genotypes", "*"))]:
         g = Genotype.load(path)
         raw = json.load(open(path))
         assert set(raw) == {"normal", "normal_concat", "reduce", "reduce_concat"}
@@ -93,7 +92,7 @@ def test_tensorboard_events_read_back(search_run):
     assert tags["genotype"] == [1, 2]
 
 
-def test_flags_cfg_is_a_reusable_flagfile(search_run, tmp_path):
+def test_flags_cfg_is_a_reusable_flagfile(search_run, tmp_path, run_cli):
     flags_cfg = os.path.join(search_run[0], "flags.cfg")
     text = open(flags_cfg).read()
     assert "--dataset=fashion_mnist" in text and "--channels=4" in text and "--epochs=2" in text
@@ -102,7 +101,7 @@ def test_flags_cfg_is_a_reusable_flagfile(search_run, tmp_path):
     assert open(tmp_path / "again" / "flags.cfg").read() == text
 
 
-def test_dry_run_paper_setting_has_reference_parameter_count(tmp_path):
+def test_dry_run_paper_setting_has_reference_parameter_count(tmp_path, run_cli):
     """configs/lt.cfg (CIFAR-10, C=16, 8 cells) offline: the dry run builds the 1,930,618-weight supernet."""
     proc = run_cli("hlrs_tf.search", "--flagfile=configs/lt.cfg", "--dry_run", f"--workdir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -111,14 +110,14 @@ def test_dry_run_paper_setting_has_reference_parameter_count(tmp_path):
 
 
 @pytest.mark.parametrize("dataset,classes", [("cifar100", 100), ("digits", 10), ("fashion_mnist", 10)])
-def test_dry_run_offline_for_named_datasets(tmp_path, dataset, classes):
+def test_dry_run_offline_for_named_datasets(tmp_path, dataset, classes, run_cli):
     proc = run_cli("hlrs_tf.search", f"--dataset={dataset}", "--channels=4", "--layers=3", "--dry_run",
                    f"--workdir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.load(open(tmp_path / "model_summary.json"))["num_classes"] == classes
 
 
-def test_paper_setting_offline_fails_fast_with_instructions(tmp_path):
+def test_paper_setting_offline_fails_fast_with_instructions(tmp_path, run_cli):
     proc = run_cli("hlrs_tf.search", "--flagfile=configs/lt.cfg", f"--data_dir={tmp_path / 'tfds'}",
                    f"--workdir={tmp_path / 'wd'}", timeout=120)
     assert proc.returncode == 2
@@ -138,20 +137,20 @@ def test_paper_setting_offline_fails_fast_with_instructions(tmp_path):
     ("--momentum=1.2", "momentum"),
     ("--no_such_flag=1", "no_such_flag"),
 ])
-def test_bad_flag_values_name_the_flag(tmp_path, flag, needle):
+def test_bad_flag_values_name_the_flag(tmp_path, flag, needle, run_cli):
     proc = run_cli("hlrs_tf.search", "--dataset=digits", flag, "--dry_run", f"--workdir={tmp_path}", timeout=120)
     assert proc.returncode != 0
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_dataset_name_is_a_clear_error(tmp_path):
+def test_bad_dataset_name_is_a_clear_error(tmp_path, run_cli):
     proc = run_cli("hlrs_tf.search", "--dataset=npz:/nonexistent/file.npz", "--dry_run", f"--workdir={tmp_path}")
     assert proc.returncode == 2
     assert "/nonexistent/file.npz" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_batch_larger_than_split_is_a_clear_error(tmp_path):
+def test_batch_larger_than_split_is_a_clear_error(tmp_path, run_cli):
     proc = run_cli("hlrs_tf.search", "--dataset=digits", "--imbalance_ratio=10", "--batch_size=5000", "--channels=4",
                    "--layers=3", f"--workdir={tmp_path}")
     assert proc.returncode == 2 and "batch_size" in proc.stderr and "Traceback" not in proc.stderr

@@ -2,7 +2,6 @@
 resume after the harness is killed in the middle of a retraining, plots, bad flags."""
 
 import csv
-import math
 import os
 import re
 import signal
@@ -13,7 +12,6 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_cli
 from hlrs_tf.comparison import CompareConfig, markdown_report, paired_table, summary_table, verdict_lines
 
 METHODS = ("darts", "hlrs")
@@ -55,21 +53,20 @@ def test_tables_and_verdicts_by_hand():
     assert "Supernet at the end" in md and "retrained from scratch" not in md and "retrained top-1" not in md
 
 
-def _compare(*args, **kwargs):
+def _compare(run_cli, *args, **kwargs):
     return run_cli("hlrs_tf.compare", *SEARCH, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
+def compared(tmp_path_factory, repo_root, run_cli, child_env):
     """A real comparison, killed (harness and child together) in the middle of its first retraining, then
     run again to the end with the same command."""
     root = tmp_path_factory.mktemp("cmp") / "out"
     flagfile = root.parent / "retrain_tiny.cfg"
     flagfile.write_text("\n".join(RETRAIN) + "\n")
     args = [*SEARCH, f"--retrain_flagfile={flagfile}", f"--workdir={root}"]
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     first_train = root / "darts" / "seed_0" / "train"
-    proc = subprocess.Popen([sys.executable, "-m", "hlrs_tf.compare", *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "hlrs_tf.compare", *args], cwd=repo_root, env=child_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 600
@@ -144,7 +141,7 @@ def test_tables_intervals_verdicts_and_plots(compared):
             assert im.format == "PNG" and im.size[0] > 600
 
 
-def test_rerun_skips_everything_and_report_only_redraws(compared):
+def test_rerun_skips_everything_and_report_only_redraws(compared, run_cli):
     root, _, _, args = compared
     before = (root / "comparison.md").read_text()
     proc = run_cli("hlrs_tf.compare", *args, timeout=600)
@@ -161,7 +158,7 @@ def test_rerun_skips_everything_and_report_only_redraws(compared):
     assert "## Supernet" in md and "retrained" not in md
 
 
-def test_bad_compare_flags(tmp_path):
+def test_bad_compare_flags(tmp_path, run_cli):
     proc = run_cli("hlrs_tf.compare", "--methods=darts,bbn", f"--workdir={tmp_path}", timeout=120)
     assert proc.returncode == 2 and "--methods has ['bbn']" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("hlrs_tf.compare", "--seeds=0,x", f"--workdir={tmp_path}", timeout=120)

@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from hlrs_tf import darts_model
 from hlrs_tf import data as data_lib
-from hlrs_tf.darts_model import DartsSearchModel, clip_by_global_norm
-from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.darts_model import clip_by_global_norm
+from hlrs_tf.testing import small_search_model
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +26,7 @@ def digits_batch():
 
 
 def make_model(order, seed=0):
-    keras.utils.set_random_seed(seed)
-    model = DartsSearchModel(SearchNetwork(4, 10, 3), order=order)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.025, momentum=0.9),
-        arch_optimizer=keras.optimizers.Adam(3e-4, beta_1=0.5, beta_2=0.999),
-    )
-    model.build_all((8, 8, 1))
-    return model
+    return small_search_model(order=order, seed=seed)
 
 
 def snapshot(model):

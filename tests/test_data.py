@@ -250,7 +250,7 @@ def test_dataset_spec_tfds_offline(tmp_path):
 
 
 def test_cifar10_offline_fails_fast(tmp_path, monkeypatch):
-    if data._network_reachable("www.cs.toronto.edu"):  # noqa: SLF001
+    if data._network_reachable("www.cs.toronto.edu"):
         # A machine with network would start a 160 MB download: simulate being offline.
         monkeypatch.setattr(data, "_network_reachable", lambda *a, **k: False)
     with pytest.raises(data.DatasetError, match="manual_dir") as err:

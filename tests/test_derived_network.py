@@ -1,10 +1,10 @@
 """The derived (evaluation) network of a genotype: reference parameter count, cell wiring, drop-path, auxiliary
 head, BBN head and the ``model.keras`` round trip."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from hlrs_tf import ops as darts_ops
 from hlrs_tf.derived_network import (

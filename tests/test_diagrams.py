@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
 from hlrs_tf.diagrams import OP_COLORS, plot_cell, plot_genotype
 from hlrs_tf.genotypes import DARTS_V1, DARTS_V2, GenotypeError, derive_genotype
 
@@ -59,12 +58,12 @@ def test_plot_cell_of_a_derived_genotype(tmp_path):
         plot_cell(genotype, "middle", str(tmp_path / "x.png"))
 
 
-def test_diagrams_do_not_import_tensorflow(tmp_path):
+def test_diagrams_do_not_import_tensorflow(tmp_path, repo_root, child_env):
     code = (
         "import sys; from hlrs_tf.diagrams import plot_genotype; from hlrs_tf.genotypes import DARTS_V2; "
         f"plot_genotype(DARTS_V2, {str(tmp_path)!r}); assert 'tensorflow' not in sys.modules, 'tf imported'"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": REPO})
+    proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120,
+                          env=child_env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "normal.png").exists() and (tmp_path / "reduce.png").exists()

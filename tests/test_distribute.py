@@ -27,9 +27,6 @@ from hlrs_tf import distribute, sync_bn
 from hlrs_tf.distribute import DistributeError, make_strategy, parse_tf_config
 from hlrs_tf.ops import BatchNorm
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(REPO, "tests", "distribute_worker.py")
-
 
 def tf_config(index, workers=("127.0.0.1:1", "127.0.0.1:2"), chief=None, kind="worker"):
     cluster = {"worker": list(workers)}
@@ -218,10 +215,15 @@ def test_sync_bn_switch_and_context():
 
 
 # ------------------------------------------------------------------------------------------------ subprocesses
-def _env(**extra):
-    env = dict(os.environ)
+@pytest.fixture(scope="session")
+def worker(repo_root):
+    """The path of the worker script the subprocess tests run."""
+    return os.path.join(repo_root, "tests", "distribute_worker.py")
+
+
+def _env(child_env, **extra):
+    env = dict(child_env)
     env.pop("TF_CONFIG", None)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.update(extra)
     return env
@@ -243,9 +245,10 @@ def _free_ports(n):
     return ports
 
 
-def _run_all(commands, timeout):
-    """Starts every ``(argv, env)`` at once; waits for all with one shared timeout, killing all on expiry."""
-    procs = [subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _run_all(commands, timeout, cwd):
+    """Starts every ``(argv, env)`` at once (in ``cwd``); waits for all with one shared timeout, killing all on
+    expiry."""
+    procs = [subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for argv, env in commands]
     outputs = []
     try:
@@ -257,16 +260,17 @@ def _run_all(commands, timeout):
         for p in procs:
             p.communicate()
         pytest.fail(f"distributed run did not finish within {timeout} s (hung collective?)")
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_out, err) in zip(procs, outputs):
         assert p.returncode == 0, f"{' '.join(p.args)} failed ({p.returncode}):\n{err[-4000:]}"
     return outputs
 
 
 # ------------------------------------------------------------------------------------------------ (b) mirrored
 @pytest.fixture(scope="module")
-def mirrored():
-    (out, err), = _run_all([([sys.executable, WORKER, "mirrored", "--orders", "first,second", "--control", "first",
-                              "--steps", "3", "--batch", "8", "--nodes", "1"], _env())], timeout=600)
+def mirrored(worker, repo_root, child_env):
+    (out, err), = _run_all([([sys.executable, worker, "mirrored", "--orders", "first,second", "--control", "first",
+                              "--steps", "3", "--batch", "8", "--nodes", "1"], _env(child_env))], timeout=600,
+                           cwd=repo_root)
     return _result(out, err, "mirrored worker")
 
 
@@ -305,18 +309,18 @@ def test_mirrored_without_bn_sync_differs(mirrored):
 
 
 # ------------------------------------------------------------------------------------------------ (c) multi-worker
-def test_two_worker_multi_worker_mirrored_run(tmp_path):
+def test_two_worker_multi_worker_mirrored_run(tmp_path, worker, repo_root, child_env):
     nodes = "4" if os.environ.get("HLRS_FULL_DISTRIBUTE_TESTS") == "1" else "1"
     ports = _free_ports(2)
     workers = [f"127.0.0.1:{p}" for p in ports]
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
-    base = [sys.executable, WORKER, "multi_worker", "--steps", "2", "--batch", "8", "--nodes", nodes]
+    base = [sys.executable, worker, "multi_worker", "--steps", "2", "--batch", "8", "--nodes", nodes]
     commands = [
-        (base + ["--workdir", workdir], _env(TF_CONFIG=tf_config(i, workers=workers))) for i in range(2)
-    ] + [(base + ["--strategy", "default", "--workdir", str(tmp_path / "single")], _env())]
+        (base + ["--workdir", workdir], _env(child_env, TF_CONFIG=tf_config(i, workers=workers))) for i in range(2)
+    ] + [(base + ["--strategy", "default", "--workdir", str(tmp_path / "single")], _env(child_env))]
     os.makedirs(tmp_path / "single")
-    outputs = _run_all(commands, timeout=480)
+    outputs = _run_all(commands, timeout=480, cwd=repo_root)
     w0, w1, single = (_result(out, err, f"process {i}") for i, (out, err) in enumerate(outputs))
 
     assert (w0["task_id"], w1["task_id"]) == (0, 1)

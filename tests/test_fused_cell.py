@@ -16,10 +16,10 @@ import pytest
 import tensorflow as tf
 
 from hlrs_tf.cells import SearchCell
-from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.fused_cell import FusedSearchCell
 from hlrs_tf.genotypes import PRIMITIVES
 from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.testing import small_search_model
 
 TOL = 2e-5
 
@@ -156,16 +156,9 @@ def test_unknown_cell_impl_is_refused():
 
 # ------------------------------------------------------------------ whole bilevel steps
 def _model(impl, order, partial_channels=1):
-    keras.utils.set_random_seed(3)
     channels = 8 if partial_channels > 1 else 4  # K=4: 2 channels per op, the least (FactorizedReduce halves)
-    model = DartsSearchModel(SearchNetwork(channels, 10, 4, cell_impl=impl, partial_channels=partial_channels),
-                             order=order)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.025, momentum=0.9),
-        arch_optimizer=keras.optimizers.Adam(3e-4, beta_1=0.5, beta_2=0.999),
-    )
-    model.build_all((8, 8, 3))
-    return model
+    return small_search_model(channels, 10, 4, order=order, image_shape=(8, 8, 3), seed=3,
+                              network_kwargs=dict(cell_impl=impl, partial_channels=partial_channels))
 
 
 def _copy_network(direct_net, fused_net):

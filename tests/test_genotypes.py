@@ -1,5 +1,6 @@
 """Tests for hlrs_tf.genotypes: derivation (vs the reference `_parse`), JSON format, validation, presets."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -216,7 +217,7 @@ def test_presets_verbatim_and_normalised_to_tuples():
         reduce=list(DARTS_V2.reduce), reduce_concat=(2, 3, 4, 5),
     )
     assert same == DARTS_V2 and hash(same) == hash(DARTS_V2)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         DARTS_V2.normal = ()  # frozen
 
 
@@ -412,7 +413,7 @@ def test_get_genotype_errors(tmp_path):
         get_genotype(str(bad))
 
 
-def test_modules_do_not_import_tensorflow():
+def test_modules_do_not_import_tensorflow(child_env):
     # Load the two modules by file path so a heavier hlrs_tf/__init__ cannot mask the check.
     root = os.path.dirname(os.path.dirname(os.path.abspath(G.__file__)))
     code = (
@@ -424,4 +425,4 @@ def test_modules_do_not_import_tensorflow():
         "bad = [m for m in ('tensorflow', 'keras', 'absl') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, env=child_env)

@@ -12,9 +12,8 @@ import tensorflow as tf
 
 from hlrs_tf import data as data_lib
 from hlrs_tf.callbacks import EpochCheckpoint
-from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.guards import NonFiniteLossError, NonFiniteLossGuard
-from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.testing import small_search_model
 
 BATCH = 8
 
@@ -28,14 +27,7 @@ def digits_split():
 
 def make_model(learning_rate=0.025):
     """A small supernet (1 node per cell: short tracing) compiled like ``trainer.build_model``."""
-    keras.utils.set_random_seed(0)
-    model = DartsSearchModel(SearchNetwork(4, 10, 3, steps=1, multiplier=1))
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9),
-        arch_optimizer=keras.optimizers.Adam(3e-4, beta_1=0.5, beta_2=0.999),
-    )
-    model.build_all((8, 8, 1))
-    return model
+    return small_search_model(learning_rate=learning_rate, network_kwargs=dict(steps=1, multiplier=1))
 
 
 def search_data(split, poison_step=None):

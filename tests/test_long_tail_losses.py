@@ -30,16 +30,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, run_cli
 from hlrs_tf import flags as cli_flags
 from hlrs_tf import long_tail_losses as ltl
 from hlrs_tf.config import METHOD_PRESETS, METHODS, PAPER_METHODS, ConfigError, SearchConfig
-from hlrs_tf.losses import effective_number_weights
 from hlrs_tf.long_tail_losses import LOSSES, LossSpec, long_tail_loss
+from hlrs_tf.losses import effective_number_weights
 from hlrs_tf.schedules import DRWSchedule, drw_active
 from hlrs_tf.train_config import TrainConfig
 
-WORKER = os.path.join(REPO, "tests", "losses_replica_worker.py")
 FLAGS = cli_flags.FLAGS
 # CIFAR-10-LT at ratio 100: int(5000 * 0.01 ** (i / 9)), written out.
 CIFAR10_LT_100 = np.array([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], np.float64)
@@ -287,7 +285,7 @@ RETRAIN_ARGS = ["--genotype=DARTS_V2", "--dataset=digits", "--imbalance_ratio=10
                 "--noaugment", "--nocutout", "--drop_path_prob=0", "--deterministic", "--verbose=0", "--seed=2"]
 
 
-def test_drw_after_a_killed_and_resumed_retraining(tmp_path):
+def test_drw_after_a_killed_and_resumed_retraining(tmp_path, repo_root, run_cli, child_env):
     """LDAM-DRW, switch at epoch 2 of 4: a retraining killed after epoch 2 or 3 resumes with DRW on (the
     checkpoint of epoch 2 still holds drw_active = 0), and its losses are the uninterrupted run's."""
     reference = str(tmp_path / "reference")
@@ -298,7 +296,7 @@ def test_drw_after_a_killed_and_resumed_retraining(tmp_path):
 
     interrupted = str(tmp_path / "interrupted")
     p = subprocess.Popen([sys.executable, "-m", "hlrs_tf.train", *RETRAIN_ARGS, f"--workdir={interrupted}"],
-                         cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL,
+                         cwd=repo_root, env=child_env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     state = os.path.join(interrupted, "checkpoints", "state.json")
     deadline = time.time() + 300
@@ -394,11 +392,12 @@ def test_old_runs_resume_without_the_new_flags(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ 2 replicas
 @pytest.fixture(scope="module")
-def replicas():
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def replicas(repo_root, child_env):
+    worker = os.path.join(repo_root, "tests", "losses_replica_worker.py")
+    env = dict(child_env)
     env.pop("TF_CONFIG", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    proc = subprocess.run([sys.executable, WORKER, "long_tail"], cwd=REPO, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, worker, "long_tail"], cwd=repo_root, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

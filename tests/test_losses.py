@@ -27,8 +27,6 @@ from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.losses import class_weighted_cross_entropy, effective_number_weights
 from hlrs_tf.search_network import SearchNetwork
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(REPO, "tests", "losses_replica_worker.py")
 # CIFAR-10-LT at imbalance ratio 100 (Cui et al.'s profile n_i = 5000 * 0.01^(i/9)).
 CIFAR10_LT_100 = np.floor(5000 * 0.01 ** (np.arange(10) / 9))
 # The loss is float32: a log-sum-exp over 10 logits of size ~3 and a sum over 64 examples. Measured errors
@@ -211,12 +209,13 @@ def test_build_model_threads_the_config(reduction):
 
 # ------------------------------------------------------------------------------------------------ 2 replicas
 @pytest.fixture(scope="module")
-def replicas():
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def replicas(repo_root, child_env):
+    worker = os.path.join(repo_root, "tests", "losses_replica_worker.py")
+    env = dict(child_env)
     env.pop("TF_CONFIG", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # ~30 s on 2 shared cores (8 short fits of a toy network); the timeout catches a hung all-reduce.
-    proc = subprocess.run([sys.executable, WORKER], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, worker], cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, proc.stderr[-4000:]

@@ -7,11 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from hlrs_tf import data as data_lib
 from hlrs_tf.callbacks import EpochCheckpoint, GenotypeLogger
-from hlrs_tf.guards import NonFiniteLossError, NonFiniteLossGuard
 from hlrs_tf.darts_model import DartsSearchModel
+from hlrs_tf.guards import NonFiniteLossError, NonFiniteLossGuard
 from hlrs_tf.search_network import SearchNetwork
 from hlrs_tf.workdir import Workdir
 
@@ -58,7 +57,7 @@ def test_guard_stops_at_the_bad_batch_and_keeps_the_good_checkpoint(tmp_path):
     assert all(np.isfinite(keras.ops.convert_to_numpy(v)).all() for v in fresh.trainable_variables)
 
 
-def test_diverging_search_is_one_error_line(tmp_path):
+def test_diverging_search_is_one_error_line(tmp_path, run_cli):
     proc = run_cli("hlrs_tf.search", "--dataset=digits", "--imbalance_ratio=10", "--channels=4", "--layers=3",
                    "--batch_size=16", "--epochs=2", "--steps_per_epoch=3", "--learning_rate=1e12",
                    "--learning_rate_min=1e12", "--grad_clip=1e30", "--verbose=0", f"--workdir={tmp_path}")

@@ -22,12 +22,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
-def kernel_outputs(tmp_path_factory):
+def kernel_outputs(tmp_path_factory, child_env):
     root = tmp_path_factory.mktemp("onednn")
     results = {}
     for label, value in (("onednn", "1"), ("eigen", "0")):
         path = str(root / f"{label}.npz")
-        env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": value}
+        env = dict(child_env, TF_ENABLE_ONEDNN_OPTS=value)
         proc = subprocess.run([sys.executable, os.path.join(HERE, "onednn_kernel_cases.py"), path], env=env,
                               capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
@@ -53,8 +53,8 @@ def _relative_diffs(kernel_outputs, prefix):
     return diffs
 
 
-@pytest.mark.parametrize("prefix", ["depthwise", "einsum_1x1", "conv_1x1_s1", "pointwise", "fused_bn", "max_pool", "avg_pool",
-                                    "aux_avg_pool", "stem_conv", "factorized_reduce"])
+@pytest.mark.parametrize("prefix", ["depthwise", "einsum_1x1", "conv_1x1_s1", "pointwise", "fused_bn", "max_pool",
+                                    "avg_pool", "aux_avg_pool", "stem_conv", "factorized_reduce"])
 def test_single_kernels_agree(kernel_outputs, prefix):
     diffs = _relative_diffs(kernel_outputs, prefix)
     worst = max(diffs, key=diffs.get)

@@ -19,10 +19,10 @@ never an output of our implementation:
 * configurations the reference cannot build (``C % K != 0``, odd ``C // K`` in a reduction cell) are refused.
 """
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from hlrs_tf.genotypes import PRIMITIVES, derive_genotype
 from hlrs_tf.partial_channels import channel_shuffle, edge_weights, split_channels

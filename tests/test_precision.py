@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_cli
 from hlrs_tf import data as data_lib
 from hlrs_tf import precision
 from hlrs_tf.config import ConfigError, SearchConfig
@@ -275,7 +274,7 @@ def test_resume_with_another_precision_is_refused(tmp_path):
         check_same_run(wd, "--dataset=digits\n--epochs=2\n--precision=mixed_bfloat16\n")
 
 
-def test_search_dry_run_records_precision(tmp_path):
+def test_search_dry_run_records_precision(tmp_path, run_cli):
     wd = tmp_path / "search"
     proc = run_cli("hlrs_tf.search", "--dataset=digits", "--channels=4", "--layers=3", "--precision=mixed_bfloat16",
                    "--dry_run", f"--workdir={wd}", timeout=300)
@@ -287,7 +286,7 @@ def test_search_dry_run_records_precision(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ export
-def test_bfloat16_trained_model_exports_float32(tmp_path):
+def test_bfloat16_trained_model_exports_float32(tmp_path, run_cli):
     """train (mixed_bfloat16, the real command) -> export: SavedModel and ONNX are float32 throughout and the
     parity check against the float32 Keras network holds; resuming the run in float32 is refused."""
     import onnx

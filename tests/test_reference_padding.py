@@ -77,7 +77,8 @@ def np_depthwise(x, kernel, stride, dilation, proj=None):
                     pix = xp[:, r0 + p + a * dilation, c0 + p + bb * dilation, :]
                     y[:, i, j, :] += pix * kernel[a, bb, :, 0]
                     if proj is not None:
-                        dxp[:, r0 + p + a * dilation, c0 + p + bb * dilation, :] += proj[:, i, j, :] * kernel[a, bb, :, 0]
+                        row, col = r0 + p + a * dilation, c0 + p + bb * dilation
+                        dxp[:, row, col, :] += proj[:, i, j, :] * kernel[a, bb, :, 0]
                         dk[a, bb, :, 0] += (pix * proj[:, i, j, :]).sum(axis=0)
     return y, dxp[:, p : p + h, p : p + w, :], dk
 

@@ -10,8 +10,6 @@ import time
 
 import pytest
 
-from conftest import REPO, run_cli
-
 ARGS = ["--dataset=digits", "--imbalance_ratio=10", "--channels=4", "--layers=3", "--batch_size=16",
         "--epochs=4", "--steps_per_epoch=4", "--deterministic", "--verbose=0", "--seed=3"]
 
@@ -23,16 +21,15 @@ def read_history(workdir):
 # DARTS, and PC-DARTS (K=4 on C=4: 1 channel per op in the normal cells, 2 in the reduction cells), whose betas
 # are architecture variables too: its edge weights are in the history and rank the edges of the genotype.
 @pytest.mark.parametrize("extra", [[], ["--method=pcdarts"]], ids=["darts", "pcdarts"])
-def test_killed_search_resumes_and_matches_uninterrupted(tmp_path, extra):
-    ARGS = globals()["ARGS"] + extra  # noqa: N806  (the module's arguments, plus the case's)
+def test_killed_search_resumes_and_matches_uninterrupted(tmp_path, extra, repo_root, run_cli, child_env):
+    ARGS = globals()["ARGS"] + extra  # the module's arguments, plus the case's
     reference = str(tmp_path / "reference")
     proc = run_cli("hlrs_tf.search", *ARGS, f"--workdir={reference}")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     interrupted = str(tmp_path / "interrupted")
-    env = dict(os.environ, PYTHONPATH=REPO)
-    p = subprocess.Popen([sys.executable, "-m", "hlrs_tf.search", *ARGS, f"--workdir={interrupted}"], cwd=REPO,
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen([sys.executable, "-m", "hlrs_tf.search", *ARGS, f"--workdir={interrupted}"],
+                         cwd=repo_root, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = os.path.join(interrupted, "checkpoints", "state.json")
     deadline = time.time() + 600
     while time.time() < deadline and p.poll() is None:
@@ -64,7 +61,7 @@ def test_killed_search_resumes_and_matches_uninterrupted(tmp_path, extra):
     assert got_m["top1"] == pytest.approx(ref_m["top1"], abs=1e-6)
 
 
-def test_finished_run_rerun_does_not_train_again(tmp_path):
+def test_finished_run_rerun_does_not_train_again(tmp_path, run_cli):
     args = [a if not a.startswith("--epochs") else "--epochs=1" for a in ARGS]
     workdir = str(tmp_path / "wd")
     assert run_cli("hlrs_tf.search", *args, f"--workdir={workdir}").returncode == 0
@@ -74,7 +71,7 @@ def test_finished_run_rerun_does_not_train_again(tmp_path):
     assert read_history(workdir) == rows
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, run_cli):
     workdir = tmp_path / "wd"
     (workdir / "checkpoints").mkdir(parents=True)
     (workdir / "checkpoints" / "state.json").write_text("{not json")

@@ -16,7 +16,6 @@ import pytest
 import tensorflow as tf
 from packaging.requirements import Requirement
 
-from conftest import REPO
 from hlrs_tf import cli, retrainer, runtime, trainer
 from hlrs_tf.config import SearchConfig
 from hlrs_tf.train_config import TrainConfig
@@ -94,7 +93,7 @@ def test_warns_once_when_a_gpu_was_expected_but_none_is_listed(monkeypatch, call
     assert err.count("warning:") == 1 and "TensorFlow lists none" in err
 
 
-def test_cpu_path_for_real_in_a_fresh_process(tmp_path):
+def test_cpu_path_for_real_in_a_fresh_process(tmp_path, child_env):
     """The search's runtime set-up in a fresh process, unfaked (this machine has no GPU)."""
     script = (
         "from hlrs_tf.cli import prepare_process; prepare_process()\n"
@@ -109,8 +108,7 @@ def test_cpu_path_for_real_in_a_fresh_process(tmp_path):
         "  'grappler': tf.config.optimizer.get_experimental_options().get('disable_meta_optimizer'),\n"
         "  'onednn': onednn_enabled(), 'devices': visible_devices().names()}))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    env["PYTHONPATH"] = REPO
+    env = {k: v for k, v in child_env.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -150,11 +148,11 @@ def test_cuda_build_read_without_import_matches_tensorflow():
     assert runtime._tensorflow_is_cuda_build() is bool(tf.sysconfig.get_build_info()["is_cuda_build"])
 
 
-def test_missing_tensorflow_is_one_line_naming_the_extras():
+def test_missing_tensorflow_is_one_line_naming_the_extras(repo_root, child_env):
     # sys.modules["tensorflow"] = None is how Python spells "cannot be imported" (find_spec answers None)
     script = ("import runpy, sys; sys.modules['tensorflow'] = None; sys.argv = ['hlrs_tf.search', '--dry_run']; "
               "runpy.run_module('hlrs_tf.search', run_name='__main__', alter_sys=True)")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": REPO},
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo_root, env=child_env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -189,8 +187,8 @@ def _installed(name: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ packaging
-def _project():
-    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+def _project(root):
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
         return tomllib.load(f)["project"]
 
 
@@ -206,8 +204,8 @@ def _tensorflow_for(requirements, machine: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
-def test_pyproject_extras_bring_exactly_one_tensorflow(machine):
-    project = _project()
+def test_pyproject_extras_bring_exactly_one_tensorflow(machine, repo_root):
+    project = _project(repo_root)
     extras = project["optional-dependencies"]
     assert _tensorflow_for(project["dependencies"], machine) == []  # an extra cannot remove a base dependency
     cpu = "tensorflow-cpu" if machine == "x86_64" else "tensorflow"
@@ -216,11 +214,11 @@ def test_pyproject_extras_bring_exactly_one_tensorflow(machine):
     assert _tensorflow_for(extras["dev"], machine) == []
 
 
-def _setup_dry_run(*args, pythonpath=None):
+def _setup_dry_run(root, *args, pythonpath=None):
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "setup.sh"), *args, "--dry-run"], env=env,
+    proc = subprocess.run(["bash", os.path.join(root, "scripts", "setup.sh"), *args, "--dry-run"], env=env,
                           capture_output=True, text=True, timeout=120)
     return proc.returncode, proc.stdout.strip().splitlines(), proc.stderr.strip()
 
@@ -230,28 +228,31 @@ needs_cpu_tf = pytest.mark.skipif(not (_installed("tensorflow-cpu") and not _ins
                                   reason="expects the set-up of scripts/setup.sh dev on x86_64 (tensorflow-cpu)")
 
 
+@pytest.mark.slow  # scripts/setup.sh runs python3
 @needs_cpu_tf
-def test_setup_dev_installs_the_cpu_extra_as_before():
-    assert _setup_dry_run("dev") == (0, [f"{PIP} install -q -e .[cpu,dev]"], "")
-    assert _setup_dry_run() == (0, [f"{PIP} install -q -e .[cpu]"], "")
+def test_setup_dev_installs_the_cpu_extra_as_before(repo_root):
+    assert _setup_dry_run(repo_root, "dev") == (0, [f"{PIP} install -q -e .[cpu,dev]"], "")
+    assert _setup_dry_run(repo_root) == (0, [f"{PIP} install -q -e .[cpu]"], "")
 
 
+@pytest.mark.slow  # scripts/setup.sh runs python3
 @needs_cpu_tf
-def test_setup_gpu_replaces_tensorflow_cpu():
-    assert _setup_dry_run("gpu", "dev") == (
+def test_setup_gpu_replaces_tensorflow_cpu(repo_root):
+    assert _setup_dry_run(repo_root, "gpu", "dev") == (
         0, [f"{PIP} uninstall -y -q tensorflow-cpu", f"{PIP} install -q -e .[gpu,dev]"], "")
 
 
+@pytest.mark.slow  # scripts/setup.sh runs python3
 @needs_cpu_tf
-def test_setup_removes_both_distributions_when_both_are_installed(tmp_path):
+def test_setup_removes_both_distributions_when_both_are_installed(tmp_path, repo_root):
     fake_distribution(tmp_path, "tensorflow")
     # uninstalling only one would delete files the other shares
-    assert _setup_dry_run("cpu", pythonpath=str(tmp_path)) == (
+    assert _setup_dry_run(repo_root, "cpu", pythonpath=str(tmp_path)) == (
         0, [f"{PIP} uninstall -y -q tensorflow tensorflow-cpu", f"{PIP} install -q -e .[cpu]"], "")
 
 
 @pytest.mark.parametrize("args", [["bogus"], ["cpu", "gpu"]])
-def test_setup_rejects_bad_arguments_in_one_line(args):
-    code, out, err = _setup_dry_run(*args)
+def test_setup_rejects_bad_arguments_in_one_line(args, repo_root):
+    code, out, err = _setup_dry_run(repo_root, *args)
     assert code == 2 and out == [] and len(err.splitlines()) == 1 and err.startswith("setup.sh: error:")
 

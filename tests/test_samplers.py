@@ -66,7 +66,7 @@ def test_instances_are_uniform_within_a_class():
     ds = data_lib.class_sampler_stream(x, y, SPEC, 100, 0, "class_balanced", augment_data=False)
     # undo the normalisation to recover the instance ids
     ids = []
-    for xb, yb in ds.take(40):
+    for xb, _yb in ds.take(40):
         raw = np.rint((xb.numpy() * 0.5 + 0.5) * 255)
         ids.append(raw[:, 0, 0, 0] + 256 * raw[:, 0, 1, 0])
     ids = np.concatenate(ids).astype(int)
@@ -104,7 +104,7 @@ def test_resample_search_dataset_uses_the_weight_sampler_only():
     ds, _ = data_lib.search_dataset(x, y, x, y, SPEC, 64, seed=0, augment_data=False,
                                     weight_sampler="class_balanced", arch_sampler="uniform")
     w, a = [], []
-    for (xw, yw), (xa, ya) in ds.take(30):
+    for (_xw, yw), (_xa, ya) in ds.take(30):
         w.append(yw.numpy())
         a.append(ya.numpy())
     w, a = np.bincount(np.concatenate(w), minlength=5), np.bincount(np.concatenate(a), minlength=5)

@@ -1,15 +1,16 @@
 """The search space against the reference: parameter counts, op semantics, mixed op and cell wiring."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from hlrs_tf import ops as darts_ops
 from hlrs_tf.cells import MixedOp, SearchCell, num_edges
 from hlrs_tf.darts_model import DartsSearchModel
 from hlrs_tf.genotypes import PRIMITIVES
 from hlrs_tf.search_network import SearchNetwork, reduction_layers
+from hlrs_tf.testing import registry_round_trip
 
 
 def count(variables):
@@ -68,7 +69,8 @@ def _dense_depthwise_reference(x, kernel, stride, dilation):
         for j in range(out_w):
             for a in range(k):
                 for b in range(k):
-                    out[:, i, j, :] += xp[:, i * stride + a * dilation, j * stride + b * dilation, :] * kernel[a, b, :, 0]
+                    row, col = i * stride + a * dilation, j * stride + b * dilation
+                    out[:, i, j, :] += xp[:, row, col, :] * kernel[a, b, :, 0]
     return out
 
 
@@ -165,7 +167,7 @@ def test_mixed_op_is_weighted_sum_of_candidates():
         got = keras.ops.convert_to_numpy(mixed(x, w, training=True))
         # direct: every candidate applied to x itself (applying its own ReLU), weighted, summed
         expected = np.zeros_like(got)
-        for (i, shares_relu), layer in zip(mixed._relu_first, mixed.candidate_ops):
+        for (i, _shares_relu), layer in zip(mixed._relu_first, mixed.candidate_ops):
             cfg = layer.get_config()
             if "apply_relu" in cfg:
                 cfg["apply_relu"] = True
@@ -193,5 +195,5 @@ def test_layers_serialise():
         SearchCell(4, True, False),
         SearchNetwork(4, 10, 3),
     ]:
-        clone = layer.__class__.from_config(layer.get_config())
+        clone = registry_round_trip(layer)
         assert clone.get_config() == layer.get_config()

@@ -17,7 +17,6 @@ import re
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from hlrs_tf.config import ConfigError, SearchConfig
 from hlrs_tf.genotypes import PRIMITIVES, Genotype, GenotypeError, cap_skip_connect, derive_cell, derive_genotype
 
@@ -172,13 +171,13 @@ def test_config_guards_are_off_by_default_and_take_their_range():
 
 
 @pytest.mark.parametrize("flag", ["--max_skip_connect=-5", "--stop_on_skip=12"])
-def test_cli_refuses_a_bad_guard_flag_naming_it(tmp_path, flag):
+def test_cli_refuses_a_bad_guard_flag_naming_it(tmp_path, flag, run_cli):
     proc = run_cli("hlrs_tf.search", "--dataset=digits", flag, "--dry_run", f"--workdir={tmp_path}", timeout=120)
     assert proc.returncode == 2
     assert flag.split("=")[0] in proc.stderr and "it must be" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_guard_flags_round_trip_through_flags_cfg(tmp_path):
+def test_guard_flags_round_trip_through_flags_cfg(tmp_path, run_cli):
     first = tmp_path / "first"
     proc = run_cli("hlrs_tf.search", "--dataset=digits", "--channels=4", "--layers=3", "--max_skip_connect=0",
                    "--stop_on_skip=3", "--dry_run", f"--workdir={first}", timeout=120)
@@ -233,7 +232,7 @@ def uncapped_skips(genotype, replaced):
 
 
 @pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory):
+def stopped_run(tmp_path_factory, run_cli):
     workdir = str(tmp_path_factory.mktemp("stop") / "wd")
     proc = run_cli("hlrs_tf.search", *STOP_ARGS, f"--workdir={workdir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -273,7 +272,7 @@ def test_stop_fires_at_the_first_epoch_past_warmup_with_enough_skips(stopped_run
     assert m["skip_cap"] == {"max_skip_connect": CAP, "genotype_epoch": kept, "replaced": caps["replaced"][str(kept)]}
 
 
-def test_rerun_of_a_stopped_search_does_not_train_further(stopped_run):
+def test_rerun_of_a_stopped_search_does_not_train_further(stopped_run, run_cli):
     wd = stopped_run
     names = ("history.csv", "genotype.json", "checkpoints/state.json", "skip_cap.json")
     before = {n: open(os.path.join(wd, n)).read() for n in names}

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, run_cli
 from hlrs_tf import data as data_lib
 from hlrs_tf.export_lib import ExportError, ExportOptions, ParityError, export_model
 from hlrs_tf.genotypes import Genotype, GenotypeError
@@ -34,7 +33,7 @@ TRAIN = ["--flagfile=configs/retrain_quick.cfg", "--dataset=digits", "--imbalanc
 
 
 @pytest.fixture(scope="module")
-def round_trip(tmp_path_factory):
+def round_trip(tmp_path_factory, run_cli):
     """search -> train -> export, each through its command line."""
     root = tmp_path_factory.mktemp("deploy")
     search_wd, train_wd, out = str(root / "search"), str(root / "train"), str(root / "export" / "digits")
@@ -91,14 +90,14 @@ def test_train_history_and_metrics(round_trip):
     assert {"epoch/loss", "epoch/drop_path_prob", "epoch/lr", "genotype", "cells/normal", "cells/reduce"} <= tags
 
 
-def _config_from_flags_cfg(path):
-    values = _flagfile_values(path)
+def _config_from_flags_cfg(root, path):
+    values = _flagfile_values(root, path)
     fields = TrainConfig.__dataclass_fields__
     return TrainConfig(**{k: (v if isinstance(v, bool) or fields[k].default is None else type(fields[k].default)(v))
                           for k, v in values.items()})
 
 
-def test_rerun_resumes_from_the_last_epoch(round_trip, tmp_path, capsys):
+def test_rerun_resumes_from_the_last_epoch(round_trip, tmp_path, capsys, repo_root):
     """Rerunning a finished run's flags restores its last checkpoint (nothing left to train: same model); other
     settings or another genotype are refused before anything in the work directory changes."""
     from hlrs_tf.retrainer import run_retrain
@@ -106,7 +105,7 @@ def test_rerun_resumes_from_the_last_epoch(round_trip, tmp_path, capsys):
     wd = str(tmp_path / "train")
     shutil.copytree(round_trip["train"], wd)  # the exported model stays untouched
     flags_text = open(os.path.join(wd, "flags.cfg")).read()
-    config = _config_from_flags_cfg(os.path.join(wd, "flags.cfg"))
+    config = _config_from_flags_cfg(repo_root, os.path.join(wd, "flags.cfg"))
     before = json.load(open(os.path.join(wd, "metrics.json")))
     result = run_retrain(config, wd, flags_text=flags_text)
     assert "resuming from the checkpoint of epoch 2" in capsys.readouterr().out
@@ -142,7 +141,7 @@ def test_checkpoint_restores_weights_and_optimizer(tmp_path, digits):
     assert momentum and any(np.abs(np.asarray(v)).max() > 0 for v in momentum)
 
 
-def test_dry_run_of_the_paper_setting_has_the_reference_count(tmp_path):
+def test_dry_run_of_the_paper_setting_has_the_reference_count(tmp_path, run_cli):
     proc = run_cli("hlrs_tf.train", "--genotype=DARTS_V2", "--flagfile=configs/retrain.cfg", "--dry_run",
                    f"--workdir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -154,16 +153,17 @@ def test_dry_run_of_the_paper_setting_has_the_reference_count(tmp_path):
     assert summary["devices"] == ["cpu"] and summary["onednn"] is True  # no GPU here (hlrs_tf.runtime)
 
 
-def _flagfile_values(path, seen=None):
-    """The --name=value pairs of a flagfile, nested flagfiles first (later lines win, as in absl)."""
+def _flagfile_values(root, path, seen=None):
+    """The --name=value pairs of a flagfile (a relative path is under ``root``), nested flagfiles first (later
+    lines win, as in absl)."""
     values = {}
-    for line in open(os.path.join(REPO, path)):
+    for line in open(os.path.join(root, path)):
         line = line.strip()
         if not line.startswith("--"):
             continue
         name, _, value = line[2:].partition("=")
         if name == "flagfile":
-            values.update(_flagfile_values(value))
+            values.update(_flagfile_values(root, value))
         elif name.startswith("no") and not value and name[2:] in TrainConfig.__dataclass_fields__:
             values[name[2:]] = False
         else:
@@ -172,14 +172,14 @@ def _flagfile_values(path, seen=None):
 
 
 @pytest.mark.parametrize("cfg", ["configs/retrain.cfg", "configs/retrain_quick.cfg"])
-def test_config_files_are_valid_train_configs(cfg):
-    values = _flagfile_values(cfg)
+def test_config_files_are_valid_train_configs(cfg, repo_root):
+    values = _flagfile_values(repo_root, cfg)
     fields = TrainConfig.__dataclass_fields__
     assert set(values) <= set(fields), set(values) - set(fields)
     typed = {k: (v if isinstance(v, bool) else type(fields[k].default)(v) if fields[k].default is not None else v)
              for k, v in values.items()}
     config = TrainConfig(genotype="DARTS_V2", **typed)
-    text = open(os.path.join(REPO, cfg)).read()
+    text = open(os.path.join(repo_root, cfg)).read()
     assert "python -m hlrs_tf.train" in text.splitlines()[1]
     if cfg.endswith("retrain.cfg"):
         assert (config.channels, config.layers, config.epochs, config.batch_size) == (36, 20, 600, 96)
@@ -234,24 +234,24 @@ def test_savedmodel_and_onnx_match_keras_on_real_images(round_trip, digits):
     assert len(np.unique(keras_logits.round(4), axis=0)) > 1
 
 
-def _poisoned_env(tmp_path):
+def _poisoned_env(tmp_path, child_env):
     """A PYTHONPATH where `import tensorflow` (and `import hlrs_tf`) raise ImportError."""
     poison = tmp_path / "poison"
     for pkg in ("tensorflow", "hlrs_tf", "keras"):
         (poison / pkg).mkdir(parents=True, exist_ok=True)
         (poison / pkg / "__init__.py").write_text(f"raise ImportError('{pkg} must not be imported here')\n")
-    return {**os.environ, "PYTHONPATH": str(poison)}
+    return dict(child_env, PYTHONPATH=str(poison))
 
 
-def test_predict_onnx_runs_without_tensorflow(round_trip, digits, tmp_path):
+def test_predict_onnx_runs_without_tensorflow(round_trip, digits, tmp_path, repo_root, child_env):
     import onnxruntime as ort
     from PIL import Image
 
-    env = _poisoned_env(tmp_path)
+    env = _poisoned_env(tmp_path, child_env)
     control = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, capture_output=True, text=True)
     assert control.returncode != 0 and "must not be imported" in control.stderr
 
-    out, script = round_trip["out"], os.path.join(REPO, "export", "predict_onnx.py")
+    out, script = round_trip["out"], os.path.join(repo_root, "export", "predict_onnx.py")
     npz = tmp_path / "test.npz"
     np.savez(npz, x_test=digits.x_test[:40, :, :, 0], y_test=digits.y_test[:40])  # [N, H, W] also accepted
     proc = subprocess.run([sys.executable, script, out, str(npz), "--out", str(tmp_path / "p.csv"), "--quiet"],
@@ -293,7 +293,7 @@ def test_parity_failure_fails_loudly_and_keeps_the_good_export(round_trip, tmp_p
     assert rejected["passed"] is False and rejected["failures"]
 
 
-def test_bad_export_targets(round_trip, tmp_path):
+def test_bad_export_targets(round_trip, tmp_path, run_cli):
     train = round_trip["train"]
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("hello")
@@ -344,7 +344,7 @@ def test_bad_genotype_files_give_clear_errors(tmp_path, content, needle):
     assert str(path) in str(err.value)
 
 
-def test_bad_genotype_on_the_command_line(tmp_path):
+def test_bad_genotype_on_the_command_line(tmp_path, run_cli):
     path = tmp_path / "g.json"
     path.write_text('{"normal": [["sep_conv_3x3", 7]]}')
     proc = run_cli("hlrs_tf.train", f"--genotype={path}", "--dataset=digits", "--dry_run",

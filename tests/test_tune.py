@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from conftest import REPO, run_cli
 from hlrs_tf.config import SearchConfig
 from hlrs_tf.tuning import TuneConfig, hyperparameters, trial_config
 
@@ -38,11 +37,10 @@ def read_trials(root):
         return list(csv.DictReader(f))
 
 
-def test_two_trials_resume_after_sigkill(tmp_path):
+def test_two_trials_resume_after_sigkill(tmp_path, repo_root, run_cli, child_env):
     root = tmp_path / "tune"
-    env = dict(os.environ, PYTHONPATH=REPO)
     cmd = [sys.executable, "-m", "hlrs_tf.tune", *ARGS, f"--workdir={root}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=repo_root, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     first_metrics = root / "trials" / "0" / "metrics.json"
     second = root / "trials" / "1" / "flags.cfg"
@@ -75,7 +73,7 @@ def test_two_trials_resume_after_sigkill(tmp_path):
     assert dry.returncode == 0, dry.stderr[-2000:]
 
 
-def test_bad_tune_flags(tmp_path):
+def test_bad_tune_flags(tmp_path, run_cli):
     proc = run_cli("hlrs_tf.tune", "--tune=arch_lr", f"--workdir={tmp_path}", timeout=120)
     assert proc.returncode == 2 and "--tune is ['arch_lr']" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("hlrs_tf.tune", "--tuner=grid", f"--workdir={tmp_path}", timeout=120)

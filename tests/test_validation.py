@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 from absl import flags
 
-from conftest import REPO, run_cli
 from hlrs_tf import data
 from hlrs_tf import flags as search_flags
 from hlrs_tf.config import FLOAT_RANGES, ConfigError, SearchConfig, float_settings
@@ -89,7 +88,7 @@ def test_issue_ratio_on_fashion_mnist_is_refused_with_the_counts():
     assert message.endswith("lower --imbalance_ratio to at most 3000"), message
 
 
-def test_search_cli_refuses_the_ratio_before_any_training(tmp_path):
+def test_search_cli_refuses_the_ratio_before_any_training(tmp_path, run_cli):
     wd = tmp_path / "wd"
     proc = run_cli("hlrs_tf.search", *TINY_SEARCH, "--imbalance_ratio=1000", f"--workdir={wd}", timeout=300)
     assert proc.returncode == 2, proc.stderr
@@ -191,11 +190,10 @@ _TRAIN_FLAG_PROBE = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def train_flag_probe():
+def train_flag_probe(repo_root, child_env):
     """The retraining's float flags and what its config-from-flags makes of NaN/inf, in one process (its flags
     share names with the search's, so they cannot be defined in this one)."""
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", _TRAIN_FLAG_PROBE, *NOT_FINITE], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-c", _TRAIN_FLAG_PROBE, *NOT_FINITE], cwd=repo_root, env=child_env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -223,18 +221,18 @@ def test_export_float_option_not_finite_is_refused(name, value):
         ExportOptions(**{name: float(value)})
 
 
-def test_search_configs_still_load():
+def test_search_configs_still_load(repo_root):
     fv = search_flags.FLAGS
     for cfg in ("configs/lt.cfg", "configs/quickstart.cfg"):
         fv.unparse_flags()
         try:
-            fv(["hlrs_tf.search", f"--flagfile={os.path.join(REPO, cfg)}"])
+            fv(["hlrs_tf.search", f"--flagfile={os.path.join(repo_root, cfg)}"])
             search_flags.config_from_flags(fv)
         finally:
             fv.unparse_flags()
 
 
-def test_cli_refuses_an_infinite_learning_rate(tmp_path):
+def test_cli_refuses_an_infinite_learning_rate(tmp_path, run_cli):
     proc = run_cli("hlrs_tf.search", "--dataset=digits", "--learning_rate=inf", "--dry_run",
                    f"--workdir={tmp_path / 'wd'}", timeout=300)
     assert proc.returncode == 2
@@ -346,7 +344,7 @@ def test_fashion_mnist_label_outside_the_classes_is_refused(tmp_path):
 # 4. An export folder that cannot be made.
 
 
-def test_export_out_that_cannot_be_created_names_out_and_the_cause(tmp_path):
+def test_export_out_that_cannot_be_created_names_out_and_the_cause(tmp_path, run_cli):
     model = tmp_path / "model.keras"
     with zipfile.ZipFile(model, "w") as zf:  # a .keras archive: the --out check comes before the model loads
         zf.writestr("metadata.json", "{}")

@@ -17,10 +17,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_cli
 from hlrs_tf.workdir import LOCK_FILENAME, WorkdirInUseError, WorkdirLock
-
-_ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 # Takes the lock (argv[2] == "beside": an export target's lock) and holds it until stdin closes.
 _HOLD = """
@@ -47,26 +44,38 @@ print("acquired")
 _STARTED = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
 
 
-@contextlib.contextmanager
-def held(path, beside=False):
-    """A child process holding the lock of ``path`` (synchronised on its "locked" line, no sleeps)."""
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(path), "beside" if beside else "inside"], cwd=REPO,
-                            env=_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline() == "locked\n", "the holder did not get the lock"
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.stdin.close()  # the holder returns from stdin.read() and exits normally
-        proc.wait(timeout=60)
+@pytest.fixture
+def held(repo_root, child_env):
+    """``held(path, beside=False)``: a context manager, a child process holding the lock of ``path``."""
+
+    @contextlib.contextmanager
+    def held(path, beside=False):
+        """A child process holding the lock of ``path`` (synchronised on its "locked" line, no sleeps)."""
+        proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(path), "beside" if beside else "inside"],
+                                cwd=repo_root, env=child_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline() == "locked\n", "the holder did not get the lock"
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.stdin.close()  # the holder returns from stdin.read() and exits normally
+            proc.wait(timeout=60)
+
+    return held
 
 
-def try_lock(path):
-    """Whether another process can take the lock of ``path`` now (and its refusal line when not)."""
-    proc = subprocess.run([sys.executable, "-c", _TRY, str(path)], cwd=REPO, env=_ENV, capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode in (0, 3), proc.stderr
-    return proc.returncode == 0, proc.stdout.strip()
+@pytest.fixture
+def try_lock(repo_root, child_env):
+    """``try_lock(path)``: whether another process can take the lock of ``path`` now (and its refusal line)."""
+
+    def try_lock(path):
+        """Whether another process can take the lock of ``path`` now (and its refusal line when not)."""
+        proc = subprocess.run([sys.executable, "-c", _TRY, str(path)], cwd=repo_root, env=child_env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode in (0, 3), proc.stderr
+        return proc.returncode == 0, proc.stdout.strip()
+
+    return try_lock
 
 
 def refusal(what, path, pid, flag):
@@ -76,7 +85,7 @@ def refusal(what, path, pid, flag):
 
 
 # --------------------------------------------------------------------------------------------- the lock itself
-def test_second_process_is_refused_naming_the_holder(tmp_path):
+def test_second_process_is_refused_naming_the_holder(tmp_path, held, try_lock):
     wd = tmp_path / "runs" / "x"
     with held(wd) as holder:
         with pytest.raises(WorkdirInUseError) as err:
@@ -91,7 +100,7 @@ def test_second_process_is_refused_naming_the_holder(tmp_path):
     assert try_lock(wd)[0]  # the holder exited normally: free
 
 
-def test_released_on_normal_exit_and_on_exception(tmp_path):
+def test_released_on_normal_exit_and_on_exception(tmp_path, try_lock):
     wd = str(tmp_path / "wd")
     with WorkdirLock(wd) as lock:
         assert lock.locked and os.path.isdir(wd)
@@ -102,11 +111,11 @@ def test_released_on_normal_exit_and_on_exception(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with WorkdirLock(wd):
             assert not try_lock(wd)[0]
-            1 / 0
+            raise ZeroDivisionError
     assert try_lock(wd)[0]
 
 
-def test_sigkilled_holder_leaves_no_stale_lock(tmp_path):
+def test_sigkilled_holder_leaves_no_stale_lock(tmp_path, held, try_lock):
     wd = tmp_path / "wd"
     with held(wd) as holder:
         assert not try_lock(wd)[0]
@@ -139,7 +148,7 @@ def _tf_config(index):
 
 @pytest.mark.parametrize("tf_config,locks", [(None, True), (_tf_config(0), True), (_tf_config(1), False)],
                          ids=["single-process", "chief", "worker"])
-def test_only_the_chief_locks(monkeypatch, tmp_path, tf_config, locks):
+def test_only_the_chief_locks(monkeypatch, tmp_path, tf_config, locks, try_lock):
     from hlrs_tf import distribute
 
     if tf_config is None:
@@ -167,7 +176,7 @@ def _one_line_refusal(proc, prog, what, path, pid, flag):
 
 
 @pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry_run"])
-def test_search_refused_while_another_process_holds_the_workdir(tmp_path, dry_run):
+def test_search_refused_while_another_process_holds_the_workdir(tmp_path, dry_run, held, run_cli):
     wd = tmp_path / "search"
     with held(wd) as holder:
         proc = run_cli("hlrs_tf.search", *SEARCH, f"--workdir={wd}", *(["--dry_run"] if dry_run else []),
@@ -177,7 +186,7 @@ def test_search_refused_while_another_process_holds_the_workdir(tmp_path, dry_ru
     assert os.listdir(wd) == [LOCK_FILENAME]  # refused before writing anything (flags.cfg included)
 
 
-def test_train_refused_while_another_process_holds_the_workdir(tmp_path):
+def test_train_refused_while_another_process_holds_the_workdir(tmp_path, held, run_cli):
     wd = tmp_path / "train"
     with held(wd) as holder:
         proc = run_cli("hlrs_tf.train", "--genotype=DARTS_V2", "--dataset=digits", "--channels=4", "--layers=3",
@@ -186,7 +195,7 @@ def test_train_refused_while_another_process_holds_the_workdir(tmp_path):
     assert os.listdir(wd) == [LOCK_FILENAME]
 
 
-def test_export_refused_while_another_process_exports_to_out(tmp_path):
+def test_export_refused_while_another_process_exports_to_out(tmp_path, held, run_cli):
     from hlrs_tf import data as data_lib
     from hlrs_tf.genotypes import DARTS_V2
     from hlrs_tf.retrainer import build_network, save_network
@@ -202,7 +211,7 @@ def test_export_refused_while_another_process_exports_to_out(tmp_path):
     assert os.listdir(tmp_path / "export") == [".digits.lock"]  # no --out, no staging folder
 
 
-def test_compare_refused_while_another_process_holds_its_workdir(tmp_path):
+def test_compare_refused_while_another_process_holds_its_workdir(tmp_path, held, run_cli):
     root = tmp_path / "compare"
     with held(root) as holder:
         proc = run_cli("hlrs_tf.compare", *SEARCH, "--methods=darts", "--seeds=0", f"--workdir={root}",
@@ -211,7 +220,7 @@ def test_compare_refused_while_another_process_holds_its_workdir(tmp_path):
     assert os.listdir(root) == [LOCK_FILENAME]  # no compare_flags.cfg, no sub-run started
 
 
-def test_tuning_locks_its_root(tmp_path):
+def test_tuning_locks_its_root(tmp_path, held):
     from hlrs_tf.config import SearchConfig
     from hlrs_tf.tuning import TuneConfig, run_tuning
 
