@@ -73,9 +73,9 @@ def worker(args) -> dict:
     import keras
     import onnxruntime as ort
 
-    from hlrs_tf.derived_network import DerivedNetwork
-    from hlrs_tf.export_lib import build_serving_model
-    from hlrs_tf.genotypes import get_genotype
+    from hlrs_tf.export.savedmodel_onnx import build_serving_model
+    from hlrs_tf.space.derived_network import DerivedNetwork
+    from hlrs_tf.space.genotypes import get_genotype
 
     keras.utils.set_random_seed(0)
     shape = (args.image_size, args.image_size, args.image_channels)

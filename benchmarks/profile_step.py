@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    from hlrs_tf.genotypes import PRIMITIVES
+    from hlrs_tf.space.genotypes import PRIMITIVES
 
     model, ds = build_model_and_data(args)
     model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)  # trace and warm up outside the profile

@@ -4,7 +4,7 @@
     python benchmarks/search_step.py --method=hlrs ...                  # BBN: two batches per side and step
     python benchmarks/search_step.py --partial_channels=4 ...           # PC-DARTS (K=4 of the channels per op)
     OMP_NUM_THREADS=1 python benchmarks/search_step.py --threads=1 ...   # 1-thread figure beside 2-thread
-    python benchmarks/search_step.py --precision=mixed_bfloat16 ...     # mixed precision (hlrs_tf.precision)
+    python benchmarks/search_step.py --precision=mixed_bfloat16 ...     # mixed precision (hlrs_tf.runtime.precision)
     TF_ENABLE_ONEDNN_OPTS=0 python benchmarks/search_step.py ...         # TensorFlow's own (Eigen) kernels
 
 Runs the real ``DartsSearchModel.fit`` on random images of the given size (timing does not depend on the
@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 
-from hlrs_tf.cli import prepare_process
+from hlrs_tf.runtime.cli import prepare_process
 
 prepare_process()  # as hlrs_tf.search does: oneDNN kernels unless TF_ENABLE_ONEDNN_OPTS=0, malloc arenas
 
@@ -61,11 +61,11 @@ GRAPPLER_PASSES_BUT_MEMORY = (
 
 def configure_runtime(args) -> None:
     """Devices, thread pools and grappler as ``args`` say (by default what ``hlrs_tf.search`` does: the CPU
-    settings only when TensorFlow lists no GPU, ``hlrs_tf.runtime.configure_devices``)."""
+    settings only when TensorFlow lists no GPU, ``hlrs_tf.runtime.devices.configure_devices``)."""
     import tensorflow as tf
 
-    from hlrs_tf.runtime import configure_devices, set_thread_pools
-    from hlrs_tf.trainer import configure_graph_optimizer, configure_threads
+    from hlrs_tf.runtime.devices import configure_devices, set_thread_pools
+    from hlrs_tf.search.task import configure_graph_optimizer, configure_threads
 
     cpu_only = configure_devices().cpu_only
     if args.thread_policy == "search" and cpu_only:
@@ -86,9 +86,9 @@ def build_model_and_data(args):
     import numpy as np
     import tensorflow as tf
 
-    from hlrs_tf.config import SearchConfig
-    from hlrs_tf.data import DatasetSpec
-    from hlrs_tf.trainer import build_model
+    from hlrs_tf.config.search import SearchConfig
+    from hlrs_tf.data.datasets import DatasetSpec
+    from hlrs_tf.search.task import build_model
 
     keras.utils.set_random_seed(0)
     shape = (args.image_size, args.image_size, args.image_channels)
@@ -111,8 +111,8 @@ def breakdown(args) -> dict:
     configure_runtime(args)
     import tensorflow as tf
 
-    from hlrs_tf.cli import onednn_enabled
-    from hlrs_tf.runtime import visible_devices
+    from hlrs_tf.runtime.cli import onednn_enabled
+    from hlrs_tf.runtime.devices import visible_devices
 
     t0 = time.perf_counter()
     model, ds = build_model_and_data(args)
@@ -162,8 +162,8 @@ def main(argv=None) -> dict:
     import keras
     import numpy as np
 
-    from hlrs_tf.cli import onednn_enabled
-    from hlrs_tf.runtime import visible_devices
+    from hlrs_tf.runtime.cli import onednn_enabled
+    from hlrs_tf.runtime.devices import visible_devices
 
     t0 = time.perf_counter()
     import_s = t0 - t_import

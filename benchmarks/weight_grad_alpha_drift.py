@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hlrs_tf.cli import prepare_process
+from hlrs_tf.runtime.cli import prepare_process
 
 prepare_process()
 
@@ -33,9 +33,9 @@ def main(argv=None) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from hlrs_tf import data as data_lib
-    from hlrs_tf.darts_model import DartsSearchModel
-    from hlrs_tf.search_network import SearchNetwork
+    from hlrs_tf.data import datasets as data_lib
+    from hlrs_tf.search.bilevel import DartsSearchModel
+    from hlrs_tf.space.supernet import SearchNetwork
 
     ds = data_lib.load_dataset("digits")
     idx_w, idx_a = data_lib.stratified_split(ds.y_train, 0.5, seed=0)

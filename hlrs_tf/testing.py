@@ -10,9 +10,9 @@ import json
 
 import keras
 
-from hlrs_tf.bbn import BBNSearchModel, BBNSearchNetwork
-from hlrs_tf.darts_model import DartsSearchModel
-from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.search.bbn import BBNSearchModel, BBNSearchNetwork
+from hlrs_tf.search.bilevel import DartsSearchModel
+from hlrs_tf.space.supernet import SearchNetwork
 
 # DARTS' optimisers (quark0/darts cnn/train_search.py): SGD lr 0.025 momentum 0.9 for the weights, Adam 3e-4
 # with betas (0.5, 0.999) for the alphas.
@@ -35,7 +35,7 @@ def small_search_model(
 ) -> DartsSearchModel:
     """A small supernet in its bilevel model, compiled with DARTS' optimisers and built (nothing traced later).
 
-    The same steps as ``hlrs_tf.trainer.build_model`` without a run config: seed, network, model, compile, build.
+    The same steps as ``hlrs_tf.search.task.build_model`` without a run config: seed, network, model, compile, build.
 
     Args:
         channels: The supernet's C.

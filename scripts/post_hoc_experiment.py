@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 
-from hlrs_tf import stats
+from hlrs_tf.experiments import stats
 
 METHODS = ("logit_adjust", "tau_norm", "crt")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

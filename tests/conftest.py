@@ -25,7 +25,7 @@ Markers:
 import os
 import sys
 
-from hlrs_tf.cli import prepare_process
+from hlrs_tf.runtime.cli import prepare_process
 
 prepare_process()  # before TensorFlow is imported; subprocesses inherit the environment
 

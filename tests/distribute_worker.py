@@ -12,7 +12,7 @@ Modes (the last stdout line is ``RESULT <json>``):
   genotype file was written (``worker_workdir``). ``--nodes 4`` builds the model with ``trainer.build_model``;
   fewer nodes use :func:`tiny_model` (same compile, much shorter tracing).
 
-Until ``hlrs_tf/ops.py`` and ``hlrs_tf/darts_model.py`` carry the proposed patches, this script applies them at
+Until ``hlrs_tf/space/ops.py`` and ``hlrs_tf/search/bilevel.py`` carry the proposed patches, this script applies them at
 run time (:func:`install_sync_bn_hook`, :func:`install_keras_fixes`); each reports which way it went.
 """
 
@@ -26,18 +26,19 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hlrs_tf.cli import prepare_process
+from hlrs_tf.runtime.cli import prepare_process
 
 prepare_process()  # the commands' settings (the parent test's environment wins)
 
-from hlrs_tf import distribute  # noqa: E402  (imports TF; creates no op)
+from hlrs_tf.runtime import distribute  # noqa: E402  (imports TF; creates no op)
 
 
 def install_sync_bn_hook() -> str:
     """Makes ``ops.BatchNorm`` use synchronised statistics under >1 replicas; returns how."""
     import tensorflow as tf
 
-    from hlrs_tf import ops, sync_bn
+    from hlrs_tf.runtime import sync_bn
+    from hlrs_tf.space import ops
 
     if "sync_bn" in inspect.getsource(ops.BatchNorm.call):
         return "ops.py"
@@ -57,13 +58,14 @@ def install_sync_bn_hook() -> str:
 
 
 def install_keras_fixes() -> str:
-    """Applies :class:`hlrs_tf.distribute.PrebuiltModelMixin` and :func:`hlrs_tf.distribute.step_logs` to
-    ``DartsSearchModel`` unless ``darts_model.py`` already uses them (the proposed patch); returns which.
+    """Applies :class:`hlrs_tf.runtime.distribute.PrebuiltModelMixin` and
+    :func:`hlrs_tf.runtime.distribute.step_logs` to ``DartsSearchModel`` unless ``search/bilevel.py`` already uses
+    them (the proposed patch); returns which.
 
     Without them, under a strategy Keras trains on a differently shuffled stream than one device (its symbolic
     build draws from a fresh iterator) and ``MultiWorkerMirroredStrategy`` crashes reducing scalar logs.
     """
-    from hlrs_tf.darts_model import DartsSearchModel
+    from hlrs_tf.search.bilevel import DartsSearchModel
 
     applied = []
     if not issubclass(DartsSearchModel, distribute.PrebuiltModelMixin):
@@ -78,11 +80,11 @@ def install_keras_fixes() -> str:
 
         DartsSearchModel.train_step = train_step
         applied.append("step_logs")
-    return ("test hook: " + ", ".join(applied)) if applied else "darts_model.py"
+    return ("test hook: " + ", ".join(applied)) if applied else "search/bilevel.py"
 
 
 def digits_search_data(batch_size: int):
-    from hlrs_tf import data as data_lib
+    from hlrs_tf.data import datasets as data_lib
 
     ds = data_lib.load_dataset("digits")
     idx_w, idx_a = data_lib.stratified_split(ds.y_train, 0.5, seed=0)
@@ -136,7 +138,7 @@ def run_once(strategy, order: str, steps: int, global_batch: int, time_steps: in
         "genotype": model.genotype().to_json(),
     }
     if strategy.num_replicas_in_sync > 1:
-        from hlrs_tf.genotypes import derive_genotype
+        from hlrs_tf.space.genotypes import derive_genotype
 
         def spread(variables):
             worst = 0.0
@@ -172,7 +174,7 @@ def mirrored_main(args) -> dict:
     strategy = distribute.make_strategy("mirrored", cpu_replicas=2)  # before any other TF op
     import tensorflow as tf
 
-    from hlrs_tf import sync_bn
+    from hlrs_tf.runtime import sync_bn
 
     hook = install_sync_bn_hook()
     build_hook = install_keras_fixes() if args.build_fix else "off"
@@ -232,8 +234,8 @@ def multi_worker_main(args) -> dict:
     build_hook = install_keras_fixes() if args.build_fix else "off"
     import keras
 
-    from hlrs_tf.config import SearchConfig
-    from hlrs_tf.trainer import build_model
+    from hlrs_tf.config.search import SearchConfig
+    from hlrs_tf.search.task import build_model
 
     info = distribute.worker_info(strategy)
     per_replica = distribute.check_global_batch_size(args.batch, strategy)

@@ -3,15 +3,15 @@
 The CPU must be split into 2 logical devices before TensorFlow initialises, which pytest's process has long
 done, so this runs in a process of its own and prints ``RESULT <json>`` as its last stdout line:
 
-* ``shares``: :func:`hlrs_tf.losses.class_weighted_cross_entropy` on each replica's slice of a long-tailed
+* ``shares``: :func:`hlrs_tf.losses.reweighting.class_weighted_cross_entropy` on each replica's slice of a long-tailed
   global batch (``strategy.run``); the sum of the replicas' shares and of their logit-variable gradients,
   the single-device value, and (control) what averaging each replica's *local* weighted mean would give.
-* ``fit``: :class:`hlrs_tf.darts_model.DartsSearchModel` on a toy network (a dense layer whose bias is the
+* ``fit``: :class:`hlrs_tf.search.bilevel.DartsSearchModel` on a toy network (a dense layer whose bias is the
   "architecture" variable), two bilevel steps with ``fit``, one device against ``MirroredStrategy``, per
   reduction and order: max |difference| of weights, alphas and logged losses.
 
 With the argument ``long_tail`` (``tests/test_long_tail_losses.py``) it does the same for every loss of
-:mod:`hlrs_tf.long_tail_losses` instead (DRW off and on): ``shares`` of :func:`long_tail_loss` and their
+:mod:`hlrs_tf.losses.long_tail` instead (DRW off and on): ``shares`` of :func:`long_tail_loss` and their
 gradients, and ``fit`` cases of the search model with a :class:`LossSpec`.
 """
 
@@ -22,11 +22,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hlrs_tf.cli import prepare_process
+from hlrs_tf.runtime.cli import prepare_process
 
 prepare_process()
 
-from hlrs_tf import distribute  # noqa: E402  (imports TF; creates no op)
+from hlrs_tf.runtime import distribute  # noqa: E402  (imports TF; creates no op)
 
 # A long-tailed global batch of 8 whose two halves (the replicas' slices) have very different weight sums:
 # the head class fills the first half, the tail classes the second.
@@ -77,7 +77,7 @@ def shares_main(strategy) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from hlrs_tf.losses import class_weighted_cross_entropy, effective_number_weights
+    from hlrs_tf.losses.reweighting import class_weighted_cross_entropy, effective_number_weights
 
     weights = effective_number_weights(COUNTS).astype("float32")
     x, y, _, _ = _data()
@@ -128,8 +128,8 @@ def _fit_once(strategy, reduction: str, order: str, steps: int, loss=None, drw_a
     import keras
     import tensorflow as tf
 
-    from hlrs_tf.darts_model import DartsSearchModel
-    from hlrs_tf.losses import effective_number_weights
+    from hlrs_tf.losses.reweighting import effective_number_weights
+    from hlrs_tf.search.bilevel import DartsSearchModel
 
     x, y, x_val, y_val = _data()
     ds = tf.data.Dataset.from_tensor_slices(((x, y), (x_val, y_val))).batch(len(LABELS)).repeat()
@@ -159,7 +159,7 @@ def fit_main(strategy, steps: int = 2) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from hlrs_tf import sync_bn
+    from hlrs_tf.runtime import sync_bn
 
     out = {}
     # With synchronised BN off, multi-replica passes are nested tf.functions (darts_model.traced_once) unless
@@ -186,7 +186,7 @@ def fit_main(strategy, steps: int = 2) -> dict:
 
 def _long_tail_specs() -> dict:
     """Every long-tail loss on COUNTS (focal with gamma 2), plus LDAM and focal with DRW switched off and on."""
-    from hlrs_tf.long_tail_losses import LOSSES, LossSpec
+    from hlrs_tf.losses.long_tail import LOSSES, LossSpec
 
     specs = {name: (LossSpec.from_counts(name, COUNTS), None) for name in LOSSES}
     for name in ("ldam", "focal"):
@@ -200,7 +200,7 @@ def long_tail_shares_main(strategy) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from hlrs_tf.long_tail_losses import long_tail_loss
+    from hlrs_tf.losses.long_tail import long_tail_loss
 
     x, y, _, _ = _data()
     kernel0 = _kernel0()

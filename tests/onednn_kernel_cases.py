@@ -14,7 +14,7 @@ both processes. Cases:
   ``derived_network.average_pool_same`` computes it on small maps: TF's own gradient of a "same" 5x5 average
   pool on a 4x4 map is wrong, and the two kernels disagreed there);
 * ``FactorizedReduce`` with 5-7 input channels: oneDNN's filter gradient of a 1x1 *stride-2* ``Conv2D`` is
-  wrong there, which is why the layer convolves the stride-2 samplings instead (``hlrs_tf.ops``);
+  wrong there, which is why the layer convolves the stride-2 samplings instead (``hlrs_tf.space.ops``);
 * whole networks (the supernet with the fused and with the direct cell, a derived network with its auxiliary
   head): every kernel call of one training-mode forward pass is recorded with the inputs the network really
   gave it, and its output and gradients are computed again from those inputs in float32 (the kernels of this
@@ -60,7 +60,7 @@ def _record_pointwise(out: dict, name: str, x, c_out: int, strides: int) -> None
     import keras
     import tensorflow as tf
 
-    from hlrs_tf.ops import PointwiseConv
+    from hlrs_tf.space.ops import PointwiseConv
 
     keras.utils.set_random_seed(c_out * 10 + strides)  # the same weights in both processes
     layer = PointwiseConv(c_out, strides=strides)
@@ -75,9 +75,9 @@ def op_cases(out: dict) -> None:
     import keras
     import tensorflow as tf
 
-    from hlrs_tf.derived_network import average_pool_same
-    from hlrs_tf.fused_cell import _fused_bn
-    from hlrs_tf.ops import FactorizedReduce, avg_pool_3x3, depthwise_conv, max_pool_3x3
+    from hlrs_tf.space.derived_network import average_pool_same
+    from hlrs_tf.space.fused_cell import _fused_bn
+    from hlrs_tf.space.ops import FactorizedReduce, avg_pool_3x3, depthwise_conv, max_pool_3x3
 
     rng = np.random.default_rng(0)
     f = lambda *shape: rng.standard_normal(shape).astype("float32")  # noqa: E731
@@ -153,7 +153,7 @@ class KernelCalls:
     def recording(self):
         import tensorflow as tf
 
-        from hlrs_tf import derived_network, fused_cell, ops
+        from hlrs_tf.space import derived_network, fused_cell, ops
 
         def bn_train(x, scale, offset):
             if x.dtype == tf.float64:  # FusedBatchNorm has no float64 kernel: the same function, unfused
@@ -247,9 +247,9 @@ def network_cases(out: dict, float64_truth: bool) -> None:
     import keras
     import tensorflow as tf
 
-    from hlrs_tf.derived_network import DerivedNetwork
-    from hlrs_tf.genotypes import DARTS_V2
-    from hlrs_tf.search_network import SearchNetwork
+    from hlrs_tf.space.derived_network import DerivedNetwork
+    from hlrs_tf.space.genotypes import DARTS_V2
+    from hlrs_tf.space.supernet import SearchNetwork
 
     rng = np.random.default_rng(2)
     x = tf.constant(rng.standard_normal((8, 16, 16, 3)).astype("float32"))
@@ -298,8 +298,8 @@ def network_cases(out: dict, float64_truth: bool) -> None:
 
 
 def main(path: str) -> None:
-    from hlrs_tf.cli import onednn_enabled
-    from hlrs_tf.trainer import configure_threads
+    from hlrs_tf.runtime.cli import onednn_enabled
+    from hlrs_tf.search.task import configure_threads
 
     configure_threads()  # the commands' thread layout: oneDNN picks other kernels for one intra-op thread
     out = {}

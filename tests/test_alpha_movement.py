@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from hlrs_tf.alpha_movement import ALPHA_MOVEMENT_KEYS, alpha_movement
+from hlrs_tf.search.alpha_movement import ALPHA_MOVEMENT_KEYS, alpha_movement
 
 EDGES, OPS = 14, 8
 
@@ -65,8 +65,8 @@ def test_bad_alphas_are_refused(normal, reduce, needle):
 @pytest.mark.isolated
 def test_bbn_model_reports_its_shared_alphas():
     """BBN's two branch cells share the alphas of their cell type: the metrics read the same two arrays."""
-    from hlrs_tf.bbn import BBNSearchModel, BBNSearchNetwork
-    from hlrs_tf.callbacks import model_alpha_movement
+    from hlrs_tf.search.bbn import BBNSearchModel, BBNSearchNetwork
+    from hlrs_tf.search.callbacks import model_alpha_movement
 
     model = BBNSearchModel(BBNSearchNetwork(4, 10, 3))
     model.build_all((8, 8, 1))
@@ -170,8 +170,8 @@ def test_tensorboard_has_alpha_scalars_and_heatmaps(search_run):
 
 def test_heatmap_centre_is_white_and_ends_are_coloured():
     """The diverging map: uniform weights render white, above uniform red, below blue."""
-    from hlrs_tf.callbacks import alpha_heatmap
-    from hlrs_tf.genotypes import softmax
+    from hlrs_tf.search.callbacks import alpha_heatmap
+    from hlrs_tf.space.genotypes import softmax
 
     uniform = alpha_heatmap(np.full((EDGES, OPS), 1 / 8), "uniform")
     alphas = np.zeros((EDGES, OPS))

@@ -15,8 +15,8 @@ import shutil
 import numpy as np
 import pytest
 
-from hlrs_tf import cli
-from hlrs_tf import search as search_cli
+from hlrs_tf.runtime import cli
+from hlrs_tf.search import __main__ as search_cli
 
 FLAGS = search_cli.FLAGS
 # Ratio 10: the default 100 leaves digits' tail class 1 image, none for the architecture split (refused).

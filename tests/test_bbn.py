@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf import data as data_lib
-from hlrs_tf.bbn import BBNSearchNetwork, bbn_loss, bbn_mix
-from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.search.bbn import BBNSearchNetwork, bbn_loss, bbn_mix
+from hlrs_tf.space.supernet import SearchNetwork
 from hlrs_tf.testing import registry_round_trip, small_search_model
 
 

@@ -1,4 +1,4 @@
-"""Post-hoc logit adjustment, tau-norm and cRT on a finished retraining (hlrs_tf.classifier_rebalancing,
+"""Post-hoc logit adjustment, tau-norm and cRT on a finished retraining (hlrs_tf.train.rebalancing,
 ``python -m hlrs_tf.post_hoc``), issue 19.
 
 The oracles are written from the references' semantics in numpy, not from our code:
@@ -20,8 +20,10 @@ import keras
 import numpy as np
 import pytest
 
-from hlrs_tf import data as data_lib
-from hlrs_tf.classifier_rebalancing import (
+from hlrs_tf.config.train import ConfigError, TrainConfig
+from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.retrain_pipeline import holdout_split
+from hlrs_tf.train.rebalancing import (
     PostHocConfig,
     PostHocError,
     _choose_tau,
@@ -31,8 +33,6 @@ from hlrs_tf.classifier_rebalancing import (
     logit_adjusted_bias,
     tau_normalised_kernel,
 )
-from hlrs_tf.retrain_data import holdout_split
-from hlrs_tf.train_config import ConfigError, TrainConfig
 
 TRAIN = ["--genotype=DARTS_V2", "--flagfile=configs/retrain_quick.cfg", "--dataset=digits", "--imbalance_ratio=10",
          "--channels=4", "--layers=4", "--epochs=2", "--steps_per_epoch=10", "--batch_size=16", "--verbose=0",

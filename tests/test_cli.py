@@ -37,11 +37,11 @@ def test_model_summary(search_run):
     # long tail with ratio 100 from 6000 per class (the LDAM rule), then split 50/50 stratified
     assert summary["train_class_counts"][0] == 6000 and summary["train_class_counts"][-1] == 60
     assert abs(summary["weight_split"] - summary["arch_split"]) <= 10
-    assert summary["devices"] == ["cpu"] and summary["onednn"] is True  # no GPU here (hlrs_tf.runtime)
+    assert summary["devices"] == ["cpu"] and summary["onednn"] is True  # no GPU here (hlrs_tf.runtime.devices)
 
 
 def test_genotypes_are_valid_json_genotypes(search_run):
-    from hlrs_tf.genotypes import Genotype
+    from hlrs_tf.space.genotypes import Genotype
 
     run_dir = search_run[0]
     for path in [os.path.join(run_dir, "genotype.json"), *glob.glob(os.path.join(run_dir, "genotypes", "*"))]:

@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image
 
-from hlrs_tf.comparison import CompareConfig, markdown_report, paired_table, summary_table, verdict_lines
+from hlrs_tf.experiments.comparison import CompareConfig, markdown_report, paired_table, summary_table, verdict_lines
 
 METHODS = ("darts", "hlrs")
 SEARCH = ["--dataset=digits", "--imbalance_ratio=10", "--channels=4", "--layers=3", "--batch_size=16",

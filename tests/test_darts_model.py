@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf import darts_model
-from hlrs_tf import data as data_lib
-from hlrs_tf.darts_model import clip_by_global_norm
+from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.search import bilevel as darts_model
+from hlrs_tf.search.bilevel import clip_by_global_norm
 from hlrs_tf.testing import small_search_model
 
 

@@ -1,4 +1,4 @@
-"""Tests of hlrs_tf.data on real data, offline: Debian Fashion-MNIST, sklearn digits, tiny files."""
+"""Tests of hlrs_tf.data.datasets on real data, offline: Debian Fashion-MNIST, sklearn digits, tiny files."""
 
 import math
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf import data
+from hlrs_tf.data import datasets as data
 
 FMNIST_DIR = data.DEFAULT_FASHION_MNIST_DIR
 needs_fmnist = pytest.mark.skipif(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf import ops as darts_ops
-from hlrs_tf.derived_network import (
+from hlrs_tf.space import ops as darts_ops
+from hlrs_tf.space.derived_network import (
     AuxiliaryHead,
     DerivedCell,
     DerivedNetwork,
@@ -15,7 +15,7 @@ from hlrs_tf.derived_network import (
     drop_path,
     reduction_layers,
 )
-from hlrs_tf.genotypes import DARTS_V1, DARTS_V2, Genotype, GenotypeError
+from hlrs_tf.space.genotypes import DARTS_V1, DARTS_V2, Genotype, GenotypeError
 
 
 def _images(n, shape, seed=0):

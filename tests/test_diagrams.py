@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hlrs_tf.diagrams import OP_COLORS, plot_cell, plot_genotype
-from hlrs_tf.genotypes import DARTS_V1, DARTS_V2, GenotypeError, derive_genotype
+from hlrs_tf.runtime.diagrams import OP_COLORS, plot_cell, plot_genotype
+from hlrs_tf.space.genotypes import DARTS_V1, DARTS_V2, GenotypeError, derive_genotype
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -60,7 +60,7 @@ def test_plot_cell_of_a_derived_genotype(tmp_path):
 
 def test_diagrams_do_not_import_tensorflow(tmp_path, repo_root, child_env):
     code = (
-        "import sys; from hlrs_tf.diagrams import plot_genotype; from hlrs_tf.genotypes import DARTS_V2; "
+        "import sys; from hlrs_tf.runtime.diagrams import plot_genotype; from hlrs_tf.space.genotypes import DARTS_V2; "
         f"plot_genotype(DARTS_V2, {str(tmp_path)!r}); assert 'tensorflow' not in sys.modules, 'tf imported'"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, timeout=120,

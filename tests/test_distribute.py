@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf import distribute, sync_bn
-from hlrs_tf.distribute import DistributeError, make_strategy, parse_tf_config
-from hlrs_tf.ops import BatchNorm
+from hlrs_tf.runtime import distribute, sync_bn
+from hlrs_tf.runtime.distribute import DistributeError, make_strategy, parse_tf_config
+from hlrs_tf.space.ops import BatchNorm
 
 
 def tf_config(index, workers=("127.0.0.1:1", "127.0.0.1:2"), chief=None, kind="worker"):

@@ -1,12 +1,12 @@
 """The fused search cell computes exactly what the direct per-edge cell computes.
 
-The direct cell (:class:`hlrs_tf.cells.SearchCell`: one Keras layer per candidate op of every edge, each op
+The direct cell (:class:`hlrs_tf.space.cells.SearchCell`: one Keras layer per candidate op of every edge, each op
 applied to the edge input and weighted, as in the reference) is the obviously-correct computation. The fused cell
 shares pools, ReLUs and strided views between edges, folds the mixing weights into BN scales, runs 1x1 convs as
 einsum and stacks its variables. With the same weights both must agree on random inputs: outputs, running
 statistics, gradients with respect to the mixing weights, every parameter and the inputs -- and a whole
 first- and second-order bilevel step of the search model. The same holds for PC-DARTS cells (partial channels
-K=4 with edge weights; :mod:`hlrs_tf.partial_channels`), whose fused form sums the bypassed channels and shuffles
+K=4 with edge weights; :mod:`hlrs_tf.space.partial_channels`), whose fused form sums the bypassed channels and shuffles
 once per node instead of once per edge.
 """
 
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf.cells import SearchCell
-from hlrs_tf.fused_cell import FusedSearchCell
-from hlrs_tf.genotypes import PRIMITIVES
-from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.space.cells import SearchCell
+from hlrs_tf.space.fused_cell import FusedSearchCell
+from hlrs_tf.space.genotypes import PRIMITIVES
+from hlrs_tf.space.supernet import SearchNetwork
 from hlrs_tf.testing import small_search_model
 
 TOL = 2e-5

@@ -1,4 +1,4 @@
-"""Tests for hlrs_tf.genotypes: derivation (vs the reference `_parse`), JSON format, validation, presets."""
+"""Tests for hlrs_tf.space.genotypes: derivation (vs the reference `_parse`), JSON format, validation, presets."""
 
 import dataclasses
 import json
@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from hlrs_tf import genotypes as G
-from hlrs_tf.genotypes import (
+from hlrs_tf.space import genotypes as G
+from hlrs_tf.space.genotypes import (
     DARTS_V1,
     DARTS_V2,
     PRESETS,
@@ -415,11 +415,12 @@ def test_get_genotype_errors(tmp_path):
 
 def test_modules_do_not_import_tensorflow(child_env):
     # Load the two modules by file path so a heavier hlrs_tf/__init__ cannot mask the check.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(G.__file__)))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(G.__file__)))  # .../hlrs_tf
     code = (
         "import importlib.util, sys\n"
-        "for name in ('genotypes', 'metrics'):\n"
-        f"    spec = importlib.util.spec_from_file_location('m_' + name, {root!r} + '/hlrs_tf/' + name + '.py')\n"
+        "for name in ('space/genotypes', 'data/long_tail_metrics'):\n"
+        f"    path = {package!r} + '/' + name + '.py'\n"
+        "    spec = importlib.util.spec_from_file_location('m_' + name.replace('/', '_'), path)\n"
         "    mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod\n"
         "    spec.loader.exec_module(mod)\n"
         "bad = [m for m in ('tensorflow', 'keras', 'absl') if m in sys.modules]\n"

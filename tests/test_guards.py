@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf import data as data_lib
-from hlrs_tf.callbacks import EpochCheckpoint
-from hlrs_tf.guards import NonFiniteLossError, NonFiniteLossGuard
+from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.search.callbacks import EpochCheckpoint
+from hlrs_tf.search.guards import NonFiniteLossError, NonFiniteLossGuard
 from hlrs_tf.testing import small_search_model
 
 BATCH = 8

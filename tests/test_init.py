@@ -1,6 +1,6 @@
 """``--init=reference``: every conv / dense kernel and bias drawn as PyTorch's defaults draw them.
 
-The oracle is the reference's semantics, written out here independently of :mod:`hlrs_tf.init`: PyTorch's
+The oracle is the reference's semantics, written out here independently of :mod:`hlrs_tf.space.init`: PyTorch's
 ``kaiming_uniform_(a=sqrt(5))`` (``torch/nn/modules/conv.py``, ``linear.py``) is ``U(-b, b)`` with
 ``b = sqrt(2 / (1 + 5)) * sqrt(3 / fan_in) = 1 / sqrt(fan_in)``, the linear bias ``U(-1/sqrt(in), 1/sqrt(in))``;
 the fan-in is the one of the PyTorch op a variable stands for (``C_in * kh * kw`` for a full conv, ``k * k`` for
@@ -26,18 +26,18 @@ import keras
 import numpy as np
 import pytest
 
-from hlrs_tf import data as data_lib
-from hlrs_tf.bbn import BBNSearchModel, BBNSearchNetwork
-from hlrs_tf.callbacks import EpochCheckpoint
-from hlrs_tf.cells import SearchCell
-from hlrs_tf.config import SearchConfig
-from hlrs_tf.darts_model import DartsSearchModel
-from hlrs_tf.derived_network import DerivedNetwork
-from hlrs_tf.fused_cell import FusedSearchCell
-from hlrs_tf.genotypes import DARTS_V2
-from hlrs_tf.init import apply_init, reference_uniform_bound, reference_variables
-from hlrs_tf.ops import DepthwiseConv, PointwiseConv
-from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.config.search import SearchConfig
+from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.search.bbn import BBNSearchModel, BBNSearchNetwork
+from hlrs_tf.search.bilevel import DartsSearchModel
+from hlrs_tf.search.callbacks import EpochCheckpoint
+from hlrs_tf.space.cells import SearchCell
+from hlrs_tf.space.derived_network import DerivedNetwork
+from hlrs_tf.space.fused_cell import FusedSearchCell
+from hlrs_tf.space.genotypes import DARTS_V2
+from hlrs_tf.space.init import apply_init, reference_uniform_bound, reference_variables
+from hlrs_tf.space.ops import DepthwiseConv, PointwiseConv
+from hlrs_tf.space.supernet import SearchNetwork
 
 C = 8  # initial channels of the test networks
 IMAGE = (8, 8, 3)  # three input channels, as CIFAR: the stem conv's fan-in is 3 * 3 * 3
@@ -260,7 +260,7 @@ def test_bad_init_and_unknown_layers():
 
 def test_search_resume_restores_the_checkpoint_not_a_new_init(tmp_path):
     """build_model initialises (config.init); a checkpoint restored afterwards wins, as in run_search."""
-    from hlrs_tf.trainer import build_model
+    from hlrs_tf.search.task import build_model
 
     spec = data_lib.dataset_spec("digits")
     config = SearchConfig(dataset="digits", channels=4, layers=3, batch_size=8, seed=3)

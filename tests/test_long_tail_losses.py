@@ -1,4 +1,4 @@
-"""The long-tail losses of ``--loss`` (``hlrs_tf.long_tail_losses``, issue 19): every loss against a float64
+"""The long-tail losses of ``--loss`` (``hlrs_tf.losses.long_tail``, issue 19): every loss against a float64
 numpy oracle written from its reference's semantics (value and gradient w.r.t. the logits), LDAM's margins on
 CIFAR-10-LT, the identities between losses, DRW's switch (per epoch and across a killed and resumed run), the
 config and flags, 2 replicas against one device, and a short real search and retraining with each loss.
@@ -30,13 +30,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf import flags as cli_flags
-from hlrs_tf import long_tail_losses as ltl
-from hlrs_tf.config import METHOD_PRESETS, METHODS, PAPER_METHODS, ConfigError, SearchConfig
-from hlrs_tf.long_tail_losses import LOSSES, LossSpec, long_tail_loss
-from hlrs_tf.losses import effective_number_weights
-from hlrs_tf.schedules import DRWSchedule, drw_active
-from hlrs_tf.train_config import TrainConfig
+from hlrs_tf.config import search_flags as cli_flags
+from hlrs_tf.config.search import METHOD_PRESETS, METHODS, PAPER_METHODS, ConfigError, SearchConfig
+from hlrs_tf.config.train import TrainConfig
+from hlrs_tf.losses import long_tail as ltl
+from hlrs_tf.losses.long_tail import LOSSES, LossSpec, long_tail_loss
+from hlrs_tf.losses.reweighting import effective_number_weights
+from hlrs_tf.search.schedules import DRWSchedule, drw_active
 
 FLAGS = cli_flags.FLAGS
 # CIFAR-10-LT at ratio 100: int(5000 * 0.01 ** (i / 9)), written out.
@@ -257,8 +257,8 @@ def test_drw_switch_per_epoch():
 
 def test_drw_schedule_sets_the_models_variable_whatever_it_held():
     """A resume restores drw_active from the checkpoint of the epoch before; the callback sets it from the epoch."""
-    from hlrs_tf.darts_model import DartsSearchModel
-    from hlrs_tf.search_network import SearchNetwork
+    from hlrs_tf.search.bilevel import DartsSearchModel
+    from hlrs_tf.space.supernet import SearchNetwork
 
     model = DartsSearchModel(SearchNetwork(4, 10, 3), loss=LossSpec.from_counts("ldam", CIFAR10_LT_100, drw=True))
     assert float(model.drw_active) == 0.0 and not model.drw_active.trainable
@@ -374,9 +374,9 @@ def test_bad_loss_settings_name_the_flag(config_class, kwargs, message):
 
 def test_old_runs_resume_without_the_new_flags(tmp_path):
     """A flags.cfg written before the loss flags existed resumes with their defaults (search and retraining)."""
-    from hlrs_tf import retrainer
-    from hlrs_tf.trainer import check_same_run
-    from hlrs_tf.workdir import Workdir
+    from hlrs_tf.runtime.workdir import Workdir
+    from hlrs_tf.search.task import check_same_run
+    from hlrs_tf.train import task as retrainer
 
     wd = Workdir(str(tmp_path))
     open(os.path.join(wd.checkpoint_dir, "state.json"), "w").write('{"epoch": 1}')
@@ -436,7 +436,7 @@ TINY = dict(dataset="digits", imbalance_ratio=10, channels=4, layers=3, batch_si
 @pytest.fixture(scope="module")
 def searches(tmp_path_factory):
     """A short search with each loss, in one process (tracing dominates)."""
-    from hlrs_tf.trainer import run_search
+    from hlrs_tf.search.task import run_search
 
     root = tmp_path_factory.mktemp("lt_search")
     out = {}
@@ -449,7 +449,7 @@ def searches(tmp_path_factory):
 @pytest.fixture(scope="module")
 def retrainings(tmp_path_factory):
     """A short retraining of DARTS_V2 with each loss (auxiliary head on: the loss applies to both heads)."""
-    from hlrs_tf.retrainer import run_retrain
+    from hlrs_tf.train.task import run_retrain
 
     root = tmp_path_factory.mktemp("lt_train")
     out = {}

@@ -1,5 +1,5 @@
-"""The class-weighted cross-entropy (``hlrs_tf.losses``): both reductions against numpy oracles written from the
-references' semantics, the effective-learning-rate difference, the model and trainer plumbing, and the
+"""The class-weighted cross-entropy (``hlrs_tf.losses.reweighting``): both reductions against numpy oracles
+written from the references' semantics, the effective-learning-rate difference, the model and trainer plumbing, and the
 weighted mean over 2 replicas (MirroredStrategy over 2 logical CPUs, in a subprocess) against one device.
 
 Oracles (numpy, float64):
@@ -8,6 +8,7 @@ Oracles (numpy, float64):
   documented as ``sum_i w[y_i] * ce_i / sum_i w[y_i]``;
 * ``batch_mean``: Cui et al.'s TensorFlow code / Keras ``sample_weight``: ``sum_i w[y_i] * ce_i / B``.
 """
+
 
 import json
 import os
@@ -19,13 +20,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf import config as config_lib
-from hlrs_tf import data as data_lib
-from hlrs_tf import losses
-from hlrs_tf.config import SearchConfig
-from hlrs_tf.darts_model import DartsSearchModel
-from hlrs_tf.losses import class_weighted_cross_entropy, effective_number_weights
-from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.config import search as config_lib
+from hlrs_tf.config.search import SearchConfig
+from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.losses import reweighting as losses
+from hlrs_tf.losses.reweighting import class_weighted_cross_entropy, effective_number_weights
+from hlrs_tf.search.bilevel import DartsSearchModel
+from hlrs_tf.space.supernet import SearchNetwork
 
 # CIFAR-10-LT at imbalance ratio 100 (Cui et al.'s profile n_i = 5000 * 0.01^(i/9)).
 CIFAR10_LT_100 = np.floor(5000 * 0.01 ** (np.arange(10) / 9))
@@ -173,7 +174,7 @@ def test_model_config_carries_the_reduction():
     model = DartsSearchModel(SearchNetwork(4, 10, 3), class_weights=[0.5] * 10, class_weight_reduction="batch_mean")
     config = model.get_config()
     assert config["class_weight_reduction"] == "batch_mean"
-    # SearchNetwork is not registered with Keras (hlrs_tf.search_network), so name it for the round trip.
+    # SearchNetwork is not registered with Keras (hlrs_tf.space.supernet), so name it for the round trip.
     with keras.saving.custom_object_scope({"SearchNetwork": SearchNetwork}):
         clone = DartsSearchModel.from_config(config)
     assert clone.class_weight_reduction == "batch_mean" and clone.class_weights == [0.5] * 10
@@ -196,7 +197,7 @@ def test_model_loss_uses_the_reduction(reduction):
 
 @pytest.mark.parametrize("reduction", ["weighted_mean", "batch_mean"])
 def test_build_model_threads_the_config(reduction):
-    from hlrs_tf.trainer import build_model
+    from hlrs_tf.search.task import build_model
 
     config = SearchConfig(dataset="digits", channels=2, layers=3, loss="class_balanced",
                           class_weight_reduction=reduction)

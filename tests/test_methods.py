@@ -8,13 +8,13 @@ import os
 import numpy as np
 import pytest
 
-from hlrs_tf import flags as cli_flags
-from hlrs_tf.config import ConfigError, SearchConfig
-from hlrs_tf.trainer import run_search
+from hlrs_tf.config import search_flags as cli_flags
+from hlrs_tf.config.search import ConfigError, SearchConfig
+from hlrs_tf.search.task import run_search
 
 FLAGS = cli_flags.FLAGS
 
-# SPEC.md section 7, written out here independently of the preset table in config.py.
+# SPEC.md section 7, written out here independently of the preset table in hlrs_tf/config/search.py.
 EXPECTED = {
     "darts": dict(weight_sampler="uniform", arch_sampler="uniform", loss="ce", bbn=False,
                   arch_lr_schedule="constant"),
@@ -94,7 +94,7 @@ def test_bad_combinations_name_the_flag(argv, message):
 
 
 def test_compare_runs_the_paper_methods_by_default():
-    from hlrs_tf.config import PAPER_METHODS
+    from hlrs_tf.config.search import PAPER_METHODS
 
     assert PAPER_METHODS == PAPER
 

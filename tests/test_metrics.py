@@ -1,4 +1,4 @@
-"""Tests for hlrs_tf.metrics: per-class accuracy, shot groups (exact boundaries), the JSON report."""
+"""Tests for hlrs_tf.data.long_tail_metrics: per-class accuracy, shot groups (exact boundaries), the JSON report."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from hlrs_tf.metrics import (
+from hlrs_tf.data.long_tail_metrics import (
     FEW_SHOT_MAX,
     MANY_SHOT_MIN,
     balanced_accuracy,

@@ -7,12 +7,12 @@ import keras
 import numpy as np
 import pytest
 
-from hlrs_tf import data as data_lib
-from hlrs_tf.callbacks import EpochCheckpoint, GenotypeLogger
-from hlrs_tf.darts_model import DartsSearchModel
-from hlrs_tf.guards import NonFiniteLossError, NonFiniteLossGuard
-from hlrs_tf.search_network import SearchNetwork
-from hlrs_tf.workdir import Workdir
+from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.runtime.workdir import Workdir
+from hlrs_tf.search.bilevel import DartsSearchModel
+from hlrs_tf.search.callbacks import EpochCheckpoint, GenotypeLogger
+from hlrs_tf.search.guards import NonFiniteLossError, NonFiniteLossGuard
+from hlrs_tf.space.supernet import SearchNetwork
 
 
 class PoisonWeights(keras.callbacks.Callback):

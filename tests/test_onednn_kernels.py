@@ -1,6 +1,6 @@
 """oneDNN's CPU kernels compute what TensorFlow's own (Eigen) kernels compute, for everything the networks run.
 
-Every command runs with oneDNN's kernels by default (``hlrs_tf.cli.prepare_process``: 2-2.4x faster search and
+Every command runs with oneDNN's kernels by default (``hlrs_tf.runtime.cli.prepare_process``: 2-2.4x faster search and
 retraining steps on CPU). Whether a kernel is oneDNN's is fixed per process, so ``tests/onednn_kernel_cases.py``
 runs once with ``TF_ENABLE_ONEDNN_OPTS=1`` and once with ``=0`` and the two sets of outputs and gradients are
 compared here: single ops at the networks' real shapes, ``FactorizedReduce`` with the channel counts where
@@ -126,7 +126,7 @@ def _pointwise_oracle(x, w, strides, proj):
 
 @pytest.mark.parametrize("label", ["onednn", "eigen"])
 def test_pointwise_conv_matches_float64_oracle(kernel_outputs, label):
-    # hlrs_tf.ops.PointwiseConv at the shapes the networks run, and with 1-16 input channels (fewer than one of
+    # hlrs_tf.space.ops.PointwiseConv at the shapes the networks run, and with 1-16 input channels (fewer than one of
     # oneDNN's channel blocks: where its 1x1 Conv2D filter gradients went wrong) at the direct supernet's
     # 16x16, batch 8. float32 sums of at most 2,048 products: relative round-off well under 1e-5.
     got = kernel_outputs[label]

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf.genotypes import PRIMITIVES, derive_genotype
-from hlrs_tf.partial_channels import channel_shuffle, edge_weights, split_channels
-from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.space.genotypes import PRIMITIVES, derive_genotype
+from hlrs_tf.space.partial_channels import channel_shuffle, edge_weights, split_channels
+from hlrs_tf.space.supernet import SearchNetwork
 
 NONE = PRIMITIVES.index("none")
 OPS = {name: k for k, name in enumerate(PRIMITIVES)}

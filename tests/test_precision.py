@@ -1,4 +1,4 @@
-"""``--precision``: Keras mixed precision for the supernet and the derived network (hlrs_tf/precision.py).
+"""``--precision``: Keras mixed precision for the supernet and the derived network (hlrs_tf/runtime/precision.py).
 
 Real models on scikit-learn's digits at C=4, 3 cells. What is checked: a mixed_bfloat16 search follows the
 float32 one from the same seed (first order), the dtypes of variables and computations, loss
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf import data as data_lib
-from hlrs_tf import precision
-from hlrs_tf.config import ConfigError, SearchConfig
-from hlrs_tf.train_config import TrainConfig
+from hlrs_tf.config.search import ConfigError, SearchConfig
+from hlrs_tf.config.train import TrainConfig
+from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.runtime import precision
 
 U_BF16 = 2.0**-8  # unit round-off of bfloat16
 
@@ -39,7 +39,7 @@ def _search_batches(digits, steps, batch_size=16):
 
 
 def _search_model(digits, prec, order="first", **overrides):
-    from hlrs_tf.trainer import build_model
+    from hlrs_tf.search.task import build_model
 
     keras.utils.set_random_seed(0)  # the same initial weights and alphas for every precision
     config = SearchConfig(dataset="digits", channels=4, layers=3, batch_size=16, order=order, precision=prec,
@@ -101,8 +101,8 @@ def test_second_order_refuses_mixed_precision(digits):
     """The unrolled step's central difference moves the weights by ~1e-4 of a weight, below bfloat16's and
     float16's resolution: measured, one bfloat16 second-order architecture gradient was 73% off float32's in
     norm (15% in first order). So it is refused, by the config (the flag) and by the model (library use)."""
-    from hlrs_tf.darts_model import DartsSearchModel
-    from hlrs_tf.search_network import SearchNetwork
+    from hlrs_tf.search.bilevel import DartsSearchModel
+    from hlrs_tf.space.supernet import SearchNetwork
 
     for prec in ("mixed_bfloat16", "mixed_float16"):
         with pytest.raises(ConfigError, match=r"--precision='mixed_.*' is invalid: it must be float32 with "
@@ -147,9 +147,9 @@ def test_mixed_bfloat16_dtypes(digits):
 def test_global_dtype_policy_is_left_alone(digits):
     """Building mixed networks (search, BBN, derived) sets Keras' global policy only while their layers are
     created: afterwards it is float32 again, and new layers are float32."""
-    from hlrs_tf.bbn import BBNSearchNetwork
-    from hlrs_tf.derived_network import DerivedNetwork
-    from hlrs_tf.genotypes import DARTS_V2
+    from hlrs_tf.search.bbn import BBNSearchNetwork
+    from hlrs_tf.space.derived_network import DerivedNetwork
+    from hlrs_tf.space.genotypes import DARTS_V2
 
     assert keras.config.dtype_policy().name == "float32"
     model = _search_model(digits, "mixed_bfloat16")
@@ -177,7 +177,7 @@ def test_mixed_float16_loss_scaling_on_both_optimizers(digits):
     """Both optimizers are LossScaleOptimizers; the HLRS callback still sets the architecture lr (through the
     wrapper, on the inner Adam's variable); a train step is finite and follows the loss-scale rules: an
     overflowing step leaves the weights alone and halves the scale, a finite one updates them."""
-    from hlrs_tf.schedules import HLRSCallback, ScheduleConfig
+    from hlrs_tf.search.schedules import HLRSCallback, ScheduleConfig
 
     model = _search_model(digits, "mixed_float16", arch_lr_schedule="mixing")
     for opt in (model.optimizer, model.arch_optimizer):
@@ -229,7 +229,7 @@ def test_loss_scaled_gradients_are_clipped_after_unscaling():
 
 def test_sync_batch_norm_takes_low_precision_activations():
     """The cross-replica BN (several replicas) normalises bf16 activations in float32 and returns bf16."""
-    from hlrs_tf import sync_bn
+    from hlrs_tf.runtime import sync_bn
 
     x = tf.random.stateless_normal((4, 3, 3, 2), seed=(1, 2)) * 3.0 + 1.0
     args = (tf.ones(2), tf.zeros(2), tf.zeros(2), tf.ones(2), 0.1, 1e-5, lambda v: v, 1)
@@ -260,8 +260,8 @@ def test_precision_setting_and_hardware_warning():
 def test_resume_with_another_precision_is_refused(tmp_path):
     """flags.cfg records --precision; a checkpointed run resumes only with the same one. A flags.cfg written
     before the flag existed ran in float32."""
-    from hlrs_tf.trainer import check_same_run
-    from hlrs_tf.workdir import Workdir
+    from hlrs_tf.runtime.workdir import Workdir
+    from hlrs_tf.search.task import check_same_run
 
     wd = Workdir(str(tmp_path / "run"))
     os.makedirs(wd.checkpoint_dir, exist_ok=True)
@@ -298,7 +298,7 @@ def test_bfloat16_trained_model_exports_float32(tmp_path, run_cli):
     proc = run_cli("hlrs_tf.train", *train_flags, "--precision=mixed_bfloat16", f"--workdir={wd}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.load(open(wd / "model_summary.json"))["precision"] == "mixed_bfloat16"
-    from hlrs_tf import derived_network  # noqa: F401  (registers the classes model.keras names)
+    from hlrs_tf.space import derived_network  # noqa: F401  (registers the classes model.keras names)
 
     model = keras.saving.load_model(str(wd / "model.keras"), compile=False)
     assert precision.policy_name(model) == "mixed_bfloat16"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf import ops as darts_ops
+from hlrs_tf.space import ops as darts_ops
 
 SIZES = [(8, 8), (7, 7), (8, 7)]
 EPS = 1e-5  # BatchNorm2d's default epsilon

@@ -13,22 +13,22 @@ import numpy as np
 import pytest
 
 import hlrs_tf
-from hlrs_tf import ops as darts_ops
-from hlrs_tf.bbn import BBNSearchModel, BBNSearchNetwork
-from hlrs_tf.cells import MixedOp, SearchCell
-from hlrs_tf.darts_model import DartsSearchModel
-from hlrs_tf.derived_network import AuxiliaryHead, DerivedCell, DerivedNetwork
-from hlrs_tf.export_lib import Preprocess
-from hlrs_tf.fused_cell import FusedSearchCell
-from hlrs_tf.genotypes import DARTS_V2
-from hlrs_tf.long_tail_losses import LossSpec
-from hlrs_tf.retrain_model import RetrainModel
-from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.export.savedmodel_onnx import Preprocess
+from hlrs_tf.losses.long_tail import LossSpec
+from hlrs_tf.search.bbn import BBNSearchModel, BBNSearchNetwork
+from hlrs_tf.search.bilevel import DartsSearchModel
+from hlrs_tf.space import ops as darts_ops
+from hlrs_tf.space.cells import MixedOp, SearchCell
+from hlrs_tf.space.derived_network import AuxiliaryHead, DerivedCell, DerivedNetwork
+from hlrs_tf.space.fused_cell import FusedSearchCell
+from hlrs_tf.space.genotypes import DARTS_V2
+from hlrs_tf.space.supernet import SearchNetwork
 from hlrs_tf.testing import registry_round_trip
+from hlrs_tf.train.model import RetrainModel
 
-# Modules that define no layers and must not be imported twice in one process: the commands
+# Modules that define no layers and must not be imported twice in one process: the commands' ``__main__``
 # (``python -m hlrs_tf.<name>``, which set process options on import) and the absl flag definitions.
-NOT_LAYER_MODULES = {"search", "train", "export", "compare", "tune", "post_hoc", "flags", "train_flags", "loss_flags"}
+NOT_LAYER_MODULES = {"__main__", "search_flags", "train_flags", "loss_flags"}
 # Bases that are never instantiated on their own, so never saved.
 ABSTRACT = {darts_ops.CompositeLayer}
 
@@ -63,10 +63,10 @@ EXAMPLES = {
 
 def _layer_classes():
     found = set()
-    for info in pkgutil.iter_modules(hlrs_tf.__path__):
-        if info.name in NOT_LAYER_MODULES:
+    for info in pkgutil.walk_packages(hlrs_tf.__path__, prefix="hlrs_tf."):
+        if info.name.rsplit(".", 1)[-1] in NOT_LAYER_MODULES:
             continue
-        module = importlib.import_module(f"hlrs_tf.{info.name}")
+        module = importlib.import_module(info.name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, keras.layers.Layer) and cls.__module__.startswith("hlrs_tf") and cls not in ABSTRACT:
                 found.add(cls)

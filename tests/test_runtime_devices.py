@@ -16,9 +16,12 @@ import pytest
 import tensorflow as tf
 from packaging.requirements import Requirement
 
-from hlrs_tf import cli, retrainer, runtime, trainer
-from hlrs_tf.config import SearchConfig
-from hlrs_tf.train_config import TrainConfig
+from hlrs_tf.config.search import SearchConfig
+from hlrs_tf.config.train import TrainConfig
+from hlrs_tf.runtime import cli
+from hlrs_tf.runtime import devices as runtime
+from hlrs_tf.search import task as trainer
+from hlrs_tf.train import task as retrainer
 
 TF_PIN = "==2.21.0"
 
@@ -96,12 +99,12 @@ def test_warns_once_when_a_gpu_was_expected_but_none_is_listed(monkeypatch, call
 def test_cpu_path_for_real_in_a_fresh_process(tmp_path, child_env):
     """The search's runtime set-up in a fresh process, unfaked (this machine has no GPU)."""
     script = (
-        "from hlrs_tf.cli import prepare_process; prepare_process()\n"
+        "from hlrs_tf.runtime.cli import prepare_process; prepare_process()\n"
         "import json, os, tensorflow as tf\n"
-        "from hlrs_tf.cli import onednn_enabled\n"
-        "from hlrs_tf.config import SearchConfig\n"
-        "from hlrs_tf.runtime import visible_devices\n"
-        "from hlrs_tf.trainer import configure_runtime\n"
+        "from hlrs_tf.runtime.cli import onednn_enabled\n"
+        "from hlrs_tf.config.search import SearchConfig\n"
+        "from hlrs_tf.runtime.devices import visible_devices\n"
+        "from hlrs_tf.search.task import configure_runtime\n"
         "configure_runtime(SearchConfig(strategy='default', threads=2))\n"
         "print(json.dumps({'intra': tf.config.threading.get_intra_op_parallelism_threads(),\n"
         "  'inter': tf.config.threading.get_inter_op_parallelism_threads(),\n"

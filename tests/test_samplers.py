@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hlrs_tf import data as data_lib
+from hlrs_tf.data import datasets as data_lib
 
 COUNTS = [400, 160, 64, 25, 10]  # a long tail, N_max / N_min = 40
 SPEC = data_lib.DatasetSpec("toy", (4, 4, 1), len(COUNTS), (0.5,), (0.5,))

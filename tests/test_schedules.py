@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from hlrs_tf import data as data_lib
-from hlrs_tf.darts_model import DartsSearchModel
-from hlrs_tf.schedules import (
+from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.search.bilevel import DartsSearchModel
+from hlrs_tf.search.schedules import (
     ARCH_LR_SCHEDULES,
     MIXING_SCHEDULES,
     HLRSCallback,
@@ -19,7 +19,7 @@ from hlrs_tf.schedules import (
     arch_learning_rate,
     mixing_factor,
 )
-from hlrs_tf.search_network import SearchNetwork
+from hlrs_tf.space.supernet import SearchNetwork
 
 # The formulas of SPEC.md sections 4-5, written out independently of the module.
 FORMULAS = {

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf import ops as darts_ops
-from hlrs_tf.cells import MixedOp, SearchCell, num_edges
-from hlrs_tf.darts_model import DartsSearchModel
-from hlrs_tf.genotypes import PRIMITIVES
-from hlrs_tf.search_network import SearchNetwork, reduction_layers
+from hlrs_tf.search.bilevel import DartsSearchModel
+from hlrs_tf.space import ops as darts_ops
+from hlrs_tf.space.cells import MixedOp, SearchCell, num_edges
+from hlrs_tf.space.genotypes import PRIMITIVES
+from hlrs_tf.space.supernet import SearchNetwork, reduction_layers
 from hlrs_tf.testing import registry_round_trip
 
 

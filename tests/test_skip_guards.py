@@ -17,8 +17,8 @@ import re
 import numpy as np
 import pytest
 
-from hlrs_tf.config import ConfigError, SearchConfig
-from hlrs_tf.genotypes import PRIMITIVES, Genotype, GenotypeError, cap_skip_connect, derive_cell, derive_genotype
+from hlrs_tf.config.search import ConfigError, SearchConfig
+from hlrs_tf.space.genotypes import PRIMITIVES, Genotype, GenotypeError, cap_skip_connect, derive_cell, derive_genotype
 
 
 def row(**weights):
@@ -193,8 +193,8 @@ def test_guard_flags_round_trip_through_flags_cfg(tmp_path, run_cli):
 def test_run_written_before_the_guards_resumes_with_them_off(tmp_path):
     """An old flags.cfg has neither flag; it ran with both guards off, so resuming with the defaults is the same
     run, and turning a guard on is refused."""
-    from hlrs_tf.trainer import check_same_run
-    from hlrs_tf.workdir import Workdir
+    from hlrs_tf.runtime.workdir import Workdir
+    from hlrs_tf.search.task import check_same_run
 
     wd = Workdir(str(tmp_path))
     open(os.path.join(wd.checkpoint_dir, "state.json"), "w").write('{"epoch": 1}')
@@ -302,7 +302,7 @@ def run_rule(threshold, warmup, counts):
     stop callback and the per-epoch ``stop_on_skip`` log values."""
     import keras
 
-    from hlrs_tf.collapse import SkipConnectStop
+    from hlrs_tf.search.collapse import SkipConnectStop
 
     source = Counts()
     stop = SkipConnectStop(threshold, warmup, source)

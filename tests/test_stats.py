@@ -1,11 +1,11 @@
-"""hlrs_tf.stats against values computed by hand (t quantiles from a printed t table)."""
+"""hlrs_tf.experiments.stats against values computed by hand (t quantiles from a printed t table)."""
 
 import dataclasses
 import math
 
 import pytest
 
-from hlrs_tf.stats import Interval, paired_differences, paired_interval, t_interval, verdict
+from hlrs_tf.experiments.stats import Interval, paired_differences, paired_interval, t_interval, verdict
 
 # Two-sided 95% Student-t quantiles t(0.975, dof), from a t table.
 T975 = {1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445}

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf import data as data_lib
-from hlrs_tf.export_lib import ExportError, ExportOptions, ParityError, export_model
-from hlrs_tf.genotypes import Genotype, GenotypeError
-from hlrs_tf.retrain_callbacks import drop_path_probability
-from hlrs_tf.retrain_data import cutout_batch, cutout_length_for, retrain_dataset
-from hlrs_tf.train_config import ConfigError, TrainConfig
+from hlrs_tf.config.train import ConfigError, TrainConfig
+from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.retrain_pipeline import cutout_batch, cutout_length_for, retrain_dataset
+from hlrs_tf.export.savedmodel_onnx import ExportError, ExportOptions, ParityError, export_model
+from hlrs_tf.space.genotypes import Genotype, GenotypeError
+from hlrs_tf.train.callbacks import drop_path_probability
 
 SEARCH = ["--dataset=digits", "--channels=4", "--layers=3", "--epochs=1", "--steps_per_epoch=2", "--batch_size=16",
           "--imbalance_ratio=10", "--verbose=0", "--eval_batch_size=512"]
@@ -100,7 +100,7 @@ def _config_from_flags_cfg(root, path):
 def test_rerun_resumes_from_the_last_epoch(round_trip, tmp_path, capsys, repo_root):
     """Rerunning a finished run's flags restores its last checkpoint (nothing left to train: same model); other
     settings or another genotype are refused before anything in the work directory changes."""
-    from hlrs_tf.retrainer import run_retrain
+    from hlrs_tf.train.task import run_retrain
 
     wd = str(tmp_path / "train")
     shutil.copytree(round_trip["train"], wd)  # the exported model stays untouched
@@ -120,9 +120,9 @@ def test_rerun_resumes_from_the_last_epoch(round_trip, tmp_path, capsys, repo_ro
 
 
 def test_checkpoint_restores_weights_and_optimizer(tmp_path, digits):
-    from hlrs_tf.genotypes import DARTS_V2
-    from hlrs_tf.retrain_callbacks import DropPathSchedule, RetrainCheckpoint
-    from hlrs_tf.retrainer import build_model, build_network
+    from hlrs_tf.space.genotypes import DARTS_V2
+    from hlrs_tf.train.callbacks import DropPathSchedule, RetrainCheckpoint
+    from hlrs_tf.train.task import build_model, build_network
 
     config = TrainConfig(genotype="DARTS_V2", channels=4, layers=3, batch_size=8, epochs=2)
     x, y = data_lib.make_long_tailed(digits.x_train, digits.y_train, 10, seed=0)
@@ -150,7 +150,7 @@ def test_dry_run_of_the_paper_setting_has_the_reference_count(tmp_path, run_cli)
     summary = json.load(open(tmp_path / "model_summary.json"))
     assert summary["params_without_aux"] == 3_349_342 and summary["params"] == 3_825_768
     assert summary["input_shape"] == [32, 32, 3] and summary["channels"] == 36 and summary["layers"] == 20
-    assert summary["devices"] == ["cpu"] and summary["onednn"] is True  # no GPU here (hlrs_tf.runtime)
+    assert summary["devices"] == ["cpu"] and summary["onednn"] is True  # no GPU here (hlrs_tf.runtime.devices)
 
 
 def _flagfile_values(root, path, seen=None):
@@ -328,10 +328,10 @@ def test_bad_export_targets(round_trip, tmp_path, run_cli):
     ('[1, 2, 3]', "must be a JSON object"),
 ])
 def test_bad_genotype_files_give_clear_errors(tmp_path, content, needle):
-    from hlrs_tf.retrainer import run_retrain
+    from hlrs_tf.train.task import run_retrain
 
     if content is None:  # a valid structure with one wrong op name
-        from hlrs_tf.genotypes import DARTS_V2
+        from hlrs_tf.space.genotypes import DARTS_V2
 
         d = DARTS_V2.to_dict()
         d["normal"][3] = ["conv_7x7", 1]
@@ -354,7 +354,7 @@ def test_bad_genotype_on_the_command_line(tmp_path, run_cli):
         f"hlrs_tf.train: error: {path}: missing key(s) normal_concat, reduce, reduce_concat "
         "(expected normal, normal_concat, reduce, reduce_concat)")
     # the other two ways to name no valid genotype, in-process (same code path after the flags)
-    from hlrs_tf.retrainer import run_retrain
+    from hlrs_tf.train.task import run_retrain
 
     with pytest.raises(ConfigError, match="--genotype='' is invalid"):
         TrainConfig(genotype="")
@@ -407,7 +407,7 @@ def test_retrain_dataset_and_drop_path_ramp(digits):
 
 def test_bbn_retraining_runs(tmp_path):
     """A BBN-searched architecture retrains with --bbn: two branches, mixing factor logged, model saved."""
-    from hlrs_tf.retrainer import run_retrain
+    from hlrs_tf.train.task import run_retrain
 
     config = TrainConfig(genotype="DARTS_V1", dataset="digits", imbalance_ratio=10, channels=4, layers=4,
                          bbn=True, epochs=2, steps_per_epoch=2, batch_size=16, verbose=0, eval_batch_size=512)

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from hlrs_tf.config import SearchConfig
-from hlrs_tf.tuning import TuneConfig, hyperparameters, trial_config
+from hlrs_tf.config.search import SearchConfig
+from hlrs_tf.experiments.tuning import TuneConfig, hyperparameters, trial_config
 
 ARGS = ["--dataset=digits", "--imbalance_ratio=10", "--channels=4", "--layers=3", "--batch_size=16",
         "--epochs=3", "--steps_per_epoch=2", "--method=hlrs", "--max_trials=2", "--verbose=0",

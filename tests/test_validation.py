@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from absl import flags
 
-from hlrs_tf import data
-from hlrs_tf import flags as search_flags
-from hlrs_tf.config import FLOAT_RANGES, ConfigError, SearchConfig, float_settings
-from hlrs_tf.export_lib import ExportError, ExportOptions
-from hlrs_tf.train_config import TrainConfig
+from hlrs_tf.config import search_flags
+from hlrs_tf.config.search import FLOAT_RANGES, ConfigError, SearchConfig, float_settings
+from hlrs_tf.config.train import TrainConfig
+from hlrs_tf.data import datasets as data
+from hlrs_tf.export.savedmodel_onnx import ExportError, ExportOptions
 
 FMNIST_DIR = data.DEFAULT_FASHION_MNIST_DIR
 needs_fmnist = pytest.mark.skipif(
@@ -103,7 +103,7 @@ def test_search_cli_refuses_the_ratio_before_any_training(tmp_path, run_cli):
 
 
 def test_retraining_refuses_a_class_without_training_images(tmp_path):
-    from hlrs_tf import retrainer
+    from hlrs_tf.train import task as retrainer
 
     config = TrainConfig(genotype="DARTS_V2", dataset="digits", imbalance_ratio=200, channels=4, layers=3,
                          batch_size=16, epochs=1, verbose=0)
@@ -119,7 +119,7 @@ def test_retraining_refuses_a_class_without_training_images(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # 2. Every float flag: finite, in its range.
 
-SEARCH_FLOAT_FLAGS = [f.name for f in search_flags.FLAGS.get_flags_for_module("hlrs_tf.flags")
+SEARCH_FLOAT_FLAGS = [f.name for f in search_flags.FLAGS.get_flags_for_module("hlrs_tf.config.search_flags")
                       if isinstance(f.parser, flags.FloatParser)]
 
 
@@ -166,10 +166,11 @@ def test_library_config_gets_the_same_ranges(name, value, allowed):
 _TRAIN_FLAG_PROBE = textwrap.dedent("""
     import json, sys
     from absl import flags
-    from hlrs_tf import train_flags
-    from hlrs_tf.train_config import ConfigError
+    from hlrs_tf.config import train_flags
+    from hlrs_tf.config.train import ConfigError
     fv = train_flags.FLAGS
-    names = [f.name for f in fv.get_flags_for_module("hlrs_tf.train_flags") if isinstance(f.parser, flags.FloatParser)]
+    module_flags = fv.get_flags_for_module("hlrs_tf.config.train_flags")
+    names = [f.name for f in module_flags if isinstance(f.parser, flags.FloatParser)]
     refused = {}
     for name in names:
         for value in sys.argv[1:]:
@@ -292,7 +293,8 @@ def test_npz_that_cannot_be_right_is_refused(tmp_path, case, arrays, message):
 
 
 def test_valid_npz_with_a_class_missing_from_the_test_split_loads(tmp_path):
-    # Allowed on purpose: the evaluation reports such a class's accuracy as undefined (metrics.py).
+    # Allowed on purpose: the evaluation reports such a class's accuracy as undefined
+    # (hlrs_tf/data/long_tail_metrics.py).
     ds = data.load_dataset(_npz(tmp_path / "ok.npz", y_test=np.array([0, 1, 1])))
     assert ds.spec.num_classes == 3
 

@@ -1,4 +1,5 @@
-"""One run per work directory: the ``flock`` lock of :class:`hlrs_tf.workdir.WorkdirLock`, between real processes.
+"""One run per work directory: the ``flock`` lock of :class:`hlrs_tf.runtime.workdir.WorkdirLock`, between real
+processes.
 
 The holder is always another process (a tiny ``python -c`` that takes the lock, says so on stdout and holds it
 until its stdin closes), because the point is what a *second* run sees; a SIGKILLed holder shows that the
@@ -17,12 +18,12 @@ import sys
 
 import pytest
 
-from hlrs_tf.workdir import LOCK_FILENAME, WorkdirInUseError, WorkdirLock
+from hlrs_tf.runtime.workdir import LOCK_FILENAME, WorkdirInUseError, WorkdirLock
 
 # Takes the lock (argv[2] == "beside": an export target's lock) and holds it until stdin closes.
 _HOLD = """
 import sys
-from hlrs_tf.workdir import WorkdirLock
+from hlrs_tf.runtime.workdir import WorkdirLock
 lock = WorkdirLock.beside(sys.argv[1]) if sys.argv[2] == "beside" else WorkdirLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)
@@ -32,7 +33,7 @@ sys.stdin.read()
 # Tries once: exit 0 and "acquired" when the lock was free, exit 3 and the refusal otherwise.
 _TRY = """
 import sys
-from hlrs_tf.workdir import WorkdirInUseError, WorkdirLock
+from hlrs_tf.runtime.workdir import WorkdirInUseError, WorkdirLock
 try:
     WorkdirLock(sys.argv[1]).acquire()
 except WorkdirInUseError as e:
@@ -149,7 +150,7 @@ def _tf_config(index):
 @pytest.mark.parametrize("tf_config,locks", [(None, True), (_tf_config(0), True), (_tf_config(1), False)],
                          ids=["single-process", "chief", "worker"])
 def test_only_the_chief_locks(monkeypatch, tmp_path, tf_config, locks, try_lock):
-    from hlrs_tf import distribute
+    from hlrs_tf.runtime import distribute
 
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -196,10 +197,10 @@ def test_train_refused_while_another_process_holds_the_workdir(tmp_path, held, r
 
 
 def test_export_refused_while_another_process_exports_to_out(tmp_path, held, run_cli):
-    from hlrs_tf import data as data_lib
-    from hlrs_tf.genotypes import DARTS_V2
-    from hlrs_tf.retrainer import build_network, save_network
-    from hlrs_tf.train_config import TrainConfig
+    from hlrs_tf.config.train import TrainConfig
+    from hlrs_tf.data import datasets as data_lib
+    from hlrs_tf.space.genotypes import DARTS_V2
+    from hlrs_tf.train.task import build_network, save_network
 
     config = TrainConfig(genotype="DARTS_V2", dataset="digits", channels=4, layers=3)
     model = str(tmp_path / "model.keras")
@@ -221,8 +222,8 @@ def test_compare_refused_while_another_process_holds_its_workdir(tmp_path, held,
 
 
 def test_tuning_locks_its_root(tmp_path, held):
-    from hlrs_tf.config import SearchConfig
-    from hlrs_tf.tuning import TuneConfig, run_tuning
+    from hlrs_tf.config.search import SearchConfig
+    from hlrs_tf.experiments.tuning import TuneConfig, run_tuning
 
     root = tmp_path / "tune"
     config = TuneConfig(SearchConfig(dataset="digits", channels=4, layers=3, epochs=1, steps_per_epoch=1),

@@ -1,0 +1,1 @@
+"""``python -m hlrs_tf.compare``: the method comparison (library: :mod:`hlrs_tf.experiments.comparison`)."""

@@ -1,0 +1,93 @@
+"""Export a trained derived network to SavedModel + ONNX for deployment: the entry point.
+
+    python -m hlrs_tf.export --model=runs/<train run> --out=export/<name>
+    python -m hlrs_tf.export --model=runs/<train run>/model.keras --out=export/<name> --opset=17
+
+Writes ``saved_model/``, ``model.onnx``, ``labels.json`` and ``export_report.json`` (see
+:mod:`hlrs_tf.export.savedmodel_onnx`). Exit status: 0 exported and parity checked; 1 parity check failed (nothing
+replaced at ``--out``; the export is left in ``<out>.rejected``); 2 bad input. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+from hlrs_tf.runtime import cli
+
+cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
+
+flags.DEFINE_string("model", None, "Train work directory (holding model.keras) or a .keras file. Required.")
+flags.DEFINE_string("out", None, "Output folder, e.g. export/<name>; default: export/<name of the work directory>.")
+flags.DEFINE_string("dataset", None, "Dataset of the parity images (default: the one the model was trained on).")
+flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
+flags.DEFINE_string("manual_dir", None, "Folder with the dataset's original archive (tfds, offline).")
+flags.DEFINE_string("fashion_mnist_dir", "/usr/share/datasets/fashion-mnist", "Folder of the Fashion-MNIST files.")
+flags.DEFINE_integer("num_images", 256, "Real test images of the parity check.", lower_bound=1)
+flags.DEFINE_float("tolerance", 1e-4, "Largest allowed |logit difference| between Keras, SavedModel and ONNX.")
+flags.DEFINE_integer("opset", 17, "ONNX opset (13..18).")
+flags.DEFINE_integer("batch_size", 64, "Batch size of the parity runs.", lower_bound=1)
+
+FLAGS = flags.FLAGS
+PROG = "hlrs_tf.export"
+
+
+def fail(message: str, status: int = 2) -> None:
+    """Prints one error line and exits with ``status`` (2: bad input, as every hlrs_tf command; 1: parity)."""
+    if status == 2:
+        cli.fail(PROG, message)
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(status)
+
+
+def default_out(model: str) -> str:
+    """``export/<work directory name>`` (or ``<file stem>``) for ``--model``."""
+    path = os.path.abspath(model.rstrip(os.sep))
+    if path.endswith(".keras"):
+        parent = os.path.basename(os.path.dirname(path))
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name = parent if stem == "model" and parent else stem
+    else:
+        name = os.path.basename(path)
+    return os.path.join("export", name)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+    if not FLAGS["verbosity"].present:
+        # tf2onnx and the SavedModel writer log every step at INFO through absl; keep the output to results.
+        logging.set_verbosity(logging.WARNING)
+    from hlrs_tf.export import savedmodel_onnx as export_lib
+
+    try:
+        options = export_lib.ExportOptions(
+            dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
+            fashion_mnist_dir=FLAGS.fashion_mnist_dir, num_images=FLAGS.num_images, tolerance=FLAGS.tolerance,
+            opset=FLAGS.opset, batch_size=FLAGS.batch_size,
+        )
+        export_lib.resolve_model(FLAGS.model)  # fail fast, before choosing a default --out
+        out = FLAGS.out or default_out(FLAGS.model)
+        report = export_lib.export_model(FLAGS.model, out, options)
+    except export_lib.ParityError as e:
+        fail(str(e), status=1)
+    except (export_lib.ExportError, OSError) as e:
+        fail(str(e))
+    sm, ox = report["saved_model"], report["onnx"]
+    print(f"exported to {report['out']}: saved_model/ model.onnx (opset {report['opset']}) labels.json")
+    print(
+        f"parity on {report['num_images']} {report['dataset']} test images: max |logit diff| SavedModel "
+        f"{sm['max_abs_diff_logits']:.2e}, ONNX {ox['max_abs_diff_logits']:.2e}; top-1 agreement "
+        f"{sm['top1_agreement']:.4f} / {ox['top1_agreement']:.4f} (Keras top-1 {report['keras_top1_accuracy']:.4f})"
+    )
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main, flags_parser=cli.flags_parser(PROG))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,8 @@
+"""The process and run machinery.
+
+- ``workdir``: work directories (file names, state, atomic writes, the lock); ``cli``: process settings and
+  the commands' shared helpers.
+- ``devices``: devices and the TensorFlow install check; ``distribute``: MirroredStrategy and multi-worker;
+  ``sync_bn``: synchronised BatchNorm; ``precision``: mixed precision.
+- ``diagrams``: the alpha heatmaps for TensorBoard.
+"""

@@ -1,0 +1,447 @@
+"""Runs a DARTS search from a :class:`~hlrs_tf.config.search.SearchConfig` into a work directory.
+
+Data flows one way: config -> data (long-tailed, stratified split, tf.data) -> supernet + bilevel model ->
+``fit`` with the logging callbacks -> genotype, history, TensorBoard, checkpoints -> test-set evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hlrs_tf.config.search import SearchConfig
+from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.long_tail_metrics import balanced_accuracy, evaluation_report
+from hlrs_tf.losses.long_tail import LossSpec
+from hlrs_tf.runtime import precision
+from hlrs_tf.runtime.cli import onednn_enabled
+from hlrs_tf.runtime.devices import configure_devices, set_thread_pools, visible_devices
+from hlrs_tf.runtime.diagrams import plot_genotype
+from hlrs_tf.runtime.distribute import check_global_batch_size, is_chief, make_strategy, workdir_lock, worker_workdir
+from hlrs_tf.runtime.workdir import Workdir, atomic_write_json, atomic_write_text
+from hlrs_tf.search.bbn import BBNSearchModel, BBNSearchNetwork
+from hlrs_tf.search.bilevel import DartsSearchModel
+from hlrs_tf.search.callbacks import (
+    AlphaMovementLogger,
+    CSVHistory,
+    EpochCheckpoint,
+    GenotypeLogger,
+    LearningRateLogger,
+    TensorBoardLogger,
+    model_alpha_movement,
+)
+from hlrs_tf.search.collapse import SkipConnectStop, kept_genotype, load_skip_cap
+from hlrs_tf.search.guards import NonFiniteLossGuard
+from hlrs_tf.search.schedules import DRWSchedule, HLRSCallback, ScheduleConfig
+from hlrs_tf.space.init import apply_init
+from hlrs_tf.space.supernet import SearchNetwork
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What a finished search returns (everything is also in the work directory)."""
+
+    workdir: str
+    genotype: object
+    metrics: dict | None
+    history: dict
+
+
+def configure_threads(threads: int = 0) -> None:
+    """Thread pools for the search step on CPU: ``threads`` ops side by side, each op on one thread.
+
+    A supernet step is thousands of small, memory-bound ops with many independent branches (the candidate
+    ops of every edge). Running independent ops side by side beats splitting each op across the cores:
+    on 2 cores (C=16, 8 cells, batch 64) a first-order step took 5.6 s with 1 intra-op x 2 inter-op threads,
+    6.3 s with TensorFlow's default (2 x 2, which oversubscribes) and 8.2 s with 2 x 1 (benchmarks/NOTES.md).
+    Call before TensorFlow runs any op.
+
+    Args:
+        threads: Cores to use (inter-op threads); 0 = all of them (``os.cpu_count()``).
+    """
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(threads or os.cpu_count() or 1)
+
+
+def configure_graph_optimizer() -> None:
+    """Switches grappler off for the search on CPU: it costs start-up and gives the step nothing there.
+
+    Measured on the paper-size supernet (benchmarks/NOTES.md): the full grappler costs ~6 s of start-up for no
+    step time. Its memory optimizer, the one pass kept before, lowered peak RSS while each pass of the step
+    was traced inline; with the passes traced once (``darts_model.traced_once``) it costs 5 s (first order)
+    and 20 s (second order) of start-up for the same step time; peak RSS is 5.76 GB instead of 5.64 GB (first
+    order) and 7.42 GB instead of 7.54 GB (second order) without it.
+    TensorFlow still inlines the nested pass functions and prunes what the step does not use without it.
+    """
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
+
+def configure_runtime(config: SearchConfig) -> tf.distribute.Strategy:
+    """Devices, thread counts, the distribution strategy and seeds, in the order TensorFlow needs (call first).
+
+    The thread layout and grappler off were measured on CPU: they apply only when TensorFlow lists no GPU
+    (:func:`hlrs_tf.runtime.devices.configure_devices`, which enables memory growth on the GPUs it lists). With GPUs,
+    TensorFlow's own thread pools (both at ``config.threads`` when it is set) and grappler, whose layout
+    optimizer and remapper serve cuDNN.
+
+    Returns:
+        The ``tf.distribute`` strategy of ``config.strategy`` (the default strategy on one device).
+    """
+    cpu_only = configure_devices().cpu_only
+    if cpu_only:
+        configure_threads(config.threads)
+        configure_graph_optimizer()
+    else:
+        set_thread_pools(config.threads)
+    precision.warn_if_slow(config.precision, cpu_only)  # e.g. bfloat16 emulated on an AVX2-only CPU
+    # Before any op: splitting the CPU into logical devices and starting the collective runtime of
+    # MultiWorkerMirroredStrategy both need TensorFlow's devices not yet initialised.
+    strategy = make_strategy(config.strategy, config.cpu_replicas)
+    check_global_batch_size(config.batch_size, strategy)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return strategy
+
+
+def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: int,
+                class_counts=None) -> DartsSearchModel:
+    """Builds and compiles the bilevel search model (both optimizers built, nothing left to trace twice).
+
+    Args:
+        config: The run config (``bbn`` picks the BBN supernet and loss, ``loss`` the loss of both levels).
+        spec: Dataset spec (input shape, classes).
+        total_steps: Weight steps of the whole search (length of the cosine schedule).
+        class_counts: Training examples per class, the loss' priors and counts (:func:`run_loss`).
+    """
+    common = dict(
+        order=config.order,
+        weight_decay=config.weight_decay,
+        arch_weight_decay=config.arch_weight_decay,
+        grad_clip=config.grad_clip,
+    )
+    if config.bbn:
+        network = BBNSearchNetwork(
+            config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="bbn_supernet",
+            dtype=config.precision, partial_channels=config.partial_channels,
+        )
+        model = BBNSearchModel(network, name="bbn_search", **common)
+    else:
+        network = SearchNetwork(
+            config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="supernet",
+            dtype=config.precision,  # the network's dtype policy (hlrs_tf.runtime.precision); the wrapper stays float32
+            partial_channels=config.partial_channels,
+        )
+        model = DartsSearchModel(network, loss=run_loss(config, spec, class_counts), name="darts_search",
+                                 **common)
+    weight_lr = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=max(total_steps, 1), alpha=config.learning_rate_min / config.learning_rate
+    )
+    # mixed_float16: both in a LossScaleOptimizer (precision.wrap_optimizer), which delegates the arch lr.
+    model.compile(
+        optimizer=precision.wrap_optimizer(
+            keras.optimizers.SGD(weight_lr, momentum=config.momentum), config.precision
+        ),
+        # A float learning rate, so a callback can set it per epoch (HLRS); decay is added to the gradient.
+        arch_optimizer=precision.wrap_optimizer(
+            keras.optimizers.Adam(config.arch_learning_rate, beta_1=config.arch_beta1, beta_2=config.arch_beta2),
+            config.precision,
+        ),
+    )
+    model.build_all(spec.image_shape)
+    # Once built (the initialiser needs the fans), before any checkpoint is restored over it (run_search).
+    apply_init(network, config.init, config.seed)
+    return model
+
+
+def run_loss(config, spec: data_lib.DatasetSpec, class_counts=None) -> LossSpec:
+    """The loss of a run (``config.loss`` and its settings, a search or retraining config) from the class counts
+    of its long-tailed training split; equal counts if they are not known (a dry run)."""
+    counts = np.ones(spec.num_classes) if class_counts is None else class_counts
+    return LossSpec.from_settings(config, counts)
+
+
+def save_class_counts(wd: Workdir, config, loss: LossSpec, class_counts) -> None:
+    """Writes ``class_counts.json``: the training split's counts and priors and the loss' constants."""
+    atomic_write_json(wd.class_counts_file, loss.summary(
+        class_counts, reweight_beta=config.reweight_beta, la_tau=config.la_tau, focal_gamma=config.focal_gamma,
+        drw_epoch=config.drw_epoch,
+    ))
+
+
+def model_summary(model: DartsSearchModel, spec: data_lib.DatasetSpec, config: SearchConfig, **extra) -> dict:
+    """The ``model_summary.json`` content."""
+    weights, alphas = model.split_variables()
+    count = lambda vs: int(sum(np.prod(v.shape) for v in vs))  # noqa: E731
+    return {
+        "weight_params": count(weights),
+        "arch_params": count(alphas),
+        "non_trainable_params": count(model.non_trainable_variables),
+        "dataset": spec.name,
+        "input_shape": list(spec.image_shape),
+        "num_classes": spec.num_classes,
+        "channels": config.channels,
+        "layers": config.layers,
+        "order": config.order,
+        "cell_impl": config.cell_impl,
+        "partial_channels": config.partial_channels,
+        "method": config.method,
+        "bbn": config.bbn,
+        "loss": config.loss,
+        "weight_sampler": config.weight_sampler,
+        "arch_sampler": config.arch_sampler,
+        "mixing": config.mixing,
+        "arch_lr_schedule": config.arch_lr_schedule,
+        "precision": precision.policy_name(model.network),  # the network's dtype policy (--precision)
+        "onednn": onednn_enabled(),  # which CPU kernels ran: timings differ ~2x (hlrs_tf.runtime.cli.prepare_process)
+        "devices": visible_devices().names(),  # GPU names or ["cpu"] (hlrs_tf.runtime.devices)
+        **extra,
+    }
+
+
+def run_search(
+    config: SearchConfig, workdir: str, flags_text: str | None = None, dry_run: bool = False
+) -> SearchResult:
+    """Runs one search and writes its work directory.
+
+    Args:
+        config: The run config.
+        workdir: Work directory path (created).
+        flags_text: Effective flags to save as ``flags.cfg`` (the CLI passes them).
+        dry_run: Build model and data specs, write ``flags.cfg`` and ``model_summary.json``, run nothing.
+
+    Under a ``tf.distribute`` strategy (``config.strategy``) the model, both optimizers and ``fit`` live in its
+    scope, ``config.batch_size`` is the global batch, and only the chief writes ``workdir``; other workers
+    write into a temporary directory and resume from the chief's checkpoints (a shared file system).
+
+    The chief holds ``workdir``'s lock for the whole run, ``dry_run`` included
+    (:func:`hlrs_tf.runtime.distribute.workdir_lock`): a second run on the same folder is refused before anything.
+
+    Returns:
+        A :class:`SearchResult`.
+
+    Raises:
+        hlrs_tf.runtime.workdir.WorkdirInUseError: Another process is using ``workdir``.
+    """
+    # Locked before the strategy exists: a refused run builds nothing and, under multi-worker, never starts the
+    # collective runtime the other workers would wait on.
+    with workdir_lock(workdir):
+        strategy = configure_runtime(config)
+        with worker_workdir(workdir, strategy) as write_dir, strategy.scope():
+            return _run_search(config, write_dir, workdir, flags_text, dry_run, chief=is_chief(strategy))
+
+
+def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_text: str | None,
+                dry_run: bool, chief: bool) -> SearchResult:
+    wd = Workdir(workdir)
+    if flags_text is not None:
+        check_same_run(Workdir(chief_workdir) if chief else wd, flags_text)
+        atomic_write_text(wd.flags_file, flags_text)
+
+    if dry_run:
+        spec = data_lib.dataset_spec(config.dataset, config.data_dir)
+        t0 = time.perf_counter()
+        model = build_model(config, spec, total_steps=1)
+        summary = model_summary(model, spec, config, dry_run=True, build_s=round(time.perf_counter() - t0, 2))
+        atomic_write_json(wd.summary_file, summary)
+        return SearchResult(wd.path, None, None, {})
+
+    ds = data_lib.load_dataset(
+        config.dataset, config.data_dir, config.manual_dir, fashion_mnist_dir=config.fashion_mnist_dir
+    )
+    spec = ds.spec
+    # Before anything is built: a class left without an image on either search split is refused from the counts.
+    data_lib.check_class_counts(ds.y_train, spec.num_classes, config.imbalance_ratio, config.train_portion,
+                                spec.class_names)
+    x_lt, y_lt = data_lib.make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
+    train_counts = data_lib.class_counts(y_lt, spec.num_classes)
+    idx_w, idx_a = data_lib.stratified_split(y_lt, config.train_portion, seed=config.seed)
+    split = (x_lt[idx_w], y_lt[idx_w], x_lt[idx_a], y_lt[idx_a])
+    full_steps = data_lib.search_steps_per_epoch(len(idx_w), len(idx_a), config.batch_size)
+    steps = config.steps_per_epoch or full_steps
+
+    t0 = time.perf_counter()
+    model = build_model(config, spec, total_steps=config.epochs * steps, class_counts=train_counts)
+    build_s = time.perf_counter() - t0
+    # The collapse guards of issue 18 (hlrs_tf.search.collapse): the P-DARTS cap on every derived genotype and the
+    # DARTS+ stop, whose record the checkpoint carries.
+    genotype_logger = GenotypeLogger(wd, max_skip_connect=config.skip_cap)
+    skip_stop = SkipConnectStop(config.stop_on_skip, config.warmup_epochs, genotype_logger)
+    # Resume: a rerun of the same command continues after the last complete epoch, with weights, alphas,
+    # BN statistics, both optimizers (and so the lr schedule position) and the data stream restored.
+    checkpoint = EpochCheckpoint(wd.checkpoint_dir, extra_state=skip_stop.checkpoint_state)
+    # Every worker restores the chief's checkpoint, so all of them continue from the same epoch.
+    chief_checkpoint = EpochCheckpoint(os.path.join(chief_workdir, "checkpoints"))
+    initial_epoch = min(chief_checkpoint.restore(model), config.epochs)
+    # A search the DARTS+ rule stopped stays stopped: its last checkpoint says so (hlrs_tf.search.collapse).
+    skip_stop.record = chief_checkpoint.saved_state().get("early_stop")
+    end_epoch = initial_epoch if skip_stop.record else config.epochs
+    save_class_counts(wd, config, model.loss_spec, train_counts)  # (BBN: its mixed CE uses none of it)
+    train_ds, _ = data_lib.search_dataset(
+        *split, spec, config.batch_size, config.seed, config.augment, skip_batches=initial_epoch * steps,
+        weight_sampler=config.weight_sampler, arch_sampler=config.arch_sampler, bbn=config.bbn,
+    )
+    atomic_write_json(
+        wd.summary_file,
+        model_summary(
+            model, spec, config,
+            train_class_counts=train_counts.tolist(),
+            weight_split=len(idx_w), arch_split=len(idx_a), steps_per_epoch=steps, build_s=round(build_s, 2),
+        ),
+    )
+
+    schedule = ScheduleConfig(
+        arch_lr_schedule=config.arch_lr_schedule, mixing=config.mixing, base_arch_lr=config.arch_learning_rate,
+        freeze_threshold=config.freeze_threshold, warmup_epochs=config.warmup_epochs,
+    )
+    callbacks = [
+        NonFiniteLossGuard(wd.checkpoint_dir),  # first: a NaN batch ends fit before anything saves the epoch
+        # Sets this epoch's arch lr and alpha_T before any step, and logs both (every method, so
+        # runs compare column for column; alpha_T only drives the loss when bbn is on).
+        HLRSCallback(schedule, config.epochs),
+        *([DRWSchedule(config.drw_epoch)] if config.drw_epoch else []),  # DRW's weights, logged as drw_active
+        LearningRateLogger(),
+        genotype_logger,
+        skip_stop,  # after the genotype it counts, before the writers and the checkpoint that persists a stop
+        AlphaMovementLogger(),  # before the writers: alpha_max_softmax, alpha_range, ... every epoch
+        TensorBoardLogger(wd.tensorboard_dir, genotype_logger),
+        CSVHistory(wd.history_file, append=initial_epoch > 0),
+        checkpoint,
+    ]
+    if initial_epoch:
+        truncate_history(wd.history_file, initial_epoch)
+        print(f"resuming from the checkpoint of epoch {initial_epoch} in {wd.checkpoint_dir}")
+    if skip_stop.record:
+        print(f"the search stopped early after epoch {skip_stop.record['epoch']} "
+              f"(--{skip_stop.record['rule']}): not training further")
+    history = model.fit(train_ds, epochs=end_epoch, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                        callbacks=callbacks, verbose=config.verbose, shuffle=False)  # tf.data shuffles
+
+    genotype, guards = final_genotype(model, wd, config, skip_stop.record)
+    genotype.save(wd.genotype_file)
+    plot_genotype(genotype, wd.path)  # normal.png, reduce.png
+    metrics = evaluate(model, ds, train_counts, config)
+    # The architecture (validation) split, never the test set, is what tuning may select on.
+    metrics["validation"] = validation_metrics(model, split[2], split[3], spec, config)
+    # The final alphas' distance from uniform: a genotype derived from alphas that never moved is noise.
+    metrics.update(model_alpha_movement(model))
+    metrics.update(guards)
+    atomic_write_json(wd.metrics_file, metrics)
+    return SearchResult(wd.path, genotype, metrics, history.history)
+
+
+def final_genotype(model, wd: Workdir, config: SearchConfig, early_stop: dict | None) -> tuple[object, dict]:
+    """The search's final genotype and what the collapse guards did to it (issue 18, :mod:`hlrs_tf.search.collapse`).
+
+    Without an early stop it is derived from the final alphas (capped by ``--max_skip_connect``, like every
+    epoch's); after one it is the saved genotype of the epoch the stop keeps.
+
+    Returns:
+        ``(genotype, guards)``; ``guards`` goes into ``metrics.json``: ``early_stop`` (the stop record, or
+        ``None``) and ``skip_cap`` (``{"max_skip_connect", "genotype_epoch", "replaced"}``: the cap and the
+        replacements behind the final genotype; ``replaced`` is ``[]`` without a cap).
+    """
+    replaced: list[dict] = []
+    if early_stop:
+        epoch = int(early_stop["kept_genotype_epoch"])
+        genotype = kept_genotype(wd, early_stop)
+        if config.skip_cap is not None:
+            replaced = load_skip_cap(wd, epoch) or []
+    else:
+        epoch = config.epochs
+        genotype = model.genotype(max_skip_connect=config.skip_cap, replaced=replaced)
+    skip_cap = {"max_skip_connect": config.skip_cap, "genotype_epoch": epoch, "replaced": replaced}
+    return genotype, {"early_stop": early_stop, "skip_cap": skip_cap}
+
+
+# Flags that may change between an interrupted run and its resumption (they do not change the result).
+_RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size", "strategy", "cpu_replicas")
+# Flags added after runs were already written: a flags.cfg without one ran with this value. --precision counts
+# as a change (resuming float32 checkpoints in bfloat16 would mix two runs), so it is refused like any other.
+# --init: runs written before it existed were initialised the Keras way. --class_weight_reduction: the
+# class-weighted loss was sum(w_y CE) / batch size (Keras' sample_weight) before it existed.
+# --partial_channels (issue 18): runs before it were DARTS (K=1). --max_skip_connect, --stop_on_skip (issue 18):
+# the collapse guards were off. The long-tail loss settings (--la_tau, --focal_gamma, --drw_epoch; issue 19) had
+# no effect before them: their defaults.
+_ADDED_FLAG_DEFAULTS = {"precision": "float32", "init": "keras", "class_weight_reduction": "batch_mean",
+                        "partial_channels": "1", "max_skip_connect": "-1", "stop_on_skip": "0",
+                        "la_tau": "1.0", "focal_gamma": "2.0", "drw_epoch": "0"}
+
+
+def _flag_map(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("--") and "=" in line:
+            name, value = line[2:].split("=", 1)
+            out[name] = value
+    return out
+
+
+def check_same_run(wd: Workdir, flags_text: str, added_defaults: dict[str, str] | None = None) -> None:
+    """Refuses to resume a checkpointed run with different settings (it would silently mix two runs).
+
+    Args:
+        wd: The work directory.
+        flags_text: The new run's effective flags.
+        added_defaults: The value of each flag added after runs were written, for a ``flags.cfg`` without it
+            (default: the search's, ``_ADDED_FLAG_DEFAULTS``).
+
+    Raises:
+        ValueError: Naming the flags that differ and what to do.
+    """
+    if not os.path.exists(os.path.join(wd.checkpoint_dir, "state.json")) or not os.path.exists(wd.flags_file):
+        return
+    added = _ADDED_FLAG_DEFAULTS if added_defaults is None else added_defaults
+    with open(wd.flags_file) as f:
+        old = {**added, **_flag_map(f.read())}
+    new = {**added, **_flag_map(flags_text)}
+    diff = sorted(k for k in set(old) | set(new)
+                  if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if diff:
+        changes = ", ".join(f"--{k}={old.get(k)} -> {new.get(k)}" for k in diff)
+        raise ValueError(f"work directory {wd.path} holds a checkpointed run with other settings ({changes}): "
+                         f"rerun with its flags (--flagfile={wd.flags_file}) to resume, or use a new --workdir")
+
+
+def truncate_history(path: str, epochs_done: int) -> None:
+    """Keeps only the ``history.csv`` rows of the epochs a resume restores (a kill can fall between the row
+    and the checkpoint of an epoch; that epoch is run again and must not appear twice)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    if not lines:
+        return
+    kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",", 1)[0]) < epochs_done]
+    atomic_write_text(path, "\n".join(kept) + "\n")
+
+
+def evaluate(model, ds: data_lib.ArrayDataset, train_counts, config: SearchConfig) -> dict:
+    """Test-set evaluation of the supernet: top-1, per-class and many/medium/few-shot accuracy."""
+    test = data_lib.eval_dataset(ds.x_test, ds.y_test, ds.spec, config.eval_batch_size)
+    logits = model.predict(test, verbose=0)
+    return evaluation_report(
+        ds.y_test, logits, train_counts, ds.spec.num_classes,
+        dataset=ds.spec.name, imbalance_ratio=config.imbalance_ratio,
+    )
+
+
+def validation_metrics(model, x_val, y_val, spec: data_lib.DatasetSpec, config: SearchConfig) -> dict:
+    """Supernet top-1 and balanced accuracy on the (long-tailed) architecture split, un-augmented.
+
+    Balanced accuracy (mean per-class recall) weighs every class equally although the split is long-tailed;
+    it is the objective of ``hlrs_tf.tune``.
+    """
+    logits = model.predict(data_lib.eval_dataset(x_val, y_val, spec, config.eval_batch_size), verbose=0)
+    pred = np.argmax(logits, axis=-1)
+    y = np.asarray(y_val).reshape(-1)
+    return {
+        "top1": float(np.mean(pred == y)),
+        "balanced_accuracy": balanced_accuracy(y, pred, spec.num_classes),
+        "num_examples": int(len(y)),
+    }

@@ -1,0 +1,295 @@
+"""Retrains a derived genotype from scratch, from a :class:`~hlrs_tf.config.train.TrainConfig`, into a work
+directory (the DARTS evaluation protocol, on the long-tailed training set).
+
+Data flows one way: config -> genotype + data (long-tailed training set, balanced test set, crop/flip/cutout)
+-> :class:`~hlrs_tf.space.derived_network.DerivedNetwork` in a :class:`~hlrs_tf.train.model.RetrainModel` ->
+``fit`` with the logging callbacks -> test-set evaluation -> ``model.keras``.
+
+Work directory (the search's contract, :mod:`hlrs_tf.runtime.workdir`, plus the model)::
+
+    flags.cfg             effective flags, usable again as --flagfile
+    model_summary.json    parameter counts (PyTorch-style; with and without the auxiliary head), data (the class
+                          counts trained on and, with --holdout_fraction, held out), setup
+    genotype.json         the genotype trained (a copy; a resume checks it is the same)
+    normal.png reduce.png cell diagrams
+    history.csv           one row per epoch: loss, accuracy, aux_loss, lr, drop_path_prob (bbn_alpha, drw_active,
+                          val_*)
+    tensorboard/          the same scalars, the genotype and the diagrams
+    checkpoints/          per-epoch state: rerunning the same command resumes after the last complete epoch
+    metrics.json          test top-1, per-class, many/medium/few-shot accuracy
+    class_counts.json     class counts and priors of the long-tailed training set, and the loss' constants
+    model.keras           the trained network (inference; self-describing: dataset, mean/std, class names)
+
+The library never reads absl flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from hlrs_tf.config.train import TrainConfig
+from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.long_tail_metrics import evaluation_report
+from hlrs_tf.data.retrain_pipeline import cutout_length_for, holdout_split, retrain_dataset, retrain_steps_per_epoch
+from hlrs_tf.runtime import precision
+from hlrs_tf.runtime.cli import onednn_enabled
+from hlrs_tf.runtime.devices import configure_devices, set_thread_pools, visible_devices
+from hlrs_tf.runtime.diagrams import plot_genotype
+from hlrs_tf.runtime.workdir import Workdir, WorkdirLock, atomic_write_json, atomic_write_text
+from hlrs_tf.search.callbacks import CSVHistory, LearningRateLogger
+from hlrs_tf.search.schedules import DRWSchedule
+from hlrs_tf.search.task import _ADDED_FLAG_DEFAULTS as _SEARCH_ADDED_FLAG_DEFAULTS
+from hlrs_tf.search.task import check_same_run, run_loss, save_class_counts, truncate_history
+from hlrs_tf.space.derived_network import DerivedNetwork
+from hlrs_tf.space.genotypes import Genotype, GenotypeError, get_genotype
+from hlrs_tf.space.init import apply_init
+from hlrs_tf.train.callbacks import DropPathSchedule, MixingSchedule, RetrainCheckpoint, ScalarTensorBoard
+from hlrs_tf.train.model import RetrainModel
+
+__all__ = ["MODEL_FILENAME", "RetrainResult", "build_network", "build_model", "run_retrain", "save_network"]
+
+#: File name of the trained network in a train work directory.
+MODEL_FILENAME = "model.keras"
+
+# Flags added to hlrs_tf.train after runs were written (see trainer._ADDED_FLAG_DEFAULTS): before --loss and its
+# settings existed a retraining was plain cross-entropy, which these defaults are (the search's old
+# --class_weight_reduction=batch_mean does not apply: no retraining was class-weighted).
+_ADDED_FLAG_DEFAULTS = {**_SEARCH_ADDED_FLAG_DEFAULTS, "loss": "ce", "reweight_beta": "0.9999",
+                        "class_weight_reduction": "weighted_mean", "holdout_fraction": "0.0"}
+
+
+@dataclasses.dataclass
+class RetrainResult:
+    """What a finished retraining returns (everything is also in the work directory)."""
+
+    workdir: str
+    genotype: Genotype
+    metrics: dict | None
+    history: dict
+
+
+def configure_runtime(config: TrainConfig) -> None:
+    """Devices (memory growth on every GPU TensorFlow lists: :func:`hlrs_tf.runtime.devices.configure_devices`), thread
+    counts and seeds (call before building anything). Retraining has no CPU-only thread or grappler settings:
+    ``config.threads`` sets both pools on any device."""
+    devices = configure_devices()
+    set_thread_pools(config.threads)
+    precision.warn_if_slow(config.precision, devices.cpu_only)  # e.g. bfloat16 emulated on an AVX2-only CPU
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def spec_metadata(spec: data_lib.DatasetSpec) -> dict:
+    """The dataset facts a deployed model needs, kept in the network's config (and so in ``model.keras``)."""
+    return {
+        "dataset": spec.name,
+        "image_shape": [int(d) for d in spec.image_shape],
+        "num_classes": int(spec.num_classes),
+        "mean": [float(m) for m in spec.mean],
+        "std": [float(s) for s in spec.std],
+        "class_names": list(spec.class_names) if spec.class_names else None,
+    }
+
+
+def build_network(config: TrainConfig, genotype: Genotype, spec: data_lib.DatasetSpec) -> DerivedNetwork:
+    """Builds the derived network for a dataset (all sub-layers built, auxiliary head and branches included) and
+    initialises it as ``config.init`` says (:func:`hlrs_tf.space.init.apply_init`)."""
+    network = DerivedNetwork(
+        genotype, config.channels, spec.num_classes, config.layers, auxiliary=config.auxiliary, bbn=config.bbn,
+        metadata=spec_metadata(spec), name="derived_network", dtype=config.precision,  # hlrs_tf.runtime.precision
+    )
+    network.build((None, *spec.image_shape))
+    # Once built (the initialiser needs the fans), before any checkpoint is restored over it (run_retrain).
+    apply_init(network, config.init, config.seed)
+    return network
+
+
+def build_model(config: TrainConfig, network: DerivedNetwork, spec: data_lib.DatasetSpec,
+                total_steps: int, class_counts=None) -> RetrainModel:
+    """Wraps, compiles and builds the training model: SGD + momentum, cosine decay per step over the run, the
+    loss of ``config.loss`` from ``class_counts`` (the long-tailed training set's; equal counts if omitted)."""
+    model = RetrainModel(
+        network, auxiliary_weight=config.auxiliary_weight, weight_decay=config.weight_decay,
+        grad_clip=config.grad_clip, loss=run_loss(config, spec, class_counts), name="retrain",
+    )
+    lr = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=max(total_steps, 1),
+        alpha=config.learning_rate_min / config.learning_rate,
+    )
+    # mixed_float16: in a LossScaleOptimizer (precision.wrap_optimizer); the train step unscales before clipping.
+    model.compile(optimizer=precision.wrap_optimizer(keras.optimizers.SGD(lr, momentum=config.momentum),
+                                                     config.precision))
+    model.build_all(spec.image_shape)
+    return model
+
+
+def model_summary(network: DerivedNetwork, config: TrainConfig, spec: data_lib.DatasetSpec, **extra) -> dict:
+    """The ``model_summary.json`` content."""
+    return {
+        **network.parameter_counts(),
+        "genotype": network.genotype.to_dict(),
+        "dataset": spec.name,
+        "input_shape": list(spec.image_shape),
+        "num_classes": spec.num_classes,
+        "channels": config.channels,
+        "layers": config.layers,
+        "auxiliary": config.auxiliary,
+        "bbn": config.bbn,
+        "precision": precision.policy_name(network),  # the network's dtype policy (--precision)
+        "onednn": onednn_enabled(),  # which CPU kernels ran (hlrs_tf.runtime.cli.prepare_process)
+        "devices": visible_devices().names(),  # GPU names or ["cpu"] (hlrs_tf.runtime.devices)
+        **extra,
+    }
+
+
+def save_network(network: DerivedNetwork, path: str) -> None:
+    """Saves the network as ``.keras`` atomically (a temporary ``.keras`` in the same folder, then renamed)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp.keras")
+    try:
+        network.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _check_same_genotype(wd: Workdir, genotype: Genotype) -> None:
+    """A resume must train the genotype the checkpoints belong to."""
+    if not os.path.exists(os.path.join(wd.checkpoint_dir, "state.json")) or not os.path.exists(wd.genotype_file):
+        return
+    previous = Genotype.load(wd.genotype_file)
+    if previous != genotype:
+        raise GenotypeError(
+            f"{wd.path} holds checkpoints of another genotype ({wd.genotype_file}); "
+            "use a new --workdir to train this one"
+        )
+
+
+def run_retrain(config: TrainConfig, workdir: str, flags_text: str | None = None,
+                dry_run: bool = False) -> RetrainResult:
+    """Retrains ``config.genotype`` and writes the work directory (see the module docstring).
+
+    Args:
+        config: The run config.
+        workdir: Work directory path (created). Rerunning on it resumes after the last complete epoch. Locked
+            for the whole run (:class:`~hlrs_tf.runtime.workdir.WorkdirLock`, ``dry_run`` included).
+        flags_text: Effective flags to save as ``flags.cfg`` (the CLI passes them).
+        dry_run: Build the network, write ``flags.cfg`` and ``model_summary.json``, train nothing.
+
+    Returns:
+        A :class:`RetrainResult`.
+
+    Raises:
+        GenotypeError: unknown preset, missing or invalid genotype file, or a workdir of another genotype.
+        hlrs_tf.data.datasets.DatasetError: the dataset cannot be loaded.
+        ValueError: a workdir holding a checkpointed run with other flags (``trainer.check_same_run``), or e.g.
+            a batch size larger than the training set (the message names the flag).
+        hlrs_tf.search.callbacks.CheckpointError: a checkpoint that cannot be restored.
+        hlrs_tf.runtime.workdir.WorkdirInUseError: another process is using ``workdir``.
+    """
+    genotype = get_genotype(config.genotype)
+    with WorkdirLock(workdir):
+        return _run_retrain(config, genotype, workdir, flags_text, dry_run)
+
+
+def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_text: str | None,
+                 dry_run: bool) -> RetrainResult:
+    wd = Workdir(workdir)
+    # A resume must continue the same run: checked before anything in the work directory is overwritten.
+    _check_same_genotype(wd, genotype)
+    if flags_text is not None:
+        check_same_run(wd, flags_text, _ADDED_FLAG_DEFAULTS)
+        atomic_write_text(wd.flags_file, flags_text)
+    configure_runtime(config)
+
+    if dry_run:
+        spec = data_lib.dataset_spec(config.dataset, config.data_dir)
+        t0 = time.perf_counter()
+        network = build_network(config, genotype, spec)
+        summary = model_summary(network, config, spec, dry_run=True, build_s=round(time.perf_counter() - t0, 2))
+        atomic_write_json(wd.summary_file, summary)
+        return RetrainResult(wd.path, genotype, None, {})
+
+    ds = data_lib.load_dataset(
+        config.dataset, config.data_dir, config.manual_dir, fashion_mnist_dir=config.fashion_mnist_dir
+    )
+    spec = ds.spec
+    # Before anything is built or written: a class left without a training image is refused from the counts.
+    data_lib.check_class_counts(ds.y_train, spec.num_classes, config.imbalance_ratio, class_names=spec.class_names)
+    x_lt, y_lt = data_lib.make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
+    (x_lt, y_lt), holdout = holdout_split(x_lt, y_lt, config.holdout_fraction, config.seed)
+    train_counts = data_lib.class_counts(y_lt, spec.num_classes)
+    holdout_counts = {} if holdout is None else {
+        "holdout_class_counts": data_lib.class_counts(holdout[1], spec.num_classes).tolist()}
+    steps = config.steps_per_epoch or retrain_steps_per_epoch(len(y_lt), config.batch_size)
+    cutout = cutout_length_for(spec.image_shape, config.cutout_length) if config.cutout else 0
+
+    genotype.save(wd.genotype_file)
+    diagrams = plot_genotype(genotype, wd.path)
+
+    t0 = time.perf_counter()
+    network = build_network(config, genotype, spec)
+    model = build_model(config, network, spec, total_steps=config.epochs * steps, class_counts=train_counts)
+    build_s = time.perf_counter() - t0
+    checkpoint = RetrainCheckpoint(wd.checkpoint_dir)
+    initial_epoch = min(checkpoint.restore(model), config.epochs)
+    save_class_counts(wd, config, model.loss_spec, train_counts)
+    train_ds = retrain_dataset(
+        x_lt, y_lt, spec, config.batch_size, config.seed, augment=config.augment, cutout_length=cutout,
+        skip_batches=initial_epoch * steps, bbn=config.bbn,
+    )
+    atomic_write_json(
+        wd.summary_file,
+        model_summary(
+            network, config, spec, train_class_counts=train_counts.tolist(), **holdout_counts,
+            num_train=int(len(y_lt)), steps_per_epoch=steps, cutout_length=cutout, build_s=round(build_s, 2),
+        ),
+    )
+
+    callbacks = [DropPathSchedule(config.drop_path_prob, config.epochs)]
+    if config.bbn:
+        callbacks.append(MixingSchedule(config.mixing, config.epochs))
+    if config.drw_epoch:
+        callbacks.append(DRWSchedule(config.drw_epoch))  # DRW's weights, logged as drw_active
+    callbacks += [
+        LearningRateLogger(),
+        ScalarTensorBoard(wd.tensorboard_dir, genotype, diagrams),
+        # RetrainModel.test_step's metrics: the val_* columns exist from the first epoch on.
+        CSVHistory(wd.history_file, validation_metrics=("accuracy", "loss") if config.validation_freq else (),
+                   append=initial_epoch > 0),
+        checkpoint,
+    ]
+    fit_kwargs = {}
+    if config.validation_freq:
+        fit_kwargs = dict(
+            validation_data=data_lib.eval_dataset(ds.x_test, ds.y_test, spec, config.eval_batch_size),
+            validation_freq=config.validation_freq,
+        )
+    if initial_epoch:
+        truncate_history(wd.history_file, initial_epoch)
+        print(f"resuming from the checkpoint of epoch {initial_epoch} in {wd.checkpoint_dir}")
+    history = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                        callbacks=callbacks, verbose=config.verbose, shuffle=False, **fit_kwargs)
+
+    metrics = evaluate(model, ds, train_counts, config)
+    atomic_write_json(wd.metrics_file, metrics)
+    save_network(network, wd.file(MODEL_FILENAME))
+    return RetrainResult(wd.path, genotype, metrics, history.history)
+
+
+def evaluate(model: RetrainModel, ds: data_lib.ArrayDataset, train_counts, config: TrainConfig) -> dict:
+    """Balanced test-set evaluation: top-1, per-class and many/medium/few-shot accuracy."""
+    test = data_lib.eval_dataset(ds.x_test, ds.y_test, ds.spec, config.eval_batch_size)
+    logits = model.predict(test, verbose=0)
+    return evaluation_report(
+        ds.y_test, logits, train_counts, ds.spec.num_classes,
+        dataset=ds.spec.name, imbalance_ratio=config.imbalance_ratio, genotype=config.genotype,
+        channels=config.channels, layers=config.layers, epochs=config.epochs, bbn=config.bbn,
+    )

@@ -1,0 +1,1 @@
+"""``python -m hlrs_tf.tune``: hyper-parameter tuning (library: :mod:`hlrs_tf.experiments.tuning`)."""

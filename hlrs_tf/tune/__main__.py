@@ -1,0 +1,68 @@
+"""Tune the HLRS hyperparameters with keras-tuner: the command-line entry point.
+
+    python -m hlrs_tf.tune --flagfile=configs/tune.cfg --workdir=runs/tune
+
+Every search flag sets the base search of the trials; ``--tune`` lists what to tune (architecture lr,
+schedule kind, mixing kind, warm-up epochs, freeze threshold), ``--max_trials`` and ``--tuner`` (random or
+bayesian) the search over them. Each trial is a full search under ``<workdir>/trials/<id>/``, scored by
+balanced accuracy on the validation (architecture) split. Rerunning the same command resumes: finished
+trials are kept, an interrupted one continues from its checkpoints. The best settings land in
+``<workdir>/best_flags.cfg``: ``python -m hlrs_tf.search --flagfile=<workdir>/best_flags.cfg``.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from hlrs_tf.runtime import cli
+
+cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
+from hlrs_tf.config import search_flags as cli_flags  # noqa: E402  (defines every search flag)
+from hlrs_tf.config.search import ConfigError  # noqa: E402
+
+flags.DEFINE_list("tune", ["arch_learning_rate", "arch_lr_schedule", "mixing", "warmup_epochs",
+                           "freeze_threshold"], "Hyperparameters to tune.")
+flags.DEFINE_integer("max_trials", 8, "Trials in total (finished ones count after a restart).")
+flags.DEFINE_enum("tuner", "random", ["random", "bayesian"], "keras-tuner oracle.")
+flags.DEFINE_list("arch_lr_range", ["1e-4", "3e-3"], "min,max of the log-uniform architecture learning rate.")
+
+FLAGS = cli_flags.FLAGS
+PROG = "hlrs_tf.tune"
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        cli.fail(PROG, f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+    from hlrs_tf.data import datasets as data_lib
+    from hlrs_tf.experiments.tuning import TuneConfig, run_tuning
+    from hlrs_tf.runtime.workdir import default_workdir
+    from hlrs_tf.search.callbacks import CheckpointError
+
+    try:
+        lo, hi = (float(v) for v in FLAGS.arch_lr_range)
+    except ValueError:
+        cli.fail(PROG, f"--arch_lr_range={','.join(FLAGS.arch_lr_range)} is invalid: it must be two numbers min,max")
+    try:
+        config = TuneConfig(cli_flags.config_from_flags(FLAGS), tuple(FLAGS.tune), FLAGS.max_trials, FLAGS.tuner,
+                            (lo, hi))
+    except (ConfigError, ValueError) as e:
+        cli.fail(PROG, str(e))
+    root = FLAGS.workdir or default_workdir(f"{config.base.dataset}-tune")
+    try:
+        best = run_tuning(config, root, verbose=config.base.verbose)
+    except (data_lib.DatasetError, CheckpointError, OSError, ValueError) as e:
+        cli.fail(PROG, str(e))
+    if not best:
+        cli.fail(PROG, f"no trial finished; see {root}/trials.csv and the trials' work directories")
+    print(f"best trial {best['trial_id']}: val_balanced_accuracy={best['val_balanced_accuracy']:.4f} "
+          f"{best['values']}")
+    print(f"best flags: {root}/best_flags.cfg  (python -m hlrs_tf.search --flagfile={root}/best_flags.cfg)")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(main, flags_parser=cli.flags_parser(PROG))
+
+
+if __name__ == "__main__":
+    run()
