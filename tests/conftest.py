@@ -11,6 +11,8 @@ them as arguments and never import from this module:
 - ``child_env``: the environment every child process of the tests needs: ``os.environ`` with the repository
   prepended to ``PYTHONPATH``. Shared by the whole session: copy it (``dict(child_env, NAME=value)``) to add
   variables, never change it in place.
+- ``replica_worker``: ``replica_worker(*args)`` runs ``tests/losses_replica_worker.py`` (the losses under
+  MirroredStrategy over 2 logical CPUs) and returns its result.
 
 Markers:
 
@@ -62,7 +64,7 @@ def pytest_configure(config):
     )
 
 
-_SLOW_FIXTURES = ("run_cli", "child_env")
+_SLOW_FIXTURES = ("run_cli", "child_env")  # replica_worker requests child_env
 
 
 def pytest_collection_modifyitems(config, items):
@@ -120,6 +122,29 @@ def repo_root():
 def run_cli_fixture():
     """The ``run_cli`` function: ``run_cli(module, *args, cwd=REPO, timeout=900)`` -> CompletedProcess."""
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def replica_worker(repo_root, child_env):
+    """``replica_worker(*args)`` runs ``tests/losses_replica_worker.py <args>`` (the losses under MirroredStrategy
+    over 2 logical CPUs against one device) in a fresh process and returns the JSON of its ``RESULT`` line."""
+    import json
+    import subprocess
+
+    def run(*args):
+        env = dict(child_env)
+        env.pop("TF_CONFIG", None)  # one process of its own, not a worker of a cluster
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        worker = os.path.join(repo_root, "tests", "losses_replica_worker.py")
+        # The timeout catches a hung all-reduce.
+        proc = subprocess.run([sys.executable, worker, *args], cwd=repo_root, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        assert lines, proc.stderr[-4000:]
+        return json.loads(lines[-1][len("RESULT "):])
+
+    return run
 
 
 @pytest.fixture(scope="session")

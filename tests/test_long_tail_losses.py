@@ -392,17 +392,8 @@ def test_old_runs_resume_without_the_new_flags(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ 2 replicas
 @pytest.fixture(scope="module")
-def replicas(repo_root, child_env):
-    worker = os.path.join(repo_root, "tests", "losses_replica_worker.py")
-    env = dict(child_env)
-    env.pop("TF_CONFIG", None)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    proc = subprocess.run([sys.executable, worker, "long_tail"], cwd=repo_root, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, proc.stderr[-4000:]
-    return json.loads(lines[-1][len("RESULT "):])
+def replicas(replica_worker):
+    return replica_worker("long_tail")
 
 
 @pytest.mark.parametrize("key", list(LOSSES) + ["ldam_drw0", "ldam_drw1", "focal_drw0", "focal_drw1"])

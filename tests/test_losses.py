@@ -10,11 +10,6 @@ Oracles (numpy, float64):
 """
 
 
-import json
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -210,17 +205,9 @@ def test_build_model_threads_the_config(reduction):
 
 # ------------------------------------------------------------------------------------------------ 2 replicas
 @pytest.fixture(scope="module")
-def replicas(repo_root, child_env):
-    worker = os.path.join(repo_root, "tests", "losses_replica_worker.py")
-    env = dict(child_env)
-    env.pop("TF_CONFIG", None)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # ~30 s on 2 shared cores (8 short fits of a toy network); the timeout catches a hung all-reduce.
-    proc = subprocess.run([sys.executable, worker], cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, proc.stderr[-4000:]
-    return json.loads(lines[-1][len("RESULT "):])
+def replicas(replica_worker):
+    # ~30 s on 2 shared cores (8 short fits of a toy network).
+    return replica_worker()
 
 
 @pytest.mark.parametrize("reduction", ["weighted_mean", "batch_mean"])
