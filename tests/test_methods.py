@@ -1,5 +1,5 @@
-"""The paper's five methods and the PC-DARTS presets: presets give SPEC.md's table (and PC-DARTS' K=4), explicit
-flags win, and each one really runs."""
+"""The paper's five methods and the PC-DARTS presets: presets give the table of docs/method.md M7 (and PC-DARTS'
+K=4), explicit flags win, and each one really runs."""
 
 import csv
 import json
@@ -14,7 +14,7 @@ from hlrs_tf.search.task import run_search
 
 FLAGS = cli_flags.FLAGS
 
-# SPEC.md section 7, written out here independently of the preset table in hlrs_tf/config/search.py.
+# docs/method.md M7, written out here independently of the preset table in hlrs_tf/config/search.py.
 EXPECTED = {
     "darts": dict(weight_sampler="uniform", arch_sampler="uniform", loss="ce", bbn=False,
                   arch_lr_schedule="constant"),

@@ -21,7 +21,7 @@ from hlrs_tf.search.schedules import (
 )
 from hlrs_tf.space.supernet import SearchNetwork
 
-# The formulas of SPEC.md sections 4-5, written out independently of the module.
+# The formulas of docs/method.md M4-M5, written out independently of the module.
 FORMULAS = {
     "parabolic": lambda T, M: 1.0 - (T / M) ** 2,
     "linear": lambda T, M: 1.0 - T / M,

@@ -18,7 +18,7 @@ def count(variables):
 
 
 def test_reference_parameter_count_c16_l8_cifar():
-    """SPEC.md: C=16, L=8, 10 classes, 32x32x3 -> exactly 1,930,618 trainable weights, alphas excluded."""
+    """docs/method.md M2: C=16, L=8, 10 classes, 32x32x3 -> exactly 1,930,618 trainable weights, alphas excluded."""
     model = DartsSearchModel(SearchNetwork(16, 10, 8))
     model.build_all((32, 32, 3))
     weights, alphas = model.split_variables()

@@ -1,8 +1,8 @@
 """Typed configuration of a search run.
 
 The CLI (:mod:`hlrs_tf.config.search_flags`) turns absl flags into a :class:`SearchConfig`; the library only ever
-sees this object. Defaults are the paper setting of SPEC.md (DARTS on CIFAR-10-LT: 50 epochs, batch 64, C=16, 8 cells,
-SGD 0.025 cosine to 0.001, momentum 0.9, wd 3e-4, clip 5; Adam 3e-4, betas (0.5, 0.999), wd 1e-3).
+sees this object. Defaults are the paper setting of docs/method.md M3 (DARTS on CIFAR-10-LT: 50 epochs, batch 64,
+C=16, 8 cells, SGD 0.025 cosine to 0.001, momentum 0.9, wd 3e-4, clip 5; Adam 3e-4, betas (0.5, 0.999), wd 1e-3).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ INITS = ("reference", "keras")
 #: Edges of a derived normal cell (2 per intermediate node), the range of the skip guards' counts.
 MAX_SKIP_EDGES = 2 * STEPS
 
-# The paper's five methods (SPEC.md section 7) as presets of the pieces below. A preset only fills in the
+# The paper's five methods (docs/method.md M7) as presets of the pieces below. A preset only fills in the
 # settings that were not given explicitly: ``--method=hlrs --arch_lr_schedule=freeze`` is HLRS with freezing.
 METHOD_PRESETS = {
     "darts": dict(weight_sampler="uniform", arch_sampler="uniform", loss="ce", bbn=False,

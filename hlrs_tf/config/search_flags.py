@@ -39,7 +39,7 @@ flags.DEFINE_float(
 flags.DEFINE_float("train_portion", _D.train_portion, "Share of the training set used for the weights "
                    "(the rest trains the architecture); split stratified per class.")
 flags.DEFINE_bool("augment", _D.augment, "Random crop + flip on both search splits (as the reference).")
-# Method: presets of the pieces below (SPEC.md section 7); explicit flags override the preset.
+# Method: presets of the pieces below (docs/method.md M7); explicit flags override the preset.
 flags.DEFINE_enum(
     "method", _D.method, list(METHODS),
     "Preset of the paper's table: darts (CE, uniform), darts_resample (class-balanced sampler for the weight "

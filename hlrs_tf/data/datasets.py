@@ -2,14 +2,14 @@
 
 Everything here is plain library code: arguments in, arrays or ``tf.data.Dataset`` out, no flags.
 
-Sources (see SPEC.md section 6):
+Sources (see docs/method.md M6):
 
 * ``fashion_mnist``: read straight from the IDX files of Debian's ``dataset-fashion-mnist`` package
   (tensorflow-datasets rejects their gzip bytes on checksum, so tfds is not used for them).
 * ``digits``: ``sklearn.datasets.load_digits`` (ships inside scikit-learn), fixed stratified split.
 * ``cifar10``, ``cifar100`` and any other tfds image-classification name: tensorflow-datasets, from a
   prepared ``data_dir``, from a local archive via ``manual_dir``, or from the network. Offline, tfds
-  retries for minutes before giving up (STACK.md trap 1), so we check first and fail fast.
+  retries for minutes before giving up (docs/method.md T1), so we check first and fail fast.
 * ``npz:<path>``: an ``.npz`` with ``x_train, y_train, x_test, y_test``.
 * ``folder:<path>``: ``<path>/<class_name>/*.png|jpg`` (optionally under ``train/`` and ``test/``).
 
@@ -684,7 +684,7 @@ def search_dataset(x_w: np.ndarray, y_w: np.ndarray, x_a: np.ndarray, y_a: np.nd
 
     Elements are ``((x_train, y_train), (x_val, y_val))``; with ``bbn=True`` each side is
     ``(x_c, y_c, x_r, y_r)``: a batch of the side's own sampler for BBN's conventional branch and one of the
-    ``reversed`` sampler for its re-balancing branch (SPEC.md section 4: each weight step and each
+    ``reversed`` sampler for its re-balancing branch (docs/method.md M4: each weight step and each
     architecture step draws one batch from each sampler).
 
     By default both sides are augmented, as in the reference DARTS search (its train and validation queues
@@ -1223,7 +1223,7 @@ def _network_reachable(host: str, port: int = 443, timeout: float = _NETWORK_TIM
     """True if a TCP connection to ``host:port`` opens within ``timeout`` seconds (DNS included).
 
     DNS resolution has no timeout of its own, so the attempt runs in a daemon thread and is abandoned
-    after ``timeout``: offline, tfds would otherwise retry for ~205 s (STACK.md trap 1).
+    after ``timeout``: offline, tfds would otherwise retry for ~205 s (docs/method.md T1).
     """
     ok = []
 

@@ -2,7 +2,7 @@
 
 Cui et al., "Class-Balanced Loss Based on Effective Number of Samples" (CVPR 2019): the effective number of
 class ``i`` is ``E_i = (1 - beta^N_i) / (1 - beta)``; its weight is ``1 / E_i``, normalised so the weights sum
-to the number of classes. SPEC.md section 7 uses ``beta = 0.9999`` for the ``darts_reweight`` method.
+to the number of classes. docs/method.md M7 uses ``beta = 0.9999`` for the ``darts_reweight`` method.
 
 Each example's cross-entropy is scaled by the weight of its class; :func:`class_weighted_cross_entropy` then
 reduces over the batch in one of two ways (``--class_weight_reduction``):

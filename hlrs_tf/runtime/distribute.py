@@ -14,7 +14,7 @@ How a distributed search is meant to run (Keras 3 ``fit`` under a strategy):
 
 * Create the strategy first -- before any other TensorFlow op: the CPU split must happen before TF initialises
   its devices, and ``MultiWorkerMirroredStrategy`` must configure the collective runtime at start-up -- then
-  build the model *and both optimizers* inside ``strategy.scope()`` (STACK.md trap 11) and call ``fit`` there.
+  build the model *and both optimizers* inside ``strategy.scope()`` (docs/method.md T11) and call ``fit`` there.
 * The tf.data dataset yields **global** batches: Keras passes it through ``experimental_distribute_dataset``,
   which splits each global batch into ``num_replicas_in_sync`` equal per-replica slices (and, with several
   workers, shards the work between them). So ``--batch_size`` stays the global batch, and a run gives the same
@@ -25,7 +25,7 @@ How a distributed search is meant to run (Keras 3 ``fit`` under a strategy):
   the same callbacks (saving reads variables and metrics, which can involve collectives), so the other workers
   write into a throw-away temporary directory (:func:`worker_workdir`), as the Keras multi-worker guide does for
   checkpoints. Likewise only the chief holds the work directory's lock (:func:`workdir_lock`).
-* ``jit_compile`` stays off with more than one replica (STACK.md trap 9).
+* ``jit_compile`` stays off with more than one replica (docs/method.md T9).
 * Two Keras 3.15 quirks need the model's cooperation (:class:`PrebuiltModelMixin`, :func:`step_logs`): under a
   strategy ``fit`` draws a batch from a throw-away iterator of the training set (which advances tf.data's
   reshuffle seeds: a different stream than on one device), and under multi-worker it fails to reduce the scalar

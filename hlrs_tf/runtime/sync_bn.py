@@ -2,7 +2,7 @@
 
 Under ``tf.distribute`` each replica sees only its slice of the global batch. A plain BatchNorm normalises with
 the statistics of that slice, so a mirrored run over R replicas is a different computation from one device with
-the same global batch (SPEC.md section 8), and the per-replica moving averages drift apart (our BN's moving
+the same global batch (docs/method.md M8), and the per-replica moving averages drift apart (our BN's moving
 statistics have aggregation ``NONE``: each replica writes its own copy). Here the batch statistics are the
 *global* ones: the replicas sum per-channel ``[sum, sum of squares]`` (and the count when the batch shape is
 dynamic) across replicas in one reduction, so all of them normalise with the mean and variance of the global
@@ -24,7 +24,7 @@ Numerics: ``E[x^2] - E[x]^2`` loses precision when the mean is large against the
 batch mean once training has started; the result is mathematically unchanged.
 
 Cost (tiny test supernet, 2 logical CPU replicas, first order): trace + first step 34 s against 20 s without
-synchronisation (Keras' ``synchronized=True`` was measured at ~2x, STACK.md trap 8); steady-state step time
+synchronisation (Keras' ``synchronized=True`` was measured at ~2x, docs/method.md T8); steady-state step time
 unchanged. What it took to get there is in the comments of :func:`_cross_replica_sum` and :func:`_normalize`.
 
 Hook into ``ops.BatchNorm.call`` (training branch)::

@@ -1,6 +1,6 @@
 """BBN (Bilateral-Branch Network) on the DARTS supernet, and its bilevel search model.
 
-SPEC.md section 4. The supernet up to (not including) its last cell is the **trunk**, shared by two **branch
+docs/method.md M4. The supernet up to (not including) its last cell is the **trunk**, shared by two **branch
 cells**, both copies of the last cell and both driven by the shared alphas of their cell type:
 
 * the *conventional* branch sees batches of a uniform sampler, the *re-balancing* branch batches of the

@@ -9,12 +9,12 @@ architecture split -- and does, as the reference DARTS does:
    clipped to global norm 5 before the decay is added, as ``clip_grad_norm_`` + ``SGD(weight_decay=...)``).
 
 Keras' own ``weight_decay`` options are decoupled decay; the reference adds ``wd * v`` to the gradient, so
-that is what happens here (STACK.md trap 5).
+that is what happens here (docs/method.md T5).
 
-Second order follows the reference's finite-difference form (SPEC.md section 3), written with
+Second order follows the reference's finite-difference form (docs/method.md M3), written with
 ``stateless_call`` so no variable is ever perturbed in place -- which keeps it correct under
 MirroredStrategy, where an in-place perturbation of a mirrored variable from replica context is silently
-wrong (STACK.md trap 10):
+wrong (docs/method.md T10):
 
 * virtual step ``w' = w - xi (mu * buf + g_train + wd * w)``, ``xi`` the current weight lr. Keras' SGD keeps
   ``m = mu * m - lr * g`` (the lr is inside the buffer), so ``-xi * mu * buf`` is ``mu * m``: the virtual step
@@ -93,7 +93,7 @@ def clip_by_global_norm(grads, clip_norm: float):
 
     Under MirroredStrategy each replica holds its share of the gradient (Keras losses are scaled by
     ``1 / num_replicas``); clipping those locally would clip a different vector than a single device does
-    (STACK.md trap 7). So the norm is taken of the all-reduced sum, and every replica scales by the same factor.
+    (docs/method.md T7). So the norm is taken of the all-reduced sum, and every replica scales by the same factor.
 
     Args:
         grads: List of gradient tensors (this replica's share).
@@ -205,7 +205,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         Args:
             optimizer: Optimizer of the network weights (SGD with momentum in DARTS).
             arch_optimizer: Optimizer of the alphas (Adam). Give it a float learning rate so a callback can
-                set it per epoch (a ``LearningRateSchedule`` cannot be assigned; STACK.md trap 13).
+                set it per epoch (a ``LearningRateSchedule`` cannot be assigned; docs/method.md T13).
             **kwargs: Forwarded to ``keras.Model.compile`` (``jit_compile`` defaults to False: XLA is ~10x
                 slower on CPU and fails under MirroredStrategy).
         """
@@ -220,7 +220,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         """Builds every layer, both optimizers and the metrics before ``fit``.
 
         Without this Keras builds lazily inside ``fit`` by calling the model symbolically on the zipped
-        training element, which traces twice and crashes under a strategy (STACK.md trap 3).
+        training element, which traces twice and crashes under a strategy (docs/method.md T3).
 
         Args:
             input_shape: Image shape ``(H, W, C)``.

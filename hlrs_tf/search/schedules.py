@@ -1,7 +1,7 @@
 """Per-epoch schedules of a search: BBN's mixing factor ``alpha_T`` and HLRS' architecture learning rate.
 
-Both are pure functions of the 0-based epoch index ``T`` and the number of epochs ``T_max`` (SPEC.md
-sections 4 and 5), so each is tested on its own; :class:`HLRSCallback` is the only stateful part; it
+Both are pure functions of the 0-based epoch index ``T`` and the number of epochs ``T_max`` (docs/method.md
+M4 and M5), so each is tested on its own; :class:`HLRSCallback` is the only stateful part; it
 evaluates them once per epoch and pushes the values into the model:
 
 * ``alpha_T`` (BBN mixing): ``parabolic`` (BBN's default) ``1 - (T/T_max)^2``, ``linear`` ``1 - T/T_max``,

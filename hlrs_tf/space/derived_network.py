@@ -20,9 +20,8 @@ BN is affine everywhere here (it is affine-free in the search network) and pools
 **Parameter count.** DARTS_V2 at C=36, 20 cells, 10 classes, 32x32x3 has 3,349,342 trainable parameters
 *without* the auxiliary head and 3,825,768 with it (the head adds 476,426). 3,349,342 is what the reference
 prints as "param size" -- its ``count_parameters_in_MB`` skips every parameter whose name contains
-"auxiliary" -- so it is the count without the head (SPEC.md section 2 says "including the auxiliary head",
-which the numbers contradict). Counts are PyTorch's ``parameters()``: trainable weights only, no BN running
-statistics.
+"auxiliary" -- so it is the count without the head (docs/method.md M2). Counts are PyTorch's ``parameters()``:
+trainable weights only, no BN running statistics.
 
 **BBN head (optional).** With ``bbn=True`` the last cell is built twice, as BBN's conventional and
 re-balancing branches on the shared trunk (stem and all other cells); the classifier sees
@@ -233,7 +232,7 @@ class DerivedNetwork(keras.Model):
     :meth:`forward_bbn` the BBN training logits; the retrain model uses those in its ``train_step``.
 
     Build it (``network.build((None, H, W, C))`` or a first call) before training: ``build`` runs every
-    sub-layer once, auxiliary head and both branches included, so nothing stays unbuilt (STACK.md trap 3) and
+    sub-layer once, auxiliary head and both branches included, so nothing stays unbuilt (docs/method.md T3) and
     a reloaded ``model.keras`` gets the same variables.
 
     Args:

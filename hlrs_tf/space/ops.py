@@ -11,7 +11,7 @@ The table and the op definitions follow the reference DARTS implementation (quar
 * ``dil_conv_kxk`` -- once [ReLU, depthwise kxk dilation 2, 1x1 conv, BN].
 * ``none`` -- zeros. It is never instantiated in the search network: its output is zero, so its term of the
   mixed-op sum is zero and skipping it changes nothing (and an uncalled layer would stay unbuilt, which makes
-  Keras trace the model twice; STACK.md trap 3).
+  Keras trace the model twice; docs/method.md T3).
 
 **Padding: the reference's, symmetric.** Every op with a kxk window pads ``k_eff // 2`` on *both* sides, as
 the reference's ``padding=`` arguments do (``k_eff = d * (k - 1) + 1``: 1 for 3x3, 2 for 5x5 and the dilated

@@ -12,7 +12,7 @@ per edge, ``1e-3 * N(0, 1)`` as in the PC-DARTS reference), weight each node's i
 
 The alphas are ordinary (trainable) Keras weights of this layer, named ``alphas_normal`` and
 ``alphas_reduce``; :func:`split_variables` separates them from the network weights by identity, so the SGD
-optimizer never sees them (STACK.md trap 4).
+optimizer never sees them (docs/method.md T4).
 
 Precision: ``dtype`` (a Keras dtype policy, e.g. ``"mixed_bfloat16"``; :mod:`hlrs_tf.runtime.precision`) is handed to
 every sub-layer; the alphas, their softmax and the classifier (so the logits) stay float32.

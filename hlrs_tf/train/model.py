@@ -7,7 +7,7 @@ Per step, as the reference DARTS ``train.py``:
   both heads as the reference's one ``criterion``;
 * gradient clipped to global norm ``grad_clip`` (5), *then* coupled L2 ``weight_decay * w`` added (the
   reference's ``clip_grad_norm_`` followed by ``SGD(weight_decay=...)``; Keras' own ``weight_decay`` would be
-  decoupled, STACK.md trap 5), then SGD with momentum (cosine learning rate, set by the optimizer's schedule);
+  decoupled, docs/method.md T5), then SGD with momentum (cosine learning rate, set by the optimizer's schedule);
 * drop-path probability: the network's ``drop_path_prob`` variable, assigned per epoch by
   :class:`hlrs_tf.train.callbacks.DropPathSchedule`.
 
@@ -113,7 +113,7 @@ class RetrainModel(keras.Model):
         return trackers + ([self.aux_loss_tracker] if self.network.auxiliary else [])
 
     def compile(self, optimizer, **kwargs):
-        """Compiles with the weight optimizer (``jit_compile`` off by default: slower on CPU, STACK.md trap 9)."""
+        """Compiles with the weight optimizer (``jit_compile`` off by default: slower on CPU, docs/method.md T9)."""
         kwargs.setdefault("jit_compile", False)
         super().compile(optimizer=optimizer, **kwargs)
 
