@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from hlrs_tf.data import datasets as data_lib
-from hlrs_tf.search.bbn import BBNSearchNetwork, bbn_loss, bbn_mix
+from hlrs_tf.losses.bbn_mixing import bbn_loss, bbn_mix
+from hlrs_tf.search.bbn import BBNSearchNetwork
 from hlrs_tf.space.supernet import SearchNetwork
 from hlrs_tf.testing import registry_round_trip, small_search_model
 

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from hlrs_tf.data import datasets as data_lib
-from hlrs_tf.search.callbacks import EpochCheckpoint
+from hlrs_tf.runtime.callbacks import EpochCheckpoint
 from hlrs_tf.search.guards import NonFiniteLossError, NonFiniteLossGuard
 from hlrs_tf.testing import small_search_model
 

@@ -28,9 +28,9 @@ import pytest
 
 from hlrs_tf.config.search import SearchConfig
 from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.runtime.callbacks import EpochCheckpoint
 from hlrs_tf.search.bbn import BBNSearchModel, BBNSearchNetwork
 from hlrs_tf.search.bilevel import DartsSearchModel
-from hlrs_tf.search.callbacks import EpochCheckpoint
 from hlrs_tf.space.cells import SearchCell
 from hlrs_tf.space.derived_network import DerivedNetwork
 from hlrs_tf.space.fused_cell import FusedSearchCell

@@ -34,9 +34,8 @@ from hlrs_tf.config import search_flags as cli_flags
 from hlrs_tf.config.search import METHOD_PRESETS, METHODS, PAPER_METHODS, ConfigError, SearchConfig
 from hlrs_tf.config.train import TrainConfig
 from hlrs_tf.losses import long_tail as ltl
-from hlrs_tf.losses.long_tail import LOSSES, LossSpec, long_tail_loss
+from hlrs_tf.losses.long_tail import LOSSES, DRWSchedule, LossSpec, drw_active, long_tail_loss
 from hlrs_tf.losses.reweighting import effective_number_weights
-from hlrs_tf.search.schedules import DRWSchedule, drw_active
 
 FLAGS = cli_flags.FLAGS
 # CIFAR-10-LT at ratio 100: int(5000 * 0.01 ** (i / 9)), written out.
@@ -374,20 +373,20 @@ def test_bad_loss_settings_name_the_flag(config_class, kwargs, message):
 
 def test_old_runs_resume_without_the_new_flags(tmp_path):
     """A flags.cfg written before the loss flags existed resumes with their defaults (search and retraining)."""
-    from hlrs_tf.runtime.workdir import Workdir
-    from hlrs_tf.search.task import check_same_run
-    from hlrs_tf.train import task as retrainer
+    from hlrs_tf.config.search import ADDED_FLAG_DEFAULTS as SEARCH_ADDED
+    from hlrs_tf.config.train import ADDED_FLAG_DEFAULTS as TRAIN_ADDED
+    from hlrs_tf.runtime.workdir import Workdir, check_same_run
 
     wd = Workdir(str(tmp_path))
     open(os.path.join(wd.checkpoint_dir, "state.json"), "w").write('{"epoch": 1}')
     open(wd.flags_file, "w").write("--dataset=digits\n--loss=ce\n")
-    check_same_run(wd, "--dataset=digits\n--loss=ce\n--la_tau=1.0\n--focal_gamma=2.0\n--drw_epoch=0\n")
+    check_same_run(wd, "--dataset=digits\n--loss=ce\n--la_tau=1.0\n--focal_gamma=2.0\n--drw_epoch=0\n", SEARCH_ADDED)
     open(wd.flags_file, "w").write("--genotype=DARTS_V2\n")  # a retraining before --loss
     new = ("--genotype=DARTS_V2\n--loss=ce\n--reweight_beta=0.9999\n--class_weight_reduction=weighted_mean\n"
            "--la_tau=1.0\n--focal_gamma=2.0\n--drw_epoch=0\n")
-    check_same_run(wd, new, retrainer._ADDED_FLAG_DEFAULTS)
+    check_same_run(wd, new, TRAIN_ADDED)
     with pytest.raises(ValueError, match="--loss=ce -> ldam"):
-        check_same_run(wd, "--genotype=DARTS_V2\n--loss=ldam\n", retrainer._ADDED_FLAG_DEFAULTS)
+        check_same_run(wd, "--genotype=DARTS_V2\n--loss=ldam\n", TRAIN_ADDED)
 
 
 # ------------------------------------------------------------------------------------------------ 2 replicas

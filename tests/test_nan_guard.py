@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.runtime.callbacks import EpochCheckpoint
 from hlrs_tf.runtime.workdir import Workdir
 from hlrs_tf.search.bilevel import DartsSearchModel
-from hlrs_tf.search.callbacks import EpochCheckpoint, GenotypeLogger
+from hlrs_tf.search.callbacks import GenotypeLogger
 from hlrs_tf.search.guards import NonFiniteLossError, NonFiniteLossGuard
 from hlrs_tf.space.supernet import SearchNetwork
 

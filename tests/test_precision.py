@@ -177,7 +177,8 @@ def test_mixed_float16_loss_scaling_on_both_optimizers(digits):
     """Both optimizers are LossScaleOptimizers; the HLRS callback still sets the architecture lr (through the
     wrapper, on the inner Adam's variable); a train step is finite and follows the loss-scale rules: an
     overflowing step leaves the weights alone and halves the scale, a finite one updates them."""
-    from hlrs_tf.search.schedules import HLRSCallback, ScheduleConfig
+    from hlrs_tf.search.callbacks import HLRSCallback
+    from hlrs_tf.search.schedules import ScheduleConfig
 
     model = _search_model(digits, "mixed_float16", arch_lr_schedule="mixing")
     for opt in (model.optimizer, model.arch_optimizer):
@@ -260,8 +261,8 @@ def test_precision_setting_and_hardware_warning():
 def test_resume_with_another_precision_is_refused(tmp_path):
     """flags.cfg records --precision; a checkpointed run resumes only with the same one. A flags.cfg written
     before the flag existed ran in float32."""
-    from hlrs_tf.runtime.workdir import Workdir
-    from hlrs_tf.search.task import check_same_run
+    from hlrs_tf.config.search import ADDED_FLAG_DEFAULTS
+    from hlrs_tf.runtime.workdir import Workdir, check_same_run
 
     wd = Workdir(str(tmp_path / "run"))
     os.makedirs(wd.checkpoint_dir, exist_ok=True)
@@ -269,9 +270,9 @@ def test_resume_with_another_precision_is_refused(tmp_path):
         json.dump({"epoch": 1}, f)
     with open(wd.flags_file, "w") as f:
         f.write("--dataset=digits\n--epochs=2\n")  # older flags.cfg: no --precision
-    check_same_run(wd, "--dataset=digits\n--epochs=2\n--precision=float32\n")
+    check_same_run(wd, "--dataset=digits\n--epochs=2\n--precision=float32\n", ADDED_FLAG_DEFAULTS)
     with pytest.raises(ValueError, match=r"--precision=float32 -> mixed_bfloat16"):
-        check_same_run(wd, "--dataset=digits\n--epochs=2\n--precision=mixed_bfloat16\n")
+        check_same_run(wd, "--dataset=digits\n--epochs=2\n--precision=mixed_bfloat16\n", ADDED_FLAG_DEFAULTS)
 
 
 def test_search_dry_run_records_precision(tmp_path, run_cli):

@@ -83,7 +83,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, run_cli):
 def test_resumed_history_keeps_every_value_under_its_column(tmp_path):
     """A run resumed by a version that logs other columns (here: one more, one fewer) must not write its values
     under the old header's names (Keras' CSVLogger would): the file is rewritten once under the union."""
-    from hlrs_tf.search.callbacks import CSVHistory
+    from hlrs_tf.runtime.callbacks import CSVHistory
 
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss,old_only\r\n0,1.5,7\r\n1,1.25,8\r\n")
@@ -107,7 +107,7 @@ def test_resumed_history_keeps_every_value_under_its_column(tmp_path):
 
 def test_history_keeps_validation_columns_of_later_epochs(tmp_path):
     """With --validation_freq=2 the first epoch has no val_* logs; its columns must still hold the later ones."""
-    from hlrs_tf.search.callbacks import CSVHistory
+    from hlrs_tf.runtime.callbacks import CSVHistory
 
     path = tmp_path / "history.csv"
     logger = CSVHistory(str(path), validation_metrics=("accuracy", "loss"))

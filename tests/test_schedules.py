@@ -10,15 +10,10 @@ import numpy as np
 import pytest
 
 from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.losses.bbn_mixing import MIXING_SCHEDULES, mixing_factor
 from hlrs_tf.search.bilevel import DartsSearchModel
-from hlrs_tf.search.schedules import (
-    ARCH_LR_SCHEDULES,
-    MIXING_SCHEDULES,
-    HLRSCallback,
-    ScheduleConfig,
-    arch_learning_rate,
-    mixing_factor,
-)
+from hlrs_tf.search.callbacks import HLRSCallback
+from hlrs_tf.search.schedules import ARCH_LR_SCHEDULES, ScheduleConfig, arch_learning_rate
 from hlrs_tf.space.supernet import SearchNetwork
 
 # The formulas of docs/method.md M4-M5, written out independently of the module.

@@ -193,17 +193,18 @@ def test_guard_flags_round_trip_through_flags_cfg(tmp_path, run_cli):
 def test_run_written_before_the_guards_resumes_with_them_off(tmp_path):
     """An old flags.cfg has neither flag; it ran with both guards off, so resuming with the defaults is the same
     run, and turning a guard on is refused."""
-    from hlrs_tf.runtime.workdir import Workdir
-    from hlrs_tf.search.task import check_same_run
+    from hlrs_tf.config.search import ADDED_FLAG_DEFAULTS
+    from hlrs_tf.runtime.workdir import Workdir, check_same_run
 
     wd = Workdir(str(tmp_path))
     open(os.path.join(wd.checkpoint_dir, "state.json"), "w").write('{"epoch": 1}')
     new = SearchConfig(dataset="digits").to_flagfile(exclude=("workdir", "dry_run"))
     old = "".join(ln + "\n" for ln in new.splitlines() if "skip" not in ln)
     open(wd.flags_file, "w").write(old)
-    check_same_run(wd, new)
+    check_same_run(wd, new, ADDED_FLAG_DEFAULTS)
     with pytest.raises(ValueError, match="stop_on_skip"):
-        check_same_run(wd, SearchConfig(dataset="digits", stop_on_skip=2).to_flagfile(exclude=("workdir",)))
+        check_same_run(wd, SearchConfig(dataset="digits", stop_on_skip=2).to_flagfile(exclude=("workdir",)),
+                       ADDED_FLAG_DEFAULTS)
 
 
 # --- The DARTS+ stop (and the cap) on a real short search ---------------------------------------------------------

@@ -120,8 +120,9 @@ def test_rerun_resumes_from_the_last_epoch(round_trip, tmp_path, capsys, repo_ro
 
 
 def test_checkpoint_restores_weights_and_optimizer(tmp_path, digits):
+    from hlrs_tf.runtime.callbacks import EpochCheckpoint as RetrainCheckpoint
     from hlrs_tf.space.genotypes import DARTS_V2
-    from hlrs_tf.train.callbacks import DropPathSchedule, RetrainCheckpoint
+    from hlrs_tf.train.callbacks import DropPathSchedule
     from hlrs_tf.train.task import build_model, build_network
 
     config = TrainConfig(genotype="DARTS_V2", channels=4, layers=3, batch_size=8, epochs=2)

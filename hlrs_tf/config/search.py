@@ -12,10 +12,11 @@ import math
 import numbers
 
 from hlrs_tf.data.datasets import SAMPLERS
+from hlrs_tf.losses.bbn_mixing import MIXING_SCHEDULES
 from hlrs_tf.losses.long_tail import DRW_LOSSES, LOSSES
 from hlrs_tf.runtime.distribute import STRATEGIES
 from hlrs_tf.runtime.precision import PRECISIONS, SECOND_ORDER_REASON
-from hlrs_tf.search.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
+from hlrs_tf.search.schedules import ARCH_LR_SCHEDULES
 from hlrs_tf.space.genotypes import STEPS
 
 ORDERS = ("first", "second")
@@ -59,6 +60,18 @@ METHOD_PRESETS["darts_ldam_drw"] = dict(METHOD_PRESETS["darts"], loss="ldam", dr
 METHOD_PRESETS["darts_focal"] = dict(METHOD_PRESETS["darts"], loss="focal")
 METHOD_PRESETS["darts_cb_focal"] = dict(METHOD_PRESETS["darts"], loss="class_balanced_focal")
 METHODS = tuple(METHOD_PRESETS)
+
+
+# Flags added after runs were already written: a flags.cfg without one ran with this value
+# (hlrs_tf.runtime.workdir.check_same_run). --precision counts as a change (resuming float32 checkpoints in bfloat16
+# would mix two runs), so it is refused like any other. --init: runs written before it existed were initialised the
+# Keras way. --class_weight_reduction: the class-weighted loss was sum(w_y CE) / batch size (Keras' sample_weight)
+# before it existed. --partial_channels (issue 18): runs before it were DARTS (K=1). --max_skip_connect,
+# --stop_on_skip (issue 18): the collapse guards were off. The long-tail loss settings (--la_tau, --focal_gamma,
+# --drw_epoch; issue 19) had no effect before them: their defaults.
+ADDED_FLAG_DEFAULTS = {"precision": "float32", "init": "keras", "class_weight_reduction": "batch_mean",
+                       "partial_channels": "1", "max_skip_connect": "-1", "stop_on_skip": "0",
+                       "la_tau": "1.0", "focal_gamma": "2.0", "drw_epoch": "0"}
 
 
 class ConfigError(ValueError):

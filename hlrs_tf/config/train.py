@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 
+from hlrs_tf.config.search import ADDED_FLAG_DEFAULTS as SEARCH_ADDED_FLAG_DEFAULTS
 from hlrs_tf.config.search import INITS, ConfigError, check_floats, check_loss_settings, require
+from hlrs_tf.losses.bbn_mixing import MIXING_SCHEDULES
 from hlrs_tf.runtime.precision import PRECISIONS
-from hlrs_tf.search.schedules import MIXING_SCHEDULES
 
-__all__ = ["ConfigError", "TrainConfig"]
+__all__ = ["ADDED_FLAG_DEFAULTS", "ConfigError", "TrainConfig"]
+
+# Flags added to hlrs_tf.train after runs were written (see hlrs_tf.config.search.ADDED_FLAG_DEFAULTS): before --loss
+# and its settings existed a retraining was plain cross-entropy, which these defaults are (the search's old
+# --class_weight_reduction=batch_mean does not apply: no retraining was class-weighted).
+ADDED_FLAG_DEFAULTS = {**SEARCH_ADDED_FLAG_DEFAULTS, "loss": "ce", "reweight_beta": "0.9999",
+                       "class_weight_reduction": "weighted_mean", "holdout_fraction": "0.0"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +96,7 @@ class TrainConfig:
         require(self.mixing in MIXING_SCHEDULES, "mixing", self.mixing, f"one of {', '.join(MIXING_SCHEDULES)}")
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         check_loss_settings(self)
-        if self.bbn:  # BBN's loss is its mixed cross-entropy (hlrs_tf.search.bbn.bbn_loss), as in the search
+        if self.bbn:  # BBN's loss is its mixed cross-entropy (hlrs_tf.losses.bbn_mixing.bbn_loss), as in the search
             require(self.loss == "ce", "loss", self.loss, "ce with --bbn (BBN's loss is its mixed cross-entropy)")
             require(self.drw_epoch == 0, "drw_epoch", self.drw_epoch,
                     "0 with --bbn (BBN's loss is its mixed cross-entropy)")

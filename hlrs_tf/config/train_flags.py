@@ -15,8 +15,8 @@ from absl import flags
 from hlrs_tf.config.loss_flags import define_loss_flags
 from hlrs_tf.config.search import INITS
 from hlrs_tf.config.train import TrainConfig
+from hlrs_tf.losses.bbn_mixing import MIXING_SCHEDULES
 from hlrs_tf.runtime.precision import PRECISIONS
-from hlrs_tf.search.schedules import MIXING_SCHEDULES
 
 _D = TrainConfig(genotype="DARTS_V2")  # defaults live in one place: the dataclass (genotype has none)
 

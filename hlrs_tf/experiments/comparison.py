@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import re
@@ -43,7 +42,7 @@ import time
 import numpy as np
 
 from hlrs_tf.experiments import stats
-from hlrs_tf.runtime.workdir import atomic_write_json, atomic_write_text
+from hlrs_tf.runtime.workdir import Workdir, atomic_write_json, atomic_write_text, read_json
 from hlrs_tf.space.genotypes import Genotype
 
 #: The two stages of a run, in order, and the prefix of their columns in ``comparison.csv``.
@@ -137,17 +136,14 @@ def train_dir(root: str, method: str, seed: int) -> str:
     return os.path.join(run_dir(root, method, seed), "train")
 
 
+def _read(path: str):
+    """A JSON file of a run, or ``None`` when it is missing or unreadable (a stage still running or killed)."""
+    return read_json(path, error=None)
+
+
 def is_finished(workdir: str) -> bool:
     """True when the search or retraining in ``workdir`` completed (``metrics.json`` is written last)."""
-    return _read_json(os.path.join(workdir, "metrics.json")) is not None
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return _read(Workdir(workdir, create=False).metrics_file) is not None
 
 
 def _run_stage(stage: str, tag: str, cmd: list[str], workdir: str, log_name: str, log) -> bool:
@@ -167,7 +163,7 @@ def _run_stage(stage: str, tag: str, cmd: list[str], workdir: str, log_name: str
     if code != 0 or not is_finished(workdir):
         log(f"{tag}: {stage} FAILED (exit {code}); see {workdir}/{log_name}")
         return False
-    atomic_write_json(os.path.join(workdir, "run.json"), {"wall_s": round(wall, 1), "command": cmd})
+    atomic_write_json(Workdir(workdir, create=False).run_file, {"wall_s": round(wall, 1), "command": cmd})
     log(f"{tag}: {stage} done in {wall:.0f} s")
     return True
 
@@ -225,7 +221,7 @@ def _accuracies(metrics: dict | None, stage: str) -> dict:
 
 
 def _wall(workdir: str) -> float:
-    run = _read_json(os.path.join(workdir, "run.json"))
+    run = _read(Workdir(workdir, create=False).run_file)
     return _num(run.get("wall_s")) if run else float("nan")
 
 
@@ -235,11 +231,12 @@ def collect(config: CompareConfig, root: str) -> list[dict]:
     for method in config.methods:
         for seed in config.seeds:
             sd, td = search_dir(root, method, seed), train_dir(root, method, seed)
-            search_metrics = _read_json(os.path.join(sd, "metrics.json"))
+            search_wd, train_wd = Workdir(sd, create=False), Workdir(td, create=False)
+            search_metrics = _read(search_wd.metrics_file)
             if search_metrics is None:
                 continue
-            retrained = _read_json(os.path.join(td, "metrics.json")) if config.retrain else None
-            genotype = Genotype.load(os.path.join(sd, "genotype.json"))
+            retrained = _read(train_wd.metrics_file) if config.retrain else None
+            genotype = Genotype.load(search_wd.genotype_file)
             rows.append({
                 "method": method, "seed": seed,
                 **_accuracies(search_metrics, "supernet"), **_accuracies(retrained, "retrained"),
@@ -385,7 +382,7 @@ def markdown_report(rows: list[dict], config: CompareConfig) -> str:
 
 def _history(workdir: str) -> dict[str, list[float]]:
     try:
-        with open(os.path.join(workdir, "history.csv")) as f:
+        with open(Workdir(workdir, create=False).history_file) as f:
             rows = list(csv.DictReader(f))
     except OSError:
         return {}

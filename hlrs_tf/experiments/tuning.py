@@ -22,8 +22,9 @@ import keras
 import keras_tuner
 
 from hlrs_tf.config.search import SearchConfig
+from hlrs_tf.losses.bbn_mixing import MIXING_SCHEDULES
 from hlrs_tf.runtime.workdir import WorkdirLock, atomic_write_json, atomic_write_text
-from hlrs_tf.search.schedules import ARCH_LR_SCHEDULES, MIXING_SCHEDULES
+from hlrs_tf.search.schedules import ARCH_LR_SCHEDULES
 
 TUNABLE = ("arch_learning_rate", "arch_lr_schedule", "mixing", "warmup_epochs", "freeze_threshold")
 TUNERS = ("random", "bayesian")

@@ -50,7 +50,7 @@ unweighted before epoch ``E`` (0-based) and weighted by the effective-number wei
 ``cifar_train.py``, ``train_rule == 'DRW'``: ``idx = epoch // 160; betas = [0, 0.9999]`` -- beta 0 gives
 equal weights, so before the switch the weighted mean is the plain mean; the same holds here, where the
 weights are ``1 + drw_active * (w - 1)`` with ``drw_active`` a non-trainable variable of the model that
-:class:`hlrs_tf.search.schedules.DRWSchedule` assigns at the start of every epoch (so a resumed run gets the right
+:class:`hlrs_tf.losses.long_tail.DRWSchedule` assigns at the start of every epoch (so a resumed run gets the right
 weights). ``E`` counts this run's epochs (160 of the reference's 200; a preset uses 80% of the default
 epochs).
 
@@ -69,6 +69,7 @@ import numpy as np
 from keras import ops
 
 from hlrs_tf.losses import reweighting as losses
+from hlrs_tf.runtime.callbacks import EpochSchedule, model_variable
 
 #: The values of ``--loss`` (search and retraining).
 LOSSES = ("ce", "class_balanced", "logit_adjusted", "balanced_softmax", "ldam", "focal", "class_balanced_focal")
@@ -238,6 +239,13 @@ class LossSpec:
             la_tau=settings.la_tau, focal_gamma=settings.focal_gamma, drw=settings.drw_epoch > 0,
         )
 
+    @classmethod
+    def for_run(cls, settings, num_classes: int, class_counts=None) -> LossSpec:
+        """The loss of a run (:meth:`from_settings`) from the class counts of its long-tailed training split;
+        equal counts if they are not known (a dry run)."""
+        counts = np.ones(num_classes) if class_counts is None else class_counts
+        return cls.from_settings(settings, counts)
+
     @property
     def weighted(self) -> bool:
         """Whether the reduction is class-weighted (always, or by DRW)."""
@@ -271,6 +279,11 @@ class LossSpec:
         if self.name in ("focal", "class_balanced_focal"):
             out["focal_gamma"] = self.focal_gamma
         return out
+
+    def run_summary(self, counts, settings) -> dict:
+        """:meth:`summary` with a run config's loss settings (``class_counts.json`` of a search or retraining)."""
+        return self.summary(counts, reweight_beta=settings.reweight_beta, la_tau=settings.la_tau,
+                            focal_gamma=settings.focal_gamma, drw_epoch=settings.drw_epoch)
 
 
 def per_example_loss(y, logits, spec: LossSpec):
@@ -319,3 +332,29 @@ def long_tail_loss(y, logits, spec: LossSpec, drw_active=None):
     """
     return losses.reduce_over_batch(per_example_loss(y, logits, spec), y, class_weights_now(spec, drw_active),
                                     spec.reduction)
+
+
+def drw_active(epoch: int, drw_epoch: int) -> float:
+    """DRW's switch at 0-based ``epoch``: 1.0 from ``drw_epoch`` on, else 0.0; always 0.0 when ``drw_epoch`` is
+    0 (no DRW). LDAM-DRW's ``cifar_train.py`` ``idx = epoch // 160`` with ``drw_epoch = 160``."""
+    return 1.0 if 0 < drw_epoch <= epoch else 0.0
+
+
+class DRWSchedule(EpochSchedule):
+    """Assigns DRW's switch (:func:`drw_active`) to the model's ``drw_active`` variable at the start of every
+    epoch and logs it as ``drw_active`` (an :class:`~hlrs_tf.runtime.callbacks.EpochSchedule`).
+
+    The variable is read inside the traced step (:func:`class_weights_now`), so the weights change without
+    retracing; a resumed run (``initial_epoch``) gets the right weights whatever the checkpoint held.
+
+    Args:
+        drw_epoch: The first 0-based epoch with class-balanced weights (``--drw_epoch``, > 0).
+    """
+
+    def __init__(self, drw_epoch: int):
+        if drw_epoch < 1:
+            raise ValueError(f"--drw_epoch must be >= 1 for DRW, got {drw_epoch}")
+        self.drw_epoch = int(drw_epoch)
+        needed = "DRWSchedule needs a model built with a DRW loss (its drw_active variable)"
+        super().__init__({"drw_active": (lambda epoch: drw_active(epoch, self.drw_epoch),
+                                         model_variable("drw_active", needed_by=needed))})

@@ -19,6 +19,7 @@ from absl import app, flags
 from hlrs_tf.runtime import cli
 
 cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
+from hlrs_tf.runtime.workdir import Workdir  # noqa: E402
 from hlrs_tf.train.rebalancing import POST_HOC_METHODS, PostHocConfig, PostHocError  # noqa: E402
 
 _D = PostHocConfig(method="crt")
@@ -56,7 +57,7 @@ def main(argv) -> None:
         fail("--workdir is required: a finished `python -m hlrs_tf.train` work directory")
     if FLAGS.post_hoc is None:
         fail(f"--post_hoc is required: one of {', '.join(POST_HOC_METHODS)}")
-    flags_file = os.path.join(FLAGS.workdir, "flags.cfg")
+    flags_file = Workdir(FLAGS.workdir, create=False).flags_file
     if not os.path.isfile(flags_file):
         fail(f"--workdir={FLAGS.workdir} is not a `python -m hlrs_tf.train` work directory: it has no flags.cfg")
 

@@ -1,6 +1,7 @@
 """The process and run machinery.
 
-- ``workdir``: work directories (file names, state, atomic writes, the lock); ``cli``: process settings and
+- ``workdir``: work directories (file names, state, atomic writes, the lock, resume checks); ``callbacks``: the
+  callbacks every run uses (epoch schedules, checkpoint, history, TensorBoard); ``cli``: process settings and
   the commands' shared helpers.
 - ``devices``: devices and the TensorFlow install check; ``distribute``: MirroredStrategy and multi-worker;
   ``sync_bn``: synchronised BatchNorm; ``precision``: mixed precision.

@@ -14,6 +14,11 @@ Layout (a contract tools and tests rely on)::
     checkpoints/            per-epoch state to resume from (state.json: also an early stop, hlrs_tf.search.collapse)
     .lock                   held by the run using the folder (:class:`WorkdirLock`)
 
+This module is the one owner of these names (:class:`Workdir`'s properties; :class:`Workdir` with
+``create=False`` names the files of a folder it only reads, as ``hlrs_tf.compare`` does), of reading them back
+(:func:`read_json`), of the resume checks (:func:`check_same_run`) and of the history truncation of a resume
+(:func:`truncate_history`).
+
 Every file is written to a temporary name in the same folder, flushed, fsynced and renamed over the target, so
 a crash never leaves a half-written genotype or checkpoint that looks complete.
 
@@ -35,6 +40,10 @@ import warnings
 
 #: Name of the lock file inside a work directory.
 LOCK_FILENAME = ".lock"
+#: Name of a run's final genotype (also what ``--genotype=<search work directory>`` reads).
+GENOTYPE_FILENAME = "genotype.json"
+#: Name of the checkpoint state inside ``checkpoints/``: the last complete epoch (:mod:`hlrs_tf.runtime.callbacks`).
+STATE_FILENAME = "state.json"
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -58,6 +67,29 @@ def atomic_write_text(path: str, text: str) -> None:
 def atomic_write_json(path: str, obj) -> None:
     """Writes ``obj`` as indented JSON atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: str, *, error: type[Exception] | None = ValueError, what: str = "cannot read",
+              advice: str = "delete it (or use a new --workdir)"):
+    """Reads a JSON file of a work directory; ``None`` when it does not exist.
+
+    Args:
+        path: The file.
+        error: The exception raised for a file that cannot be read or parsed, with the message
+            ``"<what> <path>: <reason>; <advice>"``; ``None`` returns ``None`` for it too (a reader that treats
+            a half-written or foreign file as absent, e.g. ``hlrs_tf.compare`` looking for finished runs).
+        what: The message's start.
+        advice: What the user should do, the message's end.
+    """
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        if error is None:
+            return None
+        raise error(f"{what} {path}: {e}; {advice}") from e
 
 
 def default_workdir(name: str, root: str = "runs") -> str:
@@ -185,14 +217,18 @@ class Workdir:
     """Paths of a run's work directory.
 
     Args:
-        path: The folder (created, with its sub-folders).
+        path: The folder.
+        create: Create it, with its sub-folders, and check it can be written; ``False`` only names the files of
+            a folder that is read (it need not exist).
 
     Raises:
         OSError: If the folder cannot be created or written (checked up front, before any work is done).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, create: bool = True):
         self.path = os.path.abspath(path)
+        if not create:
+            return
         try:
             for sub in ("", "genotypes", "tensorboard", "checkpoints"):
                 os.makedirs(os.path.join(self.path, sub), exist_ok=True)
@@ -218,7 +254,7 @@ class Workdir:
 
     @property
     def genotype_file(self) -> str:
-        return self.file("genotype.json")
+        return self.file(GENOTYPE_FILENAME)
 
     def epoch_genotype_file(self, epoch: int) -> str:
         """``genotypes/epoch_NNN.json`` for a 1-based epoch number."""
@@ -251,3 +287,69 @@ class Workdir:
     @property
     def checkpoint_dir(self) -> str:
         return self.file("checkpoints")
+
+    @property
+    def state_file(self) -> str:
+        """``checkpoints/state.json``: present once an epoch is checkpointed (a run to resume)."""
+        return os.path.join(self.checkpoint_dir, STATE_FILENAME)
+
+    @property
+    def run_file(self) -> str:
+        """``run.json``: wall time and command of a stage run by ``hlrs_tf.compare``."""
+        return self.file("run.json")
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether an epoch of a run is checkpointed here (a rerun resumes it)."""
+        return os.path.exists(self.state_file)
+
+
+# Flags that may change between an interrupted run and its resumption (they do not change the result).
+RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size", "strategy", "cpu_replicas")
+
+
+def _flag_map(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("--") and "=" in line:
+            name, value = line[2:].split("=", 1)
+            out[name] = value
+    return out
+
+
+def check_same_run(wd: Workdir, flags_text: str, added_defaults: dict[str, str]) -> None:
+    """Refuses to resume a checkpointed run with different settings (it would silently mix two runs).
+
+    Args:
+        wd: The work directory.
+        flags_text: The new run's effective flags.
+        added_defaults: The value of each flag added after runs were written, for a ``flags.cfg`` without it
+            (``hlrs_tf.config.search.ADDED_FLAG_DEFAULTS``, ``hlrs_tf.config.train.ADDED_FLAG_DEFAULTS``).
+
+    Raises:
+        ValueError: Naming the flags that differ and what to do.
+    """
+    if not wd.has_checkpoint or not os.path.exists(wd.flags_file):
+        return
+    with open(wd.flags_file) as f:
+        old = {**added_defaults, **_flag_map(f.read())}
+    new = {**added_defaults, **_flag_map(flags_text)}
+    diff = sorted(k for k in set(old) | set(new)
+                  if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+    if diff:
+        changes = ", ".join(f"--{k}={old.get(k)} -> {new.get(k)}" for k in diff)
+        raise ValueError(f"work directory {wd.path} holds a checkpointed run with other settings ({changes}): "
+                         f"rerun with its flags (--flagfile={wd.flags_file}) to resume, or use a new --workdir")
+
+
+def truncate_history(path: str, epochs_done: int) -> None:
+    """Keeps only the ``history.csv`` rows of the epochs a resume restores (a kill can fall between the row
+    and the checkpoint of an epoch; that epoch is run again and must not appear twice)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    if not lines:
+        return
+    kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",", 1)[0]) < epochs_done]
+    atomic_write_text(path, "\n".join(kept) + "\n")

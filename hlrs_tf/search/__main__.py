@@ -37,9 +37,9 @@ def main(argv) -> None:
         fail(str(e))
 
     from hlrs_tf.data import datasets as data_lib
+    from hlrs_tf.runtime.callbacks import CheckpointError
     from hlrs_tf.runtime.workdir import default_workdir
     from hlrs_tf.search import task as trainer
-    from hlrs_tf.search.callbacks import CheckpointError
     from hlrs_tf.search.guards import NonFiniteLossError
 
     workdir = FLAGS.workdir or default_workdir(f"{config.dataset}-search")

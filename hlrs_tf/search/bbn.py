@@ -11,8 +11,9 @@ cells**, both copies of the last cell and both driven by the shared alphas of th
   the architecture split drawn the same way, for the architecture step;
 * inference weights both branches equally (``alpha = 0.5``): ``z = W(concat(f_c, f_r))`` on one image batch.
 
-``alpha_T`` comes from :func:`hlrs_tf.search.schedules.mixing_factor`; :class:`~hlrs_tf.search.schedules.HLRSCallback`
-assigns it once per epoch to the model's non-trainable ``bbn_alpha`` variable, which the traced step reads.
+The mixing maths (``alpha_T``, the mixed feature and loss) is :mod:`hlrs_tf.losses.bbn_mixing`, shared with the
+retraining; :class:`~hlrs_tf.search.callbacks.HLRSCallback` assigns ``alpha_T`` once per epoch to the model's
+non-trainable ``bbn_alpha`` variable, which the traced step reads.
 """
 
 from __future__ import annotations
@@ -21,29 +22,10 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from hlrs_tf.losses.bbn_mixing import bbn_loss, bbn_mix
 from hlrs_tf.runtime.precision import policy_scope
 from hlrs_tf.search.bilevel import DartsSearchModel
 from hlrs_tf.space.supernet import SearchNetwork
-
-
-def bbn_mix(f_c, f_r, alpha):
-    """BBN's mixed feature ``2 * concat(alpha * f_c, (1 - alpha) * f_r)`` (``concat(f_c, f_r)`` at 0.5)."""
-    alpha = ops.cast(alpha, f_c.dtype)
-    return ops.concatenate([2.0 * alpha * f_c, 2.0 * (1.0 - alpha) * f_r], axis=-1)
-
-
-def bbn_loss(loss_fn, logits, y_c, y_r, alpha):
-    """BBN's mixed loss ``alpha * L(z, y_c) + (1 - alpha) * L(z, y_r)`` on the mixed logits ``z``.
-
-    Args:
-        loss_fn: A Keras loss (e.g. sparse categorical cross-entropy from logits).
-        logits: Mixed logits ``z``.
-        y_c: Labels of the conventional batch.
-        y_r: Labels of the re-balancing batch.
-        alpha: ``alpha_T`` (scalar tensor or float).
-    """
-    alpha = ops.cast(alpha, "float32")
-    return alpha * loss_fn(y_c, logits) + (1.0 - alpha) * loss_fn(y_r, logits)
 
 
 @keras.saving.register_keras_serializable(package="hlrs_tf")

@@ -137,7 +137,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
             ``class_weights``.
         loss: The loss of both levels (:class:`hlrs_tf.losses.long_tail.LossSpec`, ``--loss``); ``None``: from
             ``class_weights``. A DRW loss gives the model a non-trainable ``drw_active`` variable (0 or 1) that
-            :class:`hlrs_tf.search.schedules.DRWSchedule` assigns per epoch.
+            :class:`hlrs_tf.losses.long_tail.DRWSchedule` assigns per epoch.
         **kwargs: Forwarded to ``keras.Model``.
     """
 
@@ -167,7 +167,7 @@ class DartsSearchModel(PrebuiltModelMixin, keras.Model):
         elif class_weights is not None:
             raise ValueError("give the class weights in `loss` (a LossSpec), not both")
         self.loss_spec = LossSpec(**loss) if isinstance(loss, dict) else loss
-        # DRW's switch, assigned per epoch (hlrs_tf.search.schedules.DRWSchedule); only with DRW, so the variables
+        # DRW's switch, assigned per epoch (hlrs_tf.losses.long_tail.DRWSchedule); only with DRW, so the variables
         # (and so the checkpoints) of every other run are unchanged.
         self.drw_active = (keras.Variable(0.0, trainable=False, dtype="float32", name="drw_active")
                            if self.loss_spec.drw else None)

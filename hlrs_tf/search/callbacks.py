@@ -1,40 +1,73 @@
-"""Keras callbacks of a search run: epoch logs, genotypes, TensorBoard and checkpoints.
+"""The search's own Keras callbacks: HLRS, genotypes and skip counts, alpha movement, alpha heatmaps.
 
-Callbacks run in list order and share the epoch ``logs`` dict, so the ones that *add* entries
-(:class:`LearningRateLogger`, :class:`GenotypeLogger`, :class:`AlphaMovementLogger`) go before the ones that
-*write* them (TensorBoard, ``CSVLogger``).
+They plug into the callbacks every run uses (:mod:`hlrs_tf.runtime.callbacks`): :class:`HLRSCallback` is an
+:class:`~hlrs_tf.runtime.callbacks.EpochSchedule` and :class:`AlphaHeatmaps` an add-on of the
+:class:`~hlrs_tf.runtime.callbacks.TensorBoardWriter`. Callbacks run in list order and share the epoch ``logs``
+dict, so the ones that *add* entries (:class:`HLRSCallback`, :class:`GenotypeLogger`, :class:`AlphaMovementLogger`)
+go before the ones that *write* them.
 """
 
 from __future__ import annotations
 
-import csv
 import io
-import json
-import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from hlrs_tf.runtime.workdir import Workdir, atomic_write_json, atomic_write_text
+from hlrs_tf.runtime.callbacks import EpochSchedule, model_variable
+from hlrs_tf.runtime.workdir import Workdir
 from hlrs_tf.search.alpha_movement import alpha_movement, edge_max_weight
 from hlrs_tf.search.collapse import save_skip_cap
+from hlrs_tf.search.schedules import ScheduleConfig
 from hlrs_tf.space.genotypes import PRIMITIVES, node_edge_slices
 
 
-def _current_lr(optimizer) -> float:
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+def _arch_lr_variable(model):
+    """The architecture optimizer's learning-rate variable, assigned in place: Adam's moments and iteration
+    counter carry across epochs (through a ``LossScaleOptimizer``, which delegates it to the inner Adam)."""
+    optimizer = getattr(model, "arch_optimizer", None)
+    if optimizer is None:
+        raise ValueError("HLRSCallback needs a model compiled with an arch_optimizer")
+    learning_rate = optimizer.learning_rate
+    if not isinstance(learning_rate, keras.Variable):
+        # A LearningRateSchedule is evaluated from the iteration count and cannot be assigned.
+        raise TypeError("the arch_optimizer must be built with a float learning rate for HLRSCallback, "
+                        f"got {type(learning_rate).__name__}")
+    return learning_rate
 
 
-class LearningRateLogger(keras.callbacks.Callback):
-    """Adds the weight learning rate (``lr``) and the architecture learning rate (``arch_lr``) to epoch logs."""
+class HLRSCallback(EpochSchedule):
+    """Sets the architecture learning rate (HLRS) and BBN's ``alpha_T`` at the start of every epoch, and logs both
+    as ``arch_lr`` and ``bbn_alpha`` (an :class:`~hlrs_tf.runtime.callbacks.EpochSchedule`).
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        logs["lr"] = _current_lr(self.model.optimizer)
-        if getattr(self.model, "arch_optimizer", None) is not None:
-            logs["arch_lr"] = _current_lr(self.model.arch_optimizer)
+    ``eta_a(T)`` goes to ``model.arch_optimizer.learning_rate``; ``alpha_T`` to the model's ``bbn_alpha`` variable
+    if it has one (the BBN model), and is logged for every method, so runs compare column for column.
+
+    Args:
+        schedule: The schedule settings.
+        total_epochs: ``T_max``, the ``epochs`` given to ``fit`` (the full search, not what is left of it).
+    """
+
+    def __init__(self, schedule: ScheduleConfig, total_epochs: int):
+        if total_epochs < 1:
+            raise ValueError(f"total_epochs must be >= 1 (--epochs), got {total_epochs}")
+        self.schedule = schedule
+        self.total_epochs = int(total_epochs)
+        super().__init__({
+            "arch_lr": (lambda epoch: schedule.arch_lr(epoch, self.total_epochs), _arch_lr_variable),
+            "bbn_alpha": (lambda epoch: schedule.alpha(epoch, self.total_epochs), model_variable("bbn_alpha")),
+        })
+
+    @property
+    def arch_lr(self) -> float | None:
+        """This epoch's architecture learning rate (``None`` before the first epoch)."""
+        return self.values.get("arch_lr")
+
+    @property
+    def alpha(self) -> float | None:
+        """This epoch's ``alpha_T`` (``None`` before the first epoch)."""
+        return self.values.get("bbn_alpha")
 
 
 class GenotypeLogger(keras.callbacks.Callback):
@@ -210,199 +243,28 @@ def edge_weight_heatmap(edge_weights: np.ndarray, steps: int, title: str) -> np.
                            ["k-2", "k-1"] + [f"node {j}" for j in range(steps - 1)], title, summary)
 
 
-class TensorBoardLogger(keras.callbacks.Callback):
-    """Writes every numeric epoch log as a scalar, the softmaxed alphas as heatmap images and the genotype
-    as text, all into one event file under ``log_dir``.
+class AlphaHeatmaps:
+    """The search's add-on of the :class:`~hlrs_tf.runtime.callbacks.TensorBoardWriter`: after every epoch, the
+    softmaxed alphas as heatmap images (``alphas/normal``, ``alphas/reduce``), PC-DARTS' edge weights likewise
+    (``betas/...``) and the genotype as text.
 
     Args:
-        log_dir: The run's ``tensorboard/`` folder.
-        genotype_logger: Source of the epoch's genotype (avoids deriving it twice).
+        genotype_logger: Source of the epoch's genotype (avoids deriving it twice); ``None`` derives it.
     """
 
-    def __init__(self, log_dir: str, genotype_logger: GenotypeLogger | None = None):
-        super().__init__()
-        self.log_dir = log_dir
+    def __init__(self, genotype_logger: GenotypeLogger | None = None):
         self.genotype_logger = genotype_logger
-        self._writer = None
 
-    def on_train_begin(self, logs=None):
-        self._writer = tf.summary.create_file_writer(self.log_dir)
-
-    def on_epoch_end(self, epoch, logs=None):
-        step = epoch + 1
-        network = self.model.network
+    def write_epoch(self, model, step: int) -> None:
+        network = model.network
         w_normal, w_reduce = (keras.ops.convert_to_numpy(w) for w in network.arch_weights())
-        with self._writer.as_default(step=step):
-            for key, value in (logs or {}).items():
-                if np.ndim(value) == 0 and np.isfinite(float(value)):
-                    tf.summary.scalar(f"epoch/{key}", float(value))
-            tf.summary.image("alphas/normal", alpha_heatmap(w_normal, f"normal cell, epoch {step}")[None])
-            tf.summary.image("alphas/reduce", alpha_heatmap(w_reduce, f"reduction cell, epoch {step}")[None])
-            e_normal, e_reduce = network.edge_weights()
-            if e_normal is not None:  # PC-DARTS: the edge weights (softmaxed betas), drawn like the alphas
-                for cell, e in (("normal", e_normal), ("reduce", e_reduce)):
-                    e = keras.ops.convert_to_numpy(e)
-                    image = edge_weight_heatmap(e, network.steps, f"{cell} cell edge weights, epoch {step}")
-                    tf.summary.image(f"betas/{cell}", image[None])
-            genotype = self.genotype_logger.last_genotype if self.genotype_logger else self.model.genotype()
-            tf.summary.text("genotype", "```\n" + genotype.to_json() + "\n```")
-        self._writer.flush()
-
-    def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.close()
-
-
-class CSVHistory(keras.callbacks.CSVLogger):
-    """Keras' ``CSVLogger`` without the empty ``val_*`` columns it adds when a run has no validation data, and
-    safe to resume into a file written with other columns.
-
-    ``CSVLogger`` appending to an existing file keeps its header and writes the new rows under it, so a run
-    resumed after a version that logs more columns (e.g. the skip guards' ``skip_replaced``) would put its
-    values under other columns' names. Here the first epoch of an appending run compares the header with its
-    columns and, if they differ, rewrites the file once under the union of both (sorted, as CSVLogger sorts):
-    the old rows get ``NA`` for the new columns and the new rows ``NA`` for the dropped ones, CSVLogger's mark
-    for a missing value.
-
-    Args:
-        filename: The ``history.csv`` path.
-        validation_metrics: What a run that evaluates every few epochs (``validation_freq``) evaluates: their
-            ``val_*`` columns are made at the first epoch even when it has no evaluation (the columns are fixed
-            then), so the later epochs' values are kept; the epochs without one get ``NA``.
-        **kwargs: Forwarded to ``CSVLogger`` (``append=True`` continues a resumed run's file).
-    """
-
-    def __init__(self, filename, validation_metrics=(), **kwargs):
-        super().__init__(filename, **kwargs)
-        self.validation_metrics = tuple(validation_metrics)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.keys is None and logs:
-            # fixed at the first epoch, as in CSVLogger
-            self.keys = sorted(set(logs) | {f"val_{m}" for m in self.validation_metrics})
-            if self.append and not self.append_header:  # appending to a file that has a header
-                self._merge_columns()
-        super().on_epoch_end(epoch, logs)
-
-    def _merge_columns(self) -> None:
-        with open(self.filename, newline="") as f:
-            reader = csv.DictReader(f, delimiter=self.sep)
-            old = list(reader.fieldnames or [])
-            rows = list(reader)
-        if old == ["epoch", *self.keys]:
-            return
-        self.keys = sorted(set(self.keys) | (set(old) - {"epoch"}))
-        self.csv_file.close()
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=["epoch", *self.keys], restval="NA", delimiter=self.sep)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.filename, text.getvalue())  # the work directory's one atomic write
-        self.csv_file = open(self.filename, "a")  # CSVLogger closes it in on_train_end
-
-
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves what a resume needs after every epoch: all model variables (weights, alphas, BN statistics) and
-    both optimizers' variables, then ``state.json`` naming the last complete epoch.
-
-    ``state.json`` is written last and atomically, so a checkpoint it names is complete; the previous
-    epoch's files are removed only after that.
-
-    Args:
-        directory: The run's ``checkpoints/`` folder.
-        extra_state: Called at every epoch end; the entries of the dict it returns are added to that epoch's
-            ``state.json``, in the same atomic write (e.g. an early stop,
-            :meth:`hlrs_tf.search.collapse.SkipConnectStop.checkpoint_state`). Read them back with :meth:`saved_state`.
-    """
-
-    def __init__(self, directory: str, extra_state=None):
-        super().__init__()
-        self.directory = directory
-        self.extra_state = extra_state
-
-    def _paths(self, epoch: int) -> tuple[str, str]:
-        stem = os.path.join(self.directory, f"epoch_{epoch:03d}")
-        return stem + ".weights.h5", stem + ".optimizers.npz"
-
-    def on_epoch_end(self, epoch, logs=None):
-        done = epoch + 1
-        weights_path, opt_path = self._paths(done)
-        self.model.save_weights(weights_path)
-        arrays = {}
-        for name, opt in _named_optimizers(self.model):
-            for i, v in enumerate(opt.variables):
-                arrays[f"{name}/{i:04d}"] = keras.ops.convert_to_numpy(v)
-        tmp = opt_path + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, opt_path)
-        previous = self._read_state()
-        atomic_write_json(
-            os.path.join(self.directory, "state.json"),
-            {"epoch": done, "weights": os.path.basename(weights_path), "optimizers": os.path.basename(opt_path),
-             **(self.extra_state() if self.extra_state else {})},
-        )
-        if previous and previous.get("epoch") != done:
-            for p in self._paths(previous["epoch"]):
-                if os.path.exists(p):
-                    os.remove(p)
-
-    def saved_state(self) -> dict:
-        """The last complete epoch's ``state.json`` (``{}`` without a checkpoint), with any extra state.
-
-        Raises:
-            CheckpointError: If ``state.json`` is corrupt.
-        """
-        return self._read_state() or {}
-
-    def _read_state(self):
-        path = os.path.join(self.directory, "state.json")
-        if not os.path.exists(path):
-            return None
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"corrupt checkpoint state {path}: {e}; delete the folder to start over") from e
-
-    def restore(self, model) -> int:
-        """Loads the last complete epoch's variables into ``model`` and its (built) optimizers.
-
-        Returns:
-            The number of completed epochs restored (0 when there is no checkpoint).
-
-        Raises:
-            CheckpointError: If the files named by ``state.json`` are missing or do not fit the model.
-        """
-        state = self._read_state()
-        if not state:
-            return 0
-        weights_path = os.path.join(self.directory, state["weights"])
-        opt_path = os.path.join(self.directory, state["optimizers"])
-        try:
-            model.load_weights(weights_path)
-            with np.load(opt_path) as arrays:
-                for name, opt in _named_optimizers(model):
-                    keys = sorted(k for k in arrays.files if k.startswith(name + "/"))
-                    if len(keys) != len(opt.variables):
-                        raise ValueError(f"{name} has {len(opt.variables)} variables, checkpoint {len(keys)}")
-                    for key, var in zip(keys, opt.variables):
-                        var.assign(arrays[key])
-        except (OSError, ValueError, KeyError) as e:
-            raise CheckpointError(
-                f"cannot restore checkpoint epoch {state['epoch']} from {self.directory}: {e}; "
-                "delete the folder (or use a new --workdir) to start over"
-            ) from e
-        return int(state["epoch"])
-
-
-def _named_optimizers(model) -> list:
-    """The model's optimizers to checkpoint: the weight optimizer, and the architecture one if it has one."""
-    named = [("optimizer", model.optimizer)]
-    if getattr(model, "arch_optimizer", None) is not None:
-        named.append(("arch_optimizer", model.arch_optimizer))
-    return named
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read back; the message says which and what to do."""
-
+        tf.summary.image("alphas/normal", alpha_heatmap(w_normal, f"normal cell, epoch {step}")[None])
+        tf.summary.image("alphas/reduce", alpha_heatmap(w_reduce, f"reduction cell, epoch {step}")[None])
+        e_normal, e_reduce = network.edge_weights()
+        if e_normal is not None:  # PC-DARTS: the edge weights (softmaxed betas), drawn like the alphas
+            for cell, e in (("normal", e_normal), ("reduce", e_reduce)):
+                e = keras.ops.convert_to_numpy(e)
+                image = edge_weight_heatmap(e, network.steps, f"{cell} cell edge weights, epoch {step}")
+                tf.summary.image(f"betas/{cell}", image[None])
+        genotype = self.genotype_logger.last_genotype if self.genotype_logger else model.genotype()
+        tf.summary.text("genotype", "```\n" + genotype.to_json() + "\n```")

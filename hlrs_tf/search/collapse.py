@@ -28,12 +28,9 @@ DARTS' normal cell drifts towards parameter-free ``skip_connect`` edges the long
 
 from __future__ import annotations
 
-import json
-import os
-
 import keras
 
-from hlrs_tf.runtime.workdir import Workdir, atomic_write_json
+from hlrs_tf.runtime.workdir import Workdir, atomic_write_json, read_json
 from hlrs_tf.space.genotypes import Genotype, GenotypeError
 
 __all__ = ["STOP_RULE", "SkipConnectStop", "save_skip_cap", "load_skip_cap", "kept_genotype"]
@@ -48,7 +45,7 @@ class SkipConnectStop(keras.callbacks.Callback):
 
     Logs ``stop_on_skip`` every epoch (1 in the epoch that stopped, else 0). Put it after the
     :class:`~hlrs_tf.search.callbacks.GenotypeLogger` it reads and before the writers (``CSVHistory``) and the
-    :class:`~hlrs_tf.search.callbacks.EpochCheckpoint` that saves :meth:`checkpoint_state`.
+    :class:`~hlrs_tf.runtime.callbacks.EpochCheckpoint` that saves :meth:`checkpoint_state`.
 
     Args:
         threshold: ``--stop_on_skip``; 0 never stops.
@@ -103,7 +100,7 @@ def save_skip_cap(workdir: Workdir, epoch: int, max_skip_connect: int, replaced:
     A resumed epoch overwrites its entry, so the file always describes the genotype files next to it.
     """
     path = workdir.skip_cap_file
-    data = _read_json(path) or {}
+    data = read_json(path, error=GenotypeError) or {}
     by_epoch = data.get("replaced", {})
     by_epoch[str(epoch)] = replaced
     atomic_write_json(path, {"max_skip_connect": max_skip_connect, "replaced": by_epoch})
@@ -111,7 +108,7 @@ def save_skip_cap(workdir: Workdir, epoch: int, max_skip_connect: int, replaced:
 
 def load_skip_cap(workdir: Workdir, epoch: int) -> list[dict] | None:
     """The cap record of 1-based ``epoch`` from ``skip_cap.json``; ``None`` when it has none."""
-    data = _read_json(workdir.skip_cap_file)
+    data = read_json(workdir.skip_cap_file, error=GenotypeError)
     return None if data is None else data.get("replaced", {}).get(str(epoch))
 
 
@@ -122,14 +119,3 @@ def kept_genotype(workdir: Workdir, early_stop: dict) -> Genotype:
         GenotypeError: The epoch's genotype file is missing or invalid (the message names it).
     """
     return Genotype.load(workdir.epoch_genotype_file(int(early_stop["kept_genotype_epoch"])))
-
-
-def _read_json(path: str):
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise GenotypeError(f"cannot read {path}: {e}; delete it (or use a new --workdir)") from e
-

@@ -15,12 +15,13 @@ list order, and the guard's ``on_epoch_end`` check must come first.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import keras
 import numpy as np
+
+from hlrs_tf.runtime.workdir import STATE_FILENAME, read_json
 
 __all__ = ["NonFiniteLossError", "NonFiniteLossGuard"]
 
@@ -113,11 +114,10 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     def _last_checkpoint(self) -> str:
         if not self.checkpoint_dir:
             return f"the checkpoint of the last complete epoch ({self._epoch}) is kept"
-        path = os.path.join(self.checkpoint_dir, "state.json")
+        state = read_json(os.path.join(self.checkpoint_dir, STATE_FILENAME), error=None)
         try:
-            with open(path) as f:
-                done = int(json.load(f)["epoch"])
-        except (OSError, ValueError, KeyError, TypeError):
+            done = int(state["epoch"])
+        except (ValueError, KeyError, TypeError):  # none yet, or unreadable (None)
             return f"no checkpoint was written to {self.checkpoint_dir} yet"
         return f"the last good checkpoint (epoch {done}) in {self.checkpoint_dir} is kept"
 

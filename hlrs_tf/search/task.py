@@ -14,30 +14,29 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hlrs_tf.config.search import SearchConfig
+from hlrs_tf.config.search import ADDED_FLAG_DEFAULTS, SearchConfig
 from hlrs_tf.data import datasets as data_lib
 from hlrs_tf.data.long_tail_metrics import balanced_accuracy, evaluation_report
-from hlrs_tf.losses.long_tail import LossSpec
+from hlrs_tf.losses.long_tail import DRWSchedule, LossSpec
 from hlrs_tf.runtime import precision
+from hlrs_tf.runtime.callbacks import CSVHistory, EpochCheckpoint, LearningRateLogger, TensorBoardWriter
 from hlrs_tf.runtime.cli import onednn_enabled
 from hlrs_tf.runtime.devices import configure_devices, set_thread_pools, visible_devices
 from hlrs_tf.runtime.diagrams import plot_genotype
 from hlrs_tf.runtime.distribute import check_global_batch_size, is_chief, make_strategy, workdir_lock, worker_workdir
-from hlrs_tf.runtime.workdir import Workdir, atomic_write_json, atomic_write_text
+from hlrs_tf.runtime.workdir import Workdir, atomic_write_json, atomic_write_text, check_same_run, truncate_history
 from hlrs_tf.search.bbn import BBNSearchModel, BBNSearchNetwork
 from hlrs_tf.search.bilevel import DartsSearchModel
 from hlrs_tf.search.callbacks import (
+    AlphaHeatmaps,
     AlphaMovementLogger,
-    CSVHistory,
-    EpochCheckpoint,
     GenotypeLogger,
-    LearningRateLogger,
-    TensorBoardLogger,
+    HLRSCallback,
     model_alpha_movement,
 )
 from hlrs_tf.search.collapse import SkipConnectStop, kept_genotype, load_skip_cap
 from hlrs_tf.search.guards import NonFiniteLossGuard
-from hlrs_tf.search.schedules import DRWSchedule, HLRSCallback, ScheduleConfig
+from hlrs_tf.search.schedules import ScheduleConfig
 from hlrs_tf.space.init import apply_init
 from hlrs_tf.space.supernet import SearchNetwork
 
@@ -117,7 +116,8 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
         config: The run config (``bbn`` picks the BBN supernet and loss, ``loss`` the loss of both levels).
         spec: Dataset spec (input shape, classes).
         total_steps: Weight steps of the whole search (length of the cosine schedule).
-        class_counts: Training examples per class, the loss' priors and counts (:func:`run_loss`).
+        class_counts: Training examples per class, the loss' priors and counts
+            (:meth:`~hlrs_tf.losses.long_tail.LossSpec.for_run`).
     """
     common = dict(
         order=config.order,
@@ -137,8 +137,8 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
             dtype=config.precision,  # the network's dtype policy (hlrs_tf.runtime.precision); the wrapper stays float32
             partial_channels=config.partial_channels,
         )
-        model = DartsSearchModel(network, loss=run_loss(config, spec, class_counts), name="darts_search",
-                                 **common)
+        model = DartsSearchModel(network, loss=LossSpec.for_run(config, spec.num_classes, class_counts),
+                                 name="darts_search", **common)
     weight_lr = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(total_steps, 1), alpha=config.learning_rate_min / config.learning_rate
     )
@@ -157,21 +157,6 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
     # Once built (the initialiser needs the fans), before any checkpoint is restored over it (run_search).
     apply_init(network, config.init, config.seed)
     return model
-
-
-def run_loss(config, spec: data_lib.DatasetSpec, class_counts=None) -> LossSpec:
-    """The loss of a run (``config.loss`` and its settings, a search or retraining config) from the class counts
-    of its long-tailed training split; equal counts if they are not known (a dry run)."""
-    counts = np.ones(spec.num_classes) if class_counts is None else class_counts
-    return LossSpec.from_settings(config, counts)
-
-
-def save_class_counts(wd: Workdir, config, loss: LossSpec, class_counts) -> None:
-    """Writes ``class_counts.json``: the training split's counts and priors and the loss' constants."""
-    atomic_write_json(wd.class_counts_file, loss.summary(
-        class_counts, reweight_beta=config.reweight_beta, la_tau=config.la_tau, focal_gamma=config.focal_gamma,
-        drw_epoch=config.drw_epoch,
-    ))
 
 
 def model_summary(model: DartsSearchModel, spec: data_lib.DatasetSpec, config: SearchConfig, **extra) -> dict:
@@ -240,7 +225,7 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
                 dry_run: bool, chief: bool) -> SearchResult:
     wd = Workdir(workdir)
     if flags_text is not None:
-        check_same_run(Workdir(chief_workdir) if chief else wd, flags_text)
+        check_same_run(Workdir(chief_workdir) if chief else wd, flags_text, ADDED_FLAG_DEFAULTS)
         atomic_write_text(wd.flags_file, flags_text)
 
     if dry_run:
@@ -276,12 +261,13 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
     # BN statistics, both optimizers (and so the lr schedule position) and the data stream restored.
     checkpoint = EpochCheckpoint(wd.checkpoint_dir, extra_state=skip_stop.checkpoint_state)
     # Every worker restores the chief's checkpoint, so all of them continue from the same epoch.
-    chief_checkpoint = EpochCheckpoint(os.path.join(chief_workdir, "checkpoints"))
+    chief_checkpoint = EpochCheckpoint(Workdir(chief_workdir, create=False).checkpoint_dir)
     initial_epoch = min(chief_checkpoint.restore(model), config.epochs)
     # A search the DARTS+ rule stopped stays stopped: its last checkpoint says so (hlrs_tf.search.collapse).
     skip_stop.record = chief_checkpoint.saved_state().get("early_stop")
     end_epoch = initial_epoch if skip_stop.record else config.epochs
-    save_class_counts(wd, config, model.loss_spec, train_counts)  # (BBN: its mixed CE uses none of it)
+    # (BBN: its mixed CE uses none of it)
+    atomic_write_json(wd.class_counts_file, model.loss_spec.run_summary(train_counts, config))
     train_ds, _ = data_lib.search_dataset(
         *split, spec, config.batch_size, config.seed, config.augment, skip_batches=initial_epoch * steps,
         weight_sampler=config.weight_sampler, arch_sampler=config.arch_sampler, bbn=config.bbn,
@@ -309,7 +295,7 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
         genotype_logger,
         skip_stop,  # after the genotype it counts, before the writers and the checkpoint that persists a stop
         AlphaMovementLogger(),  # before the writers: alpha_max_softmax, alpha_range, ... every epoch
-        TensorBoardLogger(wd.tensorboard_dir, genotype_logger),
+        TensorBoardWriter(wd.tensorboard_dir, [AlphaHeatmaps(genotype_logger)]),
         CSVHistory(wd.history_file, append=initial_epoch > 0),
         checkpoint,
     ]
@@ -357,68 +343,6 @@ def final_genotype(model, wd: Workdir, config: SearchConfig, early_stop: dict | 
         genotype = model.genotype(max_skip_connect=config.skip_cap, replaced=replaced)
     skip_cap = {"max_skip_connect": config.skip_cap, "genotype_epoch": epoch, "replaced": replaced}
     return genotype, {"early_stop": early_stop, "skip_cap": skip_cap}
-
-
-# Flags that may change between an interrupted run and its resumption (they do not change the result).
-_RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size", "strategy", "cpu_replicas")
-# Flags added after runs were already written: a flags.cfg without one ran with this value. --precision counts
-# as a change (resuming float32 checkpoints in bfloat16 would mix two runs), so it is refused like any other.
-# --init: runs written before it existed were initialised the Keras way. --class_weight_reduction: the
-# class-weighted loss was sum(w_y CE) / batch size (Keras' sample_weight) before it existed.
-# --partial_channels (issue 18): runs before it were DARTS (K=1). --max_skip_connect, --stop_on_skip (issue 18):
-# the collapse guards were off. The long-tail loss settings (--la_tau, --focal_gamma, --drw_epoch; issue 19) had
-# no effect before them: their defaults.
-_ADDED_FLAG_DEFAULTS = {"precision": "float32", "init": "keras", "class_weight_reduction": "batch_mean",
-                        "partial_channels": "1", "max_skip_connect": "-1", "stop_on_skip": "0",
-                        "la_tau": "1.0", "focal_gamma": "2.0", "drw_epoch": "0"}
-
-
-def _flag_map(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("--") and "=" in line:
-            name, value = line[2:].split("=", 1)
-            out[name] = value
-    return out
-
-
-def check_same_run(wd: Workdir, flags_text: str, added_defaults: dict[str, str] | None = None) -> None:
-    """Refuses to resume a checkpointed run with different settings (it would silently mix two runs).
-
-    Args:
-        wd: The work directory.
-        flags_text: The new run's effective flags.
-        added_defaults: The value of each flag added after runs were written, for a ``flags.cfg`` without it
-            (default: the search's, ``_ADDED_FLAG_DEFAULTS``).
-
-    Raises:
-        ValueError: Naming the flags that differ and what to do.
-    """
-    if not os.path.exists(os.path.join(wd.checkpoint_dir, "state.json")) or not os.path.exists(wd.flags_file):
-        return
-    added = _ADDED_FLAG_DEFAULTS if added_defaults is None else added_defaults
-    with open(wd.flags_file) as f:
-        old = {**added, **_flag_map(f.read())}
-    new = {**added, **_flag_map(flags_text)}
-    diff = sorted(k for k in set(old) | set(new)
-                  if k not in _RESUMABLE_CHANGES and old.get(k) != new.get(k))
-    if diff:
-        changes = ", ".join(f"--{k}={old.get(k)} -> {new.get(k)}" for k in diff)
-        raise ValueError(f"work directory {wd.path} holds a checkpointed run with other settings ({changes}): "
-                         f"rerun with its flags (--flagfile={wd.flags_file}) to resume, or use a new --workdir")
-
-
-def truncate_history(path: str, epochs_done: int) -> None:
-    """Keeps only the ``history.csv`` rows of the epochs a resume restores (a kill can fall between the row
-    and the checkpoint of an epoch; that epoch is run again and must not appear twice)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.read().splitlines()
-    if not lines:
-        return
-    kept = [lines[0]] + [ln for ln in lines[1:] if ln and int(ln.split(",", 1)[0]) < epochs_done]
-    atomic_write_text(path, "\n".join(kept) + "\n")
 
 
 def evaluate(model, ds: data_lib.ArrayDataset, train_counts, config: SearchConfig) -> dict:

@@ -25,8 +25,8 @@ trainable weights only, no BN running statistics.
 
 **BBN head (optional).** With ``bbn=True`` the last cell is built twice, as BBN's conventional and
 re-balancing branches on the shared trunk (stem and all other cells); the classifier sees
-``2 * concat(a * f_c, (1 - a) * f_r)`` of the pooled branch features (:func:`hlrs_tf.search.bbn.bbn_mix`). Training
-feeds each branch its own batch (:meth:`DerivedNetwork.forward_bbn`); inference (``call``) runs the trunk
+``2 * concat(a * f_c, (1 - a) * f_r)`` of the pooled branch features (:func:`hlrs_tf.losses.bbn_mixing.bbn_mix`).
+Training feeds each branch its own batch (:meth:`DerivedNetwork.forward_bbn`); inference (``call``) runs the trunk
 once and both branches on it with ``a = 0.5``, i.e. the classifier on ``concat(f_c, f_r)``. This way a
 BBN-searched architecture is retrained the way it was searched.
 
@@ -42,8 +42,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from hlrs_tf.losses.bbn_mixing import bbn_mix
 from hlrs_tf.runtime.precision import policy_scope
-from hlrs_tf.search.bbn import bbn_mix
 from hlrs_tf.space import ops as darts_ops
 from hlrs_tf.space.genotypes import Genotype
 from hlrs_tf.space.ops import CompositeLayer, batch_norm, pointwise_conv

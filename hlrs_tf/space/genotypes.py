@@ -28,11 +28,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from hlrs_tf.runtime.workdir import GENOTYPE_FILENAME, atomic_write_text
 
 __all__ = [
     "PRIMITIVES",
@@ -69,7 +70,6 @@ STEPS: int = 4
 #: Number of intermediate nodes concatenated into the cell output.
 MULTIPLIER: int = 4
 #: File name under which a search run stores its derived genotype in its working directory.
-GENOTYPE_FILENAME: str = "genotype.json"
 
 _NONE_INDEX = PRIMITIVES.index("none")
 _SKIP_INDEX = PRIMITIVES.index("skip_connect")
@@ -300,29 +300,13 @@ class Genotype:
         """Writes the genotype as JSON, atomically.
 
         The text goes to a temporary file in the same directory, is fsynced, and then ``os.replace``d over
-        ``path`` so a reader (or a crash) never sees a half-written genotype.
+        ``path`` (:func:`hlrs_tf.runtime.workdir.atomic_write_text`) so a reader (or a crash) never sees a
+        half-written genotype.
 
         Args:
-            path: Destination file; its directory must exist.
+            path: Destination file (its directory is created).
         """
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".genotype-", suffix=".tmp", dir=directory)
-        try:
-            # mkstemp creates the file 0600; a genotype is meant to be shared, so make it world-readable
-            # (a fixed mode rather than reading the umask, which cannot be read without changing it).
-            os.chmod(tmp, 0o644)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write_text(os.fspath(path), self.to_json() + "\n")  # mode 0644: a genotype is meant to be shared
 
     @classmethod
     def load(cls, path: str | os.PathLike, steps: int = STEPS) -> Genotype:

@@ -35,8 +35,8 @@ def main(argv) -> None:
         fail(str(e))
 
     from hlrs_tf.data import datasets as data_lib
+    from hlrs_tf.runtime.callbacks import CheckpointError
     from hlrs_tf.runtime.workdir import default_workdir
-    from hlrs_tf.search.callbacks import CheckpointError
     from hlrs_tf.train import task as retrainer
 
     workdir = FLAGS.workdir or default_workdir(f"{config.dataset}-train")

@@ -32,9 +32,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from hlrs_tf.losses.bbn_mixing import bbn_loss
 from hlrs_tf.losses.long_tail import LossSpec, long_tail_loss
 from hlrs_tf.runtime import precision
-from hlrs_tf.search.bbn import bbn_loss
 from hlrs_tf.space.derived_network import DerivedNetwork
 
 
@@ -52,7 +52,7 @@ class RetrainModel(keras.Model):
         grad_clip: Global-norm clip (5).
         loss: The training loss (:class:`hlrs_tf.losses.long_tail.LossSpec`; default cross-entropy). With BBN
             the loss is BBN's mixed cross-entropy and this must be plain ``ce``. A DRW loss gives the model a
-            non-trainable ``drw_active`` variable that :class:`hlrs_tf.search.schedules.DRWSchedule` assigns per epoch.
+            non-trainable ``drw_active`` variable that :class:`hlrs_tf.losses.long_tail.DRWSchedule` assigns per epoch.
         **kwargs: Forwarded to ``keras.Model``.
     """
 
@@ -80,7 +80,7 @@ class RetrainModel(keras.Model):
         self.aux_loss_tracker = keras.metrics.Mean(name="aux_loss")
         # BBN's alpha_T; 1.0 is the parabolic schedule's first value. Unused without BBN.
         self.bbn_alpha = keras.Variable(1.0, trainable=False, dtype="float32", name="bbn_alpha")
-        # DRW's switch (hlrs_tf.search.schedules.DRWSchedule); only with DRW, so other runs' checkpoints are unchanged.
+        # DRW's switch (hlrs_tf.losses.long_tail.DRWSchedule); only with DRW, so other runs' checkpoints are unchanged.
         self.drw_active = (keras.Variable(0.0, trainable=False, dtype="float32", name="drw_active")
                            if self.loss_spec.drw else None)
 

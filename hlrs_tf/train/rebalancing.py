@@ -41,7 +41,6 @@ The library never reads absl flags; :mod:`hlrs_tf.post_hoc` is the command line.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import keras
@@ -53,7 +52,7 @@ from hlrs_tf.data import datasets as data_lib
 from hlrs_tf.data.long_tail_metrics import evaluation_report
 from hlrs_tf.data.retrain_pipeline import holdout_split
 from hlrs_tf.losses.long_tail import logit_adjustments
-from hlrs_tf.runtime.workdir import Workdir, WorkdirLock, atomic_write_json
+from hlrs_tf.runtime.workdir import Workdir, WorkdirLock, atomic_write_json, read_json
 from hlrs_tf.train.task import MODEL_FILENAME, save_network
 
 __all__ = ["POST_HOC_METHODS", "PostHocConfig", "PostHocError", "apply_post_hoc", "balanced_accuracy",
@@ -259,9 +258,8 @@ def apply_post_hoc(network, config: PostHocConfig, train_counts, train, holdout=
     return record
 
 
-def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+#: What to do about a retraining's file that cannot be read.
+_RERUN = "rerun the retraining into a new --workdir"
 
 
 def run_post_hoc(train_workdir: str, train_config: TrainConfig, config: PostHocConfig) -> dict:
@@ -299,7 +297,7 @@ def run_post_hoc(train_workdir: str, train_config: TrainConfig, config: PostHocC
         (x_tr, y_tr), holdout = holdout_split(x_lt, y_lt, train_config.holdout_fraction, train_config.seed)
         train_counts = data_lib.class_counts(y_tr, spec.num_classes)
         # class_counts.json exists since the long-tail losses (older work directories lack it).
-        recorded = _read_json(wd.class_counts_file).get("counts") if os.path.isfile(wd.class_counts_file) else None
+        recorded = (read_json(wd.class_counts_file, error=PostHocError, advice=_RERUN) or {}).get("counts")
         if recorded is not None and [int(c) for c in recorded] != train_counts.tolist():
             raise PostHocError(f"the training split rebuilt from {wd.flags_file} has class counts "
                                f"{train_counts.tolist()}, not the {recorded} of {wd.class_counts_file}: the data "
@@ -312,7 +310,7 @@ def run_post_hoc(train_workdir: str, train_config: TrainConfig, config: PostHocC
 
         test = data_lib.eval_dataset(ds.x_test, ds.y_test, spec, batch)
         logits = np.concatenate([network(images, training=False).numpy() for images, _ in test], axis=0)
-        original = _read_json(wd.metrics_file)
+        original = read_json(wd.metrics_file, error=PostHocError, advice=_RERUN)
         record["original_top1"] = original.get("top1")
         metrics = evaluation_report(
             ds.y_test, logits, train_counts, spec.num_classes, dataset=spec.name,
@@ -321,6 +319,6 @@ def run_post_hoc(train_workdir: str, train_config: TrainConfig, config: PostHocC
             bbn=train_config.bbn, post_hoc=record)
         os.makedirs(out, exist_ok=True)
         save_network(network, os.path.join(out, MODEL_FILENAME))
-        atomic_write_json(os.path.join(out, "metrics.json"), metrics)  # last: its presence means "finished"
+        atomic_write_json(Workdir(out, create=False).metrics_file, metrics)  # last: its presence means "finished"
     return metrics
 

@@ -32,36 +32,34 @@ import time
 import keras
 import tensorflow as tf
 
-from hlrs_tf.config.train import TrainConfig
+from hlrs_tf.config.train import ADDED_FLAG_DEFAULTS, TrainConfig
 from hlrs_tf.data import datasets as data_lib
 from hlrs_tf.data.long_tail_metrics import evaluation_report
 from hlrs_tf.data.retrain_pipeline import cutout_length_for, holdout_split, retrain_dataset, retrain_steps_per_epoch
+from hlrs_tf.losses.long_tail import DRWSchedule, LossSpec
 from hlrs_tf.runtime import precision
+from hlrs_tf.runtime.callbacks import CSVHistory, EpochCheckpoint, LearningRateLogger, TensorBoardWriter
 from hlrs_tf.runtime.cli import onednn_enabled
 from hlrs_tf.runtime.devices import configure_devices, set_thread_pools, visible_devices
 from hlrs_tf.runtime.diagrams import plot_genotype
-from hlrs_tf.runtime.workdir import Workdir, WorkdirLock, atomic_write_json, atomic_write_text
-from hlrs_tf.search.callbacks import CSVHistory, LearningRateLogger
-from hlrs_tf.search.schedules import DRWSchedule
-from hlrs_tf.search.task import _ADDED_FLAG_DEFAULTS as _SEARCH_ADDED_FLAG_DEFAULTS
-from hlrs_tf.search.task import check_same_run, run_loss, save_class_counts, truncate_history
+from hlrs_tf.runtime.workdir import (
+    Workdir,
+    WorkdirLock,
+    atomic_write_json,
+    atomic_write_text,
+    check_same_run,
+    truncate_history,
+)
 from hlrs_tf.space.derived_network import DerivedNetwork
 from hlrs_tf.space.genotypes import Genotype, GenotypeError, get_genotype
 from hlrs_tf.space.init import apply_init
-from hlrs_tf.train.callbacks import DropPathSchedule, MixingSchedule, RetrainCheckpoint, ScalarTensorBoard
+from hlrs_tf.train.callbacks import DropPathSchedule, GenotypeCard, MixingSchedule
 from hlrs_tf.train.model import RetrainModel
 
 __all__ = ["MODEL_FILENAME", "RetrainResult", "build_network", "build_model", "run_retrain", "save_network"]
 
 #: File name of the trained network in a train work directory.
 MODEL_FILENAME = "model.keras"
-
-# Flags added to hlrs_tf.train after runs were written (see trainer._ADDED_FLAG_DEFAULTS): before --loss and its
-# settings existed a retraining was plain cross-entropy, which these defaults are (the search's old
-# --class_weight_reduction=batch_mean does not apply: no retraining was class-weighted).
-_ADDED_FLAG_DEFAULTS = {**_SEARCH_ADDED_FLAG_DEFAULTS, "loss": "ce", "reweight_beta": "0.9999",
-                        "class_weight_reduction": "weighted_mean", "holdout_fraction": "0.0"}
-
 
 @dataclasses.dataclass
 class RetrainResult:
@@ -116,7 +114,7 @@ def build_model(config: TrainConfig, network: DerivedNetwork, spec: data_lib.Dat
     loss of ``config.loss`` from ``class_counts`` (the long-tailed training set's; equal counts if omitted)."""
     model = RetrainModel(
         network, auxiliary_weight=config.auxiliary_weight, weight_decay=config.weight_decay,
-        grad_clip=config.grad_clip, loss=run_loss(config, spec, class_counts), name="retrain",
+        grad_clip=config.grad_clip, loss=LossSpec.for_run(config, spec.num_classes, class_counts), name="retrain",
     )
     lr = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(total_steps, 1),
@@ -162,7 +160,7 @@ def save_network(network: DerivedNetwork, path: str) -> None:
 
 def _check_same_genotype(wd: Workdir, genotype: Genotype) -> None:
     """A resume must train the genotype the checkpoints belong to."""
-    if not os.path.exists(os.path.join(wd.checkpoint_dir, "state.json")) or not os.path.exists(wd.genotype_file):
+    if not wd.has_checkpoint or not os.path.exists(wd.genotype_file):
         return
     previous = Genotype.load(wd.genotype_file)
     if previous != genotype:
@@ -189,9 +187,10 @@ def run_retrain(config: TrainConfig, workdir: str, flags_text: str | None = None
     Raises:
         GenotypeError: unknown preset, missing or invalid genotype file, or a workdir of another genotype.
         hlrs_tf.data.datasets.DatasetError: the dataset cannot be loaded.
-        ValueError: a workdir holding a checkpointed run with other flags (``trainer.check_same_run``), or e.g.
-            a batch size larger than the training set (the message names the flag).
-        hlrs_tf.search.callbacks.CheckpointError: a checkpoint that cannot be restored.
+        ValueError: a workdir holding a checkpointed run with other flags
+            (:func:`hlrs_tf.runtime.workdir.check_same_run`), or e.g. a batch size larger than the training set (the
+            message names the flag).
+        hlrs_tf.runtime.callbacks.CheckpointError: a checkpoint that cannot be restored.
         hlrs_tf.runtime.workdir.WorkdirInUseError: another process is using ``workdir``.
     """
     genotype = get_genotype(config.genotype)
@@ -205,7 +204,7 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
     # A resume must continue the same run: checked before anything in the work directory is overwritten.
     _check_same_genotype(wd, genotype)
     if flags_text is not None:
-        check_same_run(wd, flags_text, _ADDED_FLAG_DEFAULTS)
+        check_same_run(wd, flags_text, ADDED_FLAG_DEFAULTS)
         atomic_write_text(wd.flags_file, flags_text)
     configure_runtime(config)
 
@@ -238,9 +237,9 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
     network = build_network(config, genotype, spec)
     model = build_model(config, network, spec, total_steps=config.epochs * steps, class_counts=train_counts)
     build_s = time.perf_counter() - t0
-    checkpoint = RetrainCheckpoint(wd.checkpoint_dir)
+    checkpoint = EpochCheckpoint(wd.checkpoint_dir)
     initial_epoch = min(checkpoint.restore(model), config.epochs)
-    save_class_counts(wd, config, model.loss_spec, train_counts)
+    atomic_write_json(wd.class_counts_file, model.loss_spec.run_summary(train_counts, config))
     train_ds = retrain_dataset(
         x_lt, y_lt, spec, config.batch_size, config.seed, augment=config.augment, cutout_length=cutout,
         skip_batches=initial_epoch * steps, bbn=config.bbn,
@@ -260,7 +259,7 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
         callbacks.append(DRWSchedule(config.drw_epoch))  # DRW's weights, logged as drw_active
     callbacks += [
         LearningRateLogger(),
-        ScalarTensorBoard(wd.tensorboard_dir, genotype, diagrams),
+        TensorBoardWriter(wd.tensorboard_dir, [GenotypeCard(genotype, diagrams)]),
         # RetrainModel.test_step's metrics: the val_* columns exist from the first epoch on.
         CSVHistory(wd.history_file, validation_metrics=("accuracy", "loss") if config.validation_freq else (),
                    append=initial_epoch > 0),

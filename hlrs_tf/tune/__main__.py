@@ -35,8 +35,8 @@ def main(argv) -> None:
         cli.fail(PROG, f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
     from hlrs_tf.data import datasets as data_lib
     from hlrs_tf.experiments.tuning import TuneConfig, run_tuning
+    from hlrs_tf.runtime.callbacks import CheckpointError
     from hlrs_tf.runtime.workdir import default_workdir
-    from hlrs_tf.search.callbacks import CheckpointError
 
     try:
         lo, hi = (float(v) for v in FLAGS.arch_lr_range)
