@@ -87,7 +87,7 @@ def build_model_and_data(args):
     import tensorflow as tf
 
     from hlrs_tf.config.search import SearchConfig
-    from hlrs_tf.data.datasets import DatasetSpec
+    from hlrs_tf.data.spec import DatasetSpec
     from hlrs_tf.search.task import build_model
 
     keras.utils.set_random_seed(0)

@@ -33,18 +33,20 @@ def main(argv=None) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from hlrs_tf.data import datasets as data_lib
+    from hlrs_tf.data.long_tail import stratified_split
+    from hlrs_tf.data.pipeline import normalize
+    from hlrs_tf.data.sources import load_dataset
     from hlrs_tf.search.bilevel import DartsSearchModel
     from hlrs_tf.space.supernet import SearchNetwork
 
-    ds = data_lib.load_dataset("digits")
-    idx_w, idx_a = data_lib.stratified_split(ds.y_train, 0.5, seed=0)
+    ds = load_dataset("digits")
+    idx_w, idx_a = stratified_split(ds.y_train, 0.5, seed=0)
     n = args.batch_size
     batches_available = min(len(idx_w), len(idx_a)) // n
 
     def batch(i):
         s = slice(n * (i % batches_available), n * (i % batches_available) + n)
-        side = lambda idx: (data_lib.normalize(tf.constant(ds.x_train[idx][s]), ds.spec),  # noqa: E731
+        side = lambda idx: (normalize(tf.constant(ds.x_train[idx][s]), ds.spec),  # noqa: E731
                             tf.constant(ds.y_train[idx][s], tf.int32))
         return side(idx_w), side(idx_a)
 

@@ -84,11 +84,13 @@ def install_keras_fixes() -> str:
 
 
 def digits_search_data(batch_size: int):
-    from hlrs_tf.data import datasets as data_lib
+    from hlrs_tf.data.long_tail import stratified_split
+    from hlrs_tf.data.pipeline import search_dataset
+    from hlrs_tf.data.sources import load_dataset
 
-    ds = data_lib.load_dataset("digits")
-    idx_w, idx_a = data_lib.stratified_split(ds.y_train, 0.5, seed=0)
-    train_ds, _ = data_lib.search_dataset(
+    ds = load_dataset("digits")
+    idx_w, idx_a = stratified_split(ds.y_train, 0.5, seed=0)
+    train_ds, _ = search_dataset(
         ds.x_train[idx_w], ds.y_train[idx_w], ds.x_train[idx_a], ds.y_train[idx_a], ds.spec, batch_size, seed=0
     )
     return ds.spec, train_ds

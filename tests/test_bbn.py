@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.pipeline import normalize
+from hlrs_tf.data.sources import load_dataset
 from hlrs_tf.losses.bbn_mixing import bbn_loss, bbn_mix
 from hlrs_tf.search.bbn import BBNSearchNetwork
 from hlrs_tf.space.supernet import SearchNetwork
@@ -41,8 +42,8 @@ def test_bbn_loss_formula_on_hand_made_batch():
 
 @pytest.fixture(scope="module")
 def digits():
-    ds = data_lib.load_dataset("digits")
-    norm = lambda x: data_lib.normalize(tf.constant(x), ds.spec)  # noqa: E731
+    ds = load_dataset("digits")
+    norm = lambda x: normalize(tf.constant(x), ds.spec)  # noqa: E731
     y = ds.y_train.astype(np.int32)
     return (norm(ds.x_train[:16]), tf.constant(y[:16]), norm(ds.x_train[16:32]), tf.constant(y[16:32])), (
         norm(ds.x_train[32:48]), tf.constant(y[32:48]), norm(ds.x_train[48:64]), tf.constant(y[48:64]))

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 from hlrs_tf.config.train import ConfigError, TrainConfig
-from hlrs_tf.data import datasets as data_lib
-from hlrs_tf.data.retrain_pipeline import holdout_split
+from hlrs_tf.data.long_tail import holdout_split, make_long_tailed
+from hlrs_tf.data.pipeline import eval_dataset, normalize
+from hlrs_tf.data.sources import load_dataset
 from hlrs_tf.train.rebalancing import (
     PostHocConfig,
     PostHocError,
@@ -146,8 +147,8 @@ def trained(tmp_path_factory, run_cli):
     workdir = str(root / "train")
     proc = run_cli("hlrs_tf.train", *TRAIN, f"--workdir={workdir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    digits = data_lib.load_dataset("digits")
-    x_lt, y_lt = data_lib.make_long_tailed(digits.x_train, digits.y_train, 10, seed=3)
+    digits = load_dataset("digits")
+    x_lt, y_lt = make_long_tailed(digits.x_train, digits.y_train, 10, seed=3)
     (x_tr, y_tr), (x_ho, y_ho) = holdout_split(x_lt, y_lt, 0.2, seed=3)
     return {"root": root, "workdir": workdir, "digits": digits, "lt": y_lt, "train": (x_tr, y_tr),
             "holdout": (x_ho, y_ho)}
@@ -210,7 +211,7 @@ def test_logit_adjust_chooses_tau_on_the_holdout_and_shifts_only_the_bias(traine
                                rtol=1e-6, atol=1e-6)
     assert _changed(network, original) == (["bias"] if record["tau"] > 0 else [])
     # The test evaluation is the saved model's own.
-    test = data_lib.eval_dataset(digits.x_test, digits.y_test, digits.spec, 512)  # as the command: one batch
+    test = eval_dataset(digits.x_test, digits.y_test, digits.spec, 512)  # as the command: one batch
     logits = np.concatenate([network(images, training=False).numpy() for images, _ in test])
     assert metrics["top1"] == pytest.approx(float(np.mean(logits.argmax(1) == digits.y_test)), abs=1e-12)
     with open(os.path.join(trained["workdir"], "metrics.json")) as f:
@@ -232,7 +233,7 @@ def test_crt_keeps_the_features_bitwise_and_exports_with_parity(trained, run_cli
     metrics, network, _ = _post_hoc(run_cli, trained, "crt", "--crt_epochs=2")
     original = _original(trained)
     digits = trained["digits"]
-    x = data_lib.normalize(digits.x_test[:200], digits.spec)
+    x = normalize(digits.x_test[:200], digits.spec)
     np.testing.assert_array_equal(network.features(x, training=False).numpy(),
                                   original.features(x, training=False).numpy())
     assert _changed(network, original) == ["kernel", "bias"]  # the classifier's, nothing else

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.long_tail import stratified_split
+from hlrs_tf.data.pipeline import normalize
+from hlrs_tf.data.sources import load_dataset
 from hlrs_tf.search import bilevel as darts_model
 from hlrs_tf.search.bilevel import clip_by_global_norm
 from hlrs_tf.testing import small_search_model
@@ -15,10 +17,10 @@ from hlrs_tf.testing import small_search_model
 
 @pytest.fixture(scope="module")
 def digits_batch():
-    ds = data_lib.load_dataset("digits")
-    idx_w, idx_a = data_lib.stratified_split(ds.y_train, 0.5, seed=0)
+    ds = load_dataset("digits")
+    idx_w, idx_a = stratified_split(ds.y_train, 0.5, seed=0)
     spec = ds.spec
-    norm = lambda x: data_lib.normalize(tf.constant(x[:32]), spec)  # noqa: E731
+    norm = lambda x: normalize(tf.constant(x[:32]), spec)  # noqa: E731
     return (
         (norm(ds.x_train[idx_w]), tf.constant(ds.y_train[idx_w][:32], tf.int32)),
         (norm(ds.x_train[idx_a]), tf.constant(ds.y_train[idx_a][:32], tf.int32)),

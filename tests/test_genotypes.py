@@ -414,11 +414,12 @@ def test_get_genotype_errors(tmp_path):
 
 
 def test_modules_do_not_import_tensorflow(child_env):
-    # Load the two modules by file path so a heavier hlrs_tf/__init__ cannot mask the check.
+    # Load the modules by file path so a heavier hlrs_tf/__init__ cannot mask the check (data/long_tail imports
+    # hlrs_tf.data.spec by name, so hlrs_tf/__init__ and hlrs_tf/data/__init__ are covered too).
     package = os.path.dirname(os.path.dirname(os.path.abspath(G.__file__)))  # .../hlrs_tf
     code = (
         "import importlib.util, sys\n"
-        "for name in ('space/genotypes', 'data/long_tail_metrics'):\n"
+        "for name in ('space/genotypes', 'data/long_tail_metrics', 'data/spec', 'data/long_tail', 'data/samplers'):\n"
         f"    path = {package!r} + '/' + name + '.py'\n"
         "    spec = importlib.util.spec_from_file_location('m_' + name.replace('/', '_'), path)\n"
         "    mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod\n"

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.long_tail import stratified_split
+from hlrs_tf.data.pipeline import search_dataset
+from hlrs_tf.data.sources import load_dataset
 from hlrs_tf.runtime.callbacks import EpochCheckpoint
 from hlrs_tf.search.guards import NonFiniteLossError, NonFiniteLossGuard
 from hlrs_tf.testing import small_search_model
@@ -20,8 +22,8 @@ BATCH = 8
 
 @pytest.fixture(scope="module")
 def digits_split():
-    ds = data_lib.load_dataset("digits")
-    idx_w, idx_a = data_lib.stratified_split(ds.y_train, 0.5, seed=0)
+    ds = load_dataset("digits")
+    idx_w, idx_a = stratified_split(ds.y_train, 0.5, seed=0)
     return ds.x_train[idx_w], ds.y_train[idx_w], ds.x_train[idx_a], ds.y_train[idx_a], ds.spec
 
 
@@ -32,7 +34,7 @@ def make_model(learning_rate=0.025):
 
 def search_data(split, poison_step=None):
     """The real search pipeline; with ``poison_step`` the weight-side images of that global step are NaN."""
-    ds, _ = data_lib.search_dataset(*split, BATCH, seed=0)
+    ds, _ = search_dataset(*split, BATCH, seed=0)
 
     def poison(i, batch):
         (xt, yt), val = batch

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from hlrs_tf.config.search import SearchConfig
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.sources import dataset_spec
 from hlrs_tf.runtime.callbacks import EpochCheckpoint
 from hlrs_tf.search.bbn import BBNSearchModel, BBNSearchNetwork
 from hlrs_tf.search.bilevel import DartsSearchModel
@@ -262,7 +262,7 @@ def test_search_resume_restores_the_checkpoint_not_a_new_init(tmp_path):
     """build_model initialises (config.init); a checkpoint restored afterwards wins, as in run_search."""
     from hlrs_tf.search.task import build_model
 
-    spec = data_lib.dataset_spec("digits")
+    spec = dataset_spec("digits")
     config = SearchConfig(dataset="digits", channels=4, layers=3, batch_size=8, seed=3)
     model = build_model(config, spec, total_steps=4)
     initial_reference = [arr(v) for v, _ in reference_variables(model.network)]

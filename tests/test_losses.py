@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from hlrs_tf.config import search as config_lib
 from hlrs_tf.config.search import SearchConfig
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.sources import load_dataset
 from hlrs_tf.losses import reweighting as losses
 from hlrs_tf.losses.reweighting import class_weighted_cross_entropy, effective_number_weights
 from hlrs_tf.search.bilevel import DartsSearchModel
@@ -196,7 +196,7 @@ def test_build_model_threads_the_config(reduction):
 
     config = SearchConfig(dataset="digits", channels=2, layers=3, loss="class_balanced",
                           class_weight_reduction=reduction)
-    spec = data_lib.load_dataset("digits").spec
+    spec = load_dataset("digits").spec
     model = build_model(config, spec, total_steps=1, class_counts=[100, 50, 20, 10, 5, 5, 3, 2, 1, 1])
     assert model.class_weight_reduction == reduction
     np.testing.assert_allclose(model.class_weights,

@@ -7,7 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.long_tail import stratified_split
+from hlrs_tf.data.pipeline import search_dataset
+from hlrs_tf.data.sources import load_dataset
 from hlrs_tf.runtime.callbacks import EpochCheckpoint
 from hlrs_tf.runtime.workdir import Workdir
 from hlrs_tf.search.bilevel import DartsSearchModel
@@ -31,10 +33,10 @@ class PoisonWeights(keras.callbacks.Callback):
 
 def test_guard_stops_at_the_bad_batch_and_keeps_the_good_checkpoint(tmp_path):
     keras.utils.set_random_seed(0)
-    ds = data_lib.load_dataset("digits")
-    idx_w, idx_a = data_lib.stratified_split(ds.y_train, 0.5, seed=0)
-    dataset, _ = data_lib.search_dataset(ds.x_train[idx_w], ds.y_train[idx_w], ds.x_train[idx_a],
-                                         ds.y_train[idx_a], ds.spec, batch_size=16, seed=0)
+    ds = load_dataset("digits")
+    idx_w, idx_a = stratified_split(ds.y_train, 0.5, seed=0)
+    dataset, _ = search_dataset(ds.x_train[idx_w], ds.y_train[idx_w], ds.x_train[idx_a],
+                                ds.y_train[idx_a], ds.spec, batch_size=16, seed=0)
     model = DartsSearchModel(SearchNetwork(4, 10, 3))
     model.compile(optimizer=keras.optimizers.SGD(0.025, momentum=0.9), arch_optimizer=keras.optimizers.Adam(3e-4))
     model.build_all((8, 8, 1))

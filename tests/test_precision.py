@@ -20,7 +20,8 @@ import tensorflow as tf
 
 from hlrs_tf.config.search import ConfigError, SearchConfig
 from hlrs_tf.config.train import TrainConfig
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.pipeline import search_dataset
+from hlrs_tf.data.sources import load_dataset
 from hlrs_tf.runtime import precision
 
 U_BF16 = 2.0**-8  # unit round-off of bfloat16
@@ -28,13 +29,13 @@ U_BF16 = 2.0**-8  # unit round-off of bfloat16
 
 @pytest.fixture(scope="module")
 def digits():
-    return data_lib.load_dataset("digits")
+    return load_dataset("digits")
 
 
 def _search_batches(digits, steps, batch_size=16):
     ds = digits
-    train, _ = data_lib.search_dataset(ds.x_train[:400], ds.y_train[:400], ds.x_train[400:800], ds.y_train[400:800],
-                                       ds.spec, batch_size, 0, False)
+    train, _ = search_dataset(ds.x_train[:400], ds.y_train[:400], ds.x_train[400:800], ds.y_train[400:800],
+                              ds.spec, batch_size, 0, False)
     return list(train.take(steps))
 
 

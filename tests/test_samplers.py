@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.pipeline import class_sampler_stream, search_dataset
+from hlrs_tf.data.samplers import class_sampling_probs
+from hlrs_tf.data.spec import DatasetSpec
 
 COUNTS = [400, 160, 64, 25, 10]  # a long tail, N_max / N_min = 40
-SPEC = data_lib.DatasetSpec("toy", (4, 4, 1), len(COUNTS), (0.5,), (0.5,))
+SPEC = DatasetSpec("toy", (4, 4, 1), len(COUNTS), (0.5,), (0.5,))
 
 
 def toy_split():
@@ -19,7 +21,7 @@ def toy_split():
 
 def draw_labels(sampler, n_batches=50, batch=80, seed=0, skip=0):
     x, y = toy_split()
-    ds = data_lib.class_sampler_stream(x, y, SPEC, batch, seed, sampler, augment_data=False, skip_batches=skip)
+    ds = class_sampler_stream(x, y, SPEC, batch, seed, sampler, augment_data=False, skip_batches=skip)
     return np.concatenate([b[1].numpy() for b in ds.take(n_batches)])
 
 
@@ -34,25 +36,25 @@ CHI2_4_999 = 18.47
 
 
 def test_sampling_probabilities_follow_the_formulas():
-    np.testing.assert_allclose(data_lib.class_sampling_probs(COUNTS, "uniform"), np.array(COUNTS) / sum(COUNTS))
-    np.testing.assert_allclose(data_lib.class_sampling_probs(COUNTS, "class_balanced"), 0.2)
+    np.testing.assert_allclose(class_sampling_probs(COUNTS, "uniform"), np.array(COUNTS) / sum(COUNTS))
+    np.testing.assert_allclose(class_sampling_probs(COUNTS, "class_balanced"), 0.2)
     inv = 400 / np.array(COUNTS, float)
-    np.testing.assert_allclose(data_lib.class_sampling_probs(COUNTS, "reversed"), inv / inv.sum())
+    np.testing.assert_allclose(class_sampling_probs(COUNTS, "reversed"), inv / inv.sum())
     # absent classes are never drawn
-    assert data_lib.class_sampling_probs([5, 0, 1], "reversed")[1] == 0
+    assert class_sampling_probs([5, 0, 1], "reversed")[1] == 0
     with pytest.raises(ValueError, match="sampler must be one of uniform, class_balanced, reversed"):
-        data_lib.class_sampling_probs(COUNTS, "inverse")
+        class_sampling_probs(COUNTS, "inverse")
 
 
 @pytest.mark.parametrize("sampler", ["reversed", "class_balanced"])
 def test_class_frequencies_match_the_sampler(sampler):
     labels = draw_labels(sampler)  # 4,000 draws
     observed = np.bincount(labels, minlength=len(COUNTS))
-    probs = data_lib.class_sampling_probs(COUNTS, sampler)
+    probs = class_sampling_probs(COUNTS, sampler)
     assert chi_square(observed, probs) < CHI2_4_999
     # and not the other samplers' frequencies
     for other in {"uniform", "reversed", "class_balanced"} - {sampler}:
-        assert chi_square(observed, data_lib.class_sampling_probs(COUNTS, other)) > 10 * CHI2_4_999
+        assert chi_square(observed, class_sampling_probs(COUNTS, other)) > 10 * CHI2_4_999
 
 
 def test_reversed_ratio_head_to_tail():
@@ -63,7 +65,7 @@ def test_reversed_ratio_head_to_tail():
 
 def test_instances_are_uniform_within_a_class():
     x, y = toy_split()
-    ds = data_lib.class_sampler_stream(x, y, SPEC, 100, 0, "class_balanced", augment_data=False)
+    ds = class_sampler_stream(x, y, SPEC, 100, 0, "class_balanced", augment_data=False)
     # undo the normalisation to recover the instance ids
     ids = []
     for xb, _yb in ds.take(40):
@@ -86,7 +88,7 @@ def test_stream_is_reproducible_and_resumes_exactly():
 
 def test_bbn_search_dataset_draws_one_batch_per_sampler():
     x, y = toy_split()
-    ds, steps = data_lib.search_dataset(x, y, x, y, SPEC, 64, seed=0, augment_data=False, bbn=True)
+    ds, steps = search_dataset(x, y, x, y, SPEC, 64, seed=0, augment_data=False, bbn=True)
     assert steps == len(y) // 64
     conv_labels, rebal_labels = [], []
     for train, val in ds.take(30):
@@ -101,8 +103,8 @@ def test_bbn_search_dataset_draws_one_batch_per_sampler():
 
 def test_resample_search_dataset_uses_the_weight_sampler_only():
     x, y = toy_split()
-    ds, _ = data_lib.search_dataset(x, y, x, y, SPEC, 64, seed=0, augment_data=False,
-                                    weight_sampler="class_balanced", arch_sampler="uniform")
+    ds, _ = search_dataset(x, y, x, y, SPEC, 64, seed=0, augment_data=False,
+                           weight_sampler="class_balanced", arch_sampler="uniform")
     w, a = [], []
     for (_xw, yw), (_xa, ya) in ds.take(30):
         w.append(yw.numpy())

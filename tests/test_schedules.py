@@ -9,7 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.long_tail import stratified_split
+from hlrs_tf.data.pipeline import search_dataset
+from hlrs_tf.data.sources import load_dataset
 from hlrs_tf.losses.bbn_mixing import MIXING_SCHEDULES, mixing_factor
 from hlrs_tf.search.bilevel import DartsSearchModel
 from hlrs_tf.search.callbacks import HLRSCallback
@@ -220,9 +222,9 @@ def test_callback_rejects_scheduled_arch_optimizer_and_bad_total():
 def search():
     """One tiny compiled search model and its infinite digits search dataset, shared (tracing is slow)."""
     keras.utils.set_random_seed(0)
-    ds = data_lib.load_dataset("digits")
-    idx_w, idx_a = data_lib.stratified_split(ds.y_train, 0.5, seed=0)
-    dataset, _ = data_lib.search_dataset(
+    ds = load_dataset("digits")
+    idx_w, idx_a = stratified_split(ds.y_train, 0.5, seed=0)
+    dataset, _ = search_dataset(
         ds.x_train[idx_w], ds.y_train[idx_w], ds.x_train[idx_a], ds.y_train[idx_a], ds.spec,
         batch_size=16, seed=0,
     )

@@ -19,8 +19,9 @@ import pytest
 import tensorflow as tf
 
 from hlrs_tf.config.train import ConfigError, TrainConfig
-from hlrs_tf.data import datasets as data_lib
-from hlrs_tf.data.retrain_pipeline import cutout_batch, cutout_length_for, retrain_dataset
+from hlrs_tf.data.long_tail import make_long_tailed
+from hlrs_tf.data.pipeline import cutout_batch, cutout_length_for, normalize, retrain_dataset
+from hlrs_tf.data.sources import load_dataset
 from hlrs_tf.export.savedmodel_onnx import ExportError, ExportOptions, ParityError, export_model
 from hlrs_tf.space.genotypes import Genotype, GenotypeError
 from hlrs_tf.train.callbacks import drop_path_probability
@@ -49,7 +50,7 @@ def round_trip(tmp_path_factory, run_cli):
 
 @pytest.fixture(scope="module")
 def digits():
-    return data_lib.load_dataset("digits")
+    return load_dataset("digits")
 
 
 # ------------------------------------------------------------------------------------------------ retraining
@@ -126,7 +127,7 @@ def test_checkpoint_restores_weights_and_optimizer(tmp_path, digits):
     from hlrs_tf.train.task import build_model, build_network
 
     config = TrainConfig(genotype="DARTS_V2", channels=4, layers=3, batch_size=8, epochs=2)
-    x, y = data_lib.make_long_tailed(digits.x_train, digits.y_train, 10, seed=0)
+    x, y = make_long_tailed(digits.x_train, digits.y_train, 10, seed=0)
     models = [build_model(config, build_network(config, DARTS_V2, digits.spec), digits.spec, total_steps=4)
               for _ in range(2)]
     checkpoint = RetrainCheckpoint(str(tmp_path))
@@ -215,7 +216,7 @@ def test_savedmodel_and_onnx_match_keras_on_real_images(round_trip, digits):
 
     out, x = round_trip["out"], digits.x_test[:97]  # an odd batch: the batch dimension is dynamic
     network = keras.saving.load_model(os.path.join(round_trip["train"], "model.keras"), compile=False)
-    keras_logits = network(data_lib.normalize(x, digits.spec), training=False).numpy()
+    keras_logits = network(normalize(x, digits.spec), training=False).numpy()
 
     serve = tf.saved_model.load(os.path.join(out, "saved_model")).signatures["serving_default"]
     spec = serve.structured_input_signature[1]["images"]
@@ -395,7 +396,7 @@ def test_cutout():
 
 
 def test_retrain_dataset_and_drop_path_ramp(digits):
-    x, y = data_lib.make_long_tailed(digits.x_train, digits.y_train, 10, seed=0)
+    x, y = make_long_tailed(digits.x_train, digits.y_train, 10, seed=0)
     ds = retrain_dataset(x, y, digits.spec, 8, seed=0, cutout_length=4, bbn=True)
     (xc, yc), (xr, yr) = next(iter(ds))
     assert xc.shape == (8, 8, 8, 1) and xr.shape == (8, 8, 8, 1) and yc.dtype == tf.int32

@@ -25,10 +25,19 @@ from absl import flags
 from hlrs_tf.config import search_flags
 from hlrs_tf.config.search import FLOAT_RANGES, ConfigError, SearchConfig, float_settings
 from hlrs_tf.config.train import TrainConfig
-from hlrs_tf.data import datasets as data
+from hlrs_tf.data.long_tail import (
+    check_class_counts,
+    class_counts,
+    long_tailed_class_counts,
+    make_long_tailed,
+    split_class_counts,
+    stratified_split,
+)
+from hlrs_tf.data.sources import dataset_spec, load_dataset
+from hlrs_tf.data.spec import DEFAULT_FASHION_MNIST_DIR, DatasetError
 from hlrs_tf.export.savedmodel_onnx import ExportError, ExportOptions
 
-FMNIST_DIR = data.DEFAULT_FASHION_MNIST_DIR
+FMNIST_DIR = DEFAULT_FASHION_MNIST_DIR
 needs_fmnist = pytest.mark.skipif(
     not os.path.isfile(os.path.join(FMNIST_DIR, "train-labels-idx1-ubyte.gz")),
     reason="apt-get install -y dataset-fashion-mnist")
@@ -55,32 +64,32 @@ def _files_under(path):
 
 @needs_fmnist
 def test_class_count_check_mirrors_the_real_subsampling_and_split():
-    y = data.load_dataset("fashion_mnist").y_train  # 6,000 per class: the tail keeps int(6000 / ratio)
+    y = load_dataset("fashion_mnist").y_train  # 6,000 per class: the tail keeps int(6000 / ratio)
     for ratio in (1, 100, 2999, 3000, 3001, 6000, 6001):
-        kept = data.long_tailed_class_counts(data.class_counts(y, 10), ratio)
-        _, y_lt = data.make_long_tailed(y, y, ratio, seed=0)
-        np.testing.assert_array_equal(data.class_counts(y_lt, 10), kept)
+        kept = long_tailed_class_counts(class_counts(y, 10), ratio)
+        _, y_lt = make_long_tailed(y, y, ratio, seed=0)
+        np.testing.assert_array_equal(class_counts(y_lt, 10), kept)
         for portion in (0.1, 0.5, 0.9):
-            a, b = data.stratified_split(y_lt, portion, seed=0)
-            count_a, count_b = data.split_class_counts(kept, portion)
-            np.testing.assert_array_equal(data.class_counts(y_lt[a], 10), count_a)
-            np.testing.assert_array_equal(data.class_counts(y_lt[b], 10), count_b)
+            a, b = stratified_split(y_lt, portion, seed=0)
+            count_a, count_b = split_class_counts(kept, portion)
+            np.testing.assert_array_equal(class_counts(y_lt[a], 10), count_a)
+            np.testing.assert_array_equal(class_counts(y_lt[b], 10), count_b)
     # The search needs 2 images of the tail class (one per split): 6000 / 3000 = 2 is the last ratio that works.
-    data.check_class_counts(y, 10, 3000, 0.5)
-    with pytest.raises(data.DatasetError, match=r"--imbalance_ratio=3001 leaves class 9 \(Ankle boot\) with 1 "
-                                                r"training image, so none on the architecture search split"):
-        data.check_class_counts(y, 10, 3001, 0.5, data.dataset_spec("fashion_mnist").class_names)
+    check_class_counts(y, 10, 3000, 0.5)
+    with pytest.raises(DatasetError, match=r"--imbalance_ratio=3001 leaves class 9 \(Ankle boot\) with 1 "
+                                           r"training image, so none on the architecture search split"):
+        check_class_counts(y, 10, 3001, 0.5, dataset_spec("fashion_mnist").class_names)
     # Retraining has no split: 1 image is enough.
-    data.check_class_counts(y, 10, 6000)
-    with pytest.raises(data.DatasetError, match="lower --imbalance_ratio to at most 6000"):
-        data.check_class_counts(y, 10, 6001)
+    check_class_counts(y, 10, 6000)
+    with pytest.raises(DatasetError, match="lower --imbalance_ratio to at most 6000"):
+        check_class_counts(y, 10, 6001)
 
 
 @needs_fmnist
 def test_issue_ratio_on_fashion_mnist_is_refused_with_the_counts():
-    y = data.load_dataset("fashion_mnist").y_train
-    with pytest.raises(data.DatasetError) as err:
-        data.check_class_counts(y, 10, 100000, 0.5)
+    y = load_dataset("fashion_mnist").y_train
+    with pytest.raises(DatasetError) as err:
+        check_class_counts(y, 10, 100000, 0.5)
     message = str(err.value)
     assert message.startswith("--imbalance_ratio=100000 leaves class 7 with 0 training images (counts per class: "
                               "6000, 1669, 464, 129, 35, 10, 2, 0, 0, 0); per search split (--train_portion=0.5): "
@@ -108,9 +117,9 @@ def test_retraining_refuses_a_class_without_training_images(tmp_path):
     config = TrainConfig(genotype="DARTS_V2", dataset="digits", imbalance_ratio=200, channels=4, layers=3,
                          batch_size=16, epochs=1, verbose=0)
     wd = tmp_path / "wd"
-    with pytest.raises(data.DatasetError, match=r"--imbalance_ratio=200 leaves class 9 with 0 training images "
-                                                r"\(counts per class: 131, .*\): every class needs at least 1 "
-                                                r"training image: lower --imbalance_ratio to at most 131"):
+    with pytest.raises(DatasetError, match=r"--imbalance_ratio=200 leaves class 9 with 0 training images "
+                                           r"\(counts per class: 131, .*\): every class needs at least 1 "
+                                           r"training image: lower --imbalance_ratio to at most 131"):
         retrainer.run_retrain(config, str(wd))
     assert not os.listdir(wd / "checkpoints")
     assert not (wd / "genotype.json").exists() and not (wd / "model_summary.json").exists()
@@ -285,8 +294,8 @@ NPZ_CASES = [
 @pytest.mark.parametrize("case,arrays,message", NPZ_CASES, ids=[c[0] for c in NPZ_CASES])
 def test_npz_that_cannot_be_right_is_refused(tmp_path, case, arrays, message):
     name = _npz(tmp_path / f"{case}.npz", **arrays)
-    with pytest.raises(data.DatasetError) as err:
-        data.load_dataset(name)
+    with pytest.raises(DatasetError) as err:
+        load_dataset(name)
     assert str(err.value).startswith(f"{tmp_path / case}.npz: "), err.value  # names the file first
     assert message in str(err.value)
     assert "\n" not in str(err.value)
@@ -295,7 +304,7 @@ def test_npz_that_cannot_be_right_is_refused(tmp_path, case, arrays, message):
 def test_valid_npz_with_a_class_missing_from_the_test_split_loads(tmp_path):
     # Allowed on purpose: the evaluation reports such a class's accuracy as undefined
     # (hlrs_tf/data/long_tail_metrics.py).
-    ds = data.load_dataset(_npz(tmp_path / "ok.npz", y_test=np.array([0, 1, 1])))
+    ds = load_dataset(_npz(tmp_path / "ok.npz", y_test=np.array([0, 1, 1])))
     assert ds.spec.num_classes == 3
 
 
@@ -321,8 +330,8 @@ def _folder(root, layout):
 ])
 def test_folder_that_cannot_be_right_is_refused(tmp_path, case, layout, message):
     root = tmp_path / case
-    with pytest.raises(data.DatasetError) as err:
-        data.load_dataset(_folder(root, layout))
+    with pytest.raises(DatasetError) as err:
+        load_dataset(_folder(root, layout))
     assert str(err.value).startswith(f"{root}/"), err.value
     assert message.format(root=root) in str(err.value)
 
@@ -337,9 +346,9 @@ def test_fashion_mnist_label_outside_the_classes_is_refused(tmp_path):
     raw[8 + 5] = 12  # the 6th test label (after the 8-byte IDX header): a class Fashion-MNIST does not have
     with gzip.open(labels, "wb") as f:
         f.write(bytes(raw))
-    with pytest.raises(data.DatasetError, match=f"^{labels}: test labels \\[12\\] are not among the training "
-                                                f"classes \\(0..9\\)"):
-        data.load_dataset("fashion_mnist", fashion_mnist_dir=str(fm))
+    with pytest.raises(DatasetError, match=f"^{labels}: test labels \\[12\\] are not among the training "
+                                           f"classes \\(0..9\\)"):
+        load_dataset("fashion_mnist", fashion_mnist_dir=str(fm))
 
 
 # ------------------------------------------------------------------------------------------------

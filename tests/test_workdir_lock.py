@@ -198,13 +198,13 @@ def test_train_refused_while_another_process_holds_the_workdir(tmp_path, held, r
 
 def test_export_refused_while_another_process_exports_to_out(tmp_path, held, run_cli):
     from hlrs_tf.config.train import TrainConfig
-    from hlrs_tf.data import datasets as data_lib
+    from hlrs_tf.data.sources import dataset_spec
     from hlrs_tf.space.genotypes import DARTS_V2
     from hlrs_tf.train.task import build_network, save_network
 
     config = TrainConfig(genotype="DARTS_V2", dataset="digits", channels=4, layers=3)
     model = str(tmp_path / "model.keras")
-    save_network(build_network(config, DARTS_V2, data_lib.dataset_spec("digits")), model)
+    save_network(build_network(config, DARTS_V2, dataset_spec("digits")), model)
     out = tmp_path / "export" / "digits"
     with held(out, beside=True) as holder:
         proc = run_cli("hlrs_tf.export", f"--model={model}", f"--out={out}", "--num_images=8", timeout=300)

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import numbers
 
-from hlrs_tf.data.datasets import SAMPLERS
+from hlrs_tf.data.samplers import SAMPLERS
 from hlrs_tf.losses.bbn_mixing import MIXING_SCHEDULES
 from hlrs_tf.losses.long_tail import DRW_LOSSES, LOSSES
 from hlrs_tf.runtime.distribute import STRATEGIES

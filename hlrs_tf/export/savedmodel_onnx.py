@@ -49,7 +49,8 @@ import numpy as np
 import tensorflow as tf
 
 from hlrs_tf.config.search import check_floats
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.sources import dataset_spec, load_dataset
+from hlrs_tf.data.spec import DEFAULT_FASHION_MNIST_DIR, DatasetError
 from hlrs_tf.runtime.precision import policy_name, policy_scope
 from hlrs_tf.runtime.workdir import WorkdirLock, atomic_write_json
 from hlrs_tf.space import derived_network  # noqa: F401  (registers the classes a model.keras needs)
@@ -108,7 +109,7 @@ class ExportOptions:
     dataset: str | None = None
     data_dir: str | None = None
     manual_dir: str | None = None
-    fashion_mnist_dir: str = data_lib.DEFAULT_FASHION_MNIST_DIR
+    fashion_mnist_dir: str = DEFAULT_FASHION_MNIST_DIR
     num_images: int = 256
     tolerance: float = DEFAULT_TOLERANCE
     opset: int = DEFAULT_OPSET
@@ -228,8 +229,8 @@ def _metadata(model, options: ExportOptions) -> dict:
     if options.dataset and options.dataset != metadata.get("dataset"):
         if not metadata.get("mean"):
             try:
-                spec = data_lib.dataset_spec(options.dataset, options.data_dir)
-            except data_lib.DatasetError as e:
+                spec = dataset_spec(options.dataset, options.data_dir)
+            except DatasetError as e:
                 raise ExportError(str(e)) from e
             metadata.update(mean=list(spec.mean), std=list(spec.std),
                             class_names=list(spec.class_names) if spec.class_names else None)
@@ -260,7 +261,7 @@ class Preprocess(keras.layers.Layer):
         self.std = [float(s) for s in std]
 
     def call(self, images):
-        # Same op order as hlrs_tf.data.datasets.normalize, so the exported graph sees the inputs training produced.
+        # Same op order as hlrs_tf.data.pipeline.normalize, so the exported graph sees the inputs training produced.
         x = keras.ops.cast(images, "float32") * (1.0 / 255.0)
         return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
 
@@ -295,9 +296,9 @@ def _parity_images(metadata: dict, options: ExportOptions) -> tuple[np.ndarray, 
     if not name:
         raise ExportError("the model records no dataset for the parity images: pass --dataset")
     try:
-        ds = data_lib.load_dataset(name, options.data_dir, options.manual_dir,
-                                   fashion_mnist_dir=options.fashion_mnist_dir)
-    except data_lib.DatasetError as e:
+        ds = load_dataset(name, options.data_dir, options.manual_dir,
+                          fashion_mnist_dir=options.fashion_mnist_dir)
+    except DatasetError as e:
         raise ExportError(f"parity images: {e}") from e
     if tuple(ds.x_test.shape[1:]) != tuple(metadata["image_shape"]):
         raise ExportError(

@@ -62,7 +62,7 @@ def main(argv) -> None:
         fail(f"--workdir={FLAGS.workdir} is not a `python -m hlrs_tf.train` work directory: it has no flags.cfg")
 
     from hlrs_tf.config.train import ConfigError, TrainConfig
-    from hlrs_tf.data import datasets as data_lib
+    from hlrs_tf.data.spec import DatasetError
     from hlrs_tf.runtime.devices import set_thread_pools
     from hlrs_tf.train.rebalancing import run_post_hoc
 
@@ -82,7 +82,7 @@ def main(argv) -> None:
     set_thread_pools(train_config.threads)
     try:
         metrics = run_post_hoc(FLAGS.workdir, train_config, config)
-    except (data_lib.DatasetError, OSError, ValueError) as e:  # PostHocError is a ValueError
+    except (DatasetError, OSError, ValueError) as e:  # PostHocError is a ValueError
         fail(str(e))
     record = metrics["post_hoc"]
     tau = f" tau={record['tau']:g} ({record['tau_chosen_by']})" if "tau" in record else ""

@@ -36,7 +36,7 @@ def main(argv) -> None:
     except ConfigError as e:
         fail(str(e))
 
-    from hlrs_tf.data import datasets as data_lib
+    from hlrs_tf.data.spec import DatasetError
     from hlrs_tf.runtime.callbacks import CheckpointError
     from hlrs_tf.runtime.workdir import default_workdir
     from hlrs_tf.search import task as trainer
@@ -47,7 +47,7 @@ def main(argv) -> None:
         result = trainer.run_search(
             config, workdir, flags_text=cli_flags.effective_flags(config), dry_run=FLAGS.dry_run
         )
-    except (data_lib.DatasetError, CheckpointError, NonFiniteLossError, OSError, ValueError) as e:
+    except (DatasetError, CheckpointError, NonFiniteLossError, OSError, ValueError) as e:
         # ValueError covers ConfigError and e.g. a batch_size larger than the split: messages name the flag.
         fail(str(e))
     if FLAGS.dry_run:

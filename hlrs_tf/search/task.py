@@ -15,8 +15,11 @@ import numpy as np
 import tensorflow as tf
 
 from hlrs_tf.config.search import ADDED_FLAG_DEFAULTS, SearchConfig
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.long_tail import check_class_counts, class_counts, make_long_tailed, stratified_split
 from hlrs_tf.data.long_tail_metrics import balanced_accuracy, evaluation_report
+from hlrs_tf.data.pipeline import eval_dataset, search_dataset, search_steps_per_epoch
+from hlrs_tf.data.sources import dataset_spec, load_dataset
+from hlrs_tf.data.spec import ArrayDataset, DatasetSpec
 from hlrs_tf.losses.long_tail import DRWSchedule, LossSpec
 from hlrs_tf.runtime import precision
 from hlrs_tf.runtime.callbacks import CSVHistory, EpochCheckpoint, LearningRateLogger, TensorBoardWriter
@@ -108,7 +111,7 @@ def configure_runtime(config: SearchConfig) -> tf.distribute.Strategy:
     return strategy
 
 
-def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: int,
+def build_model(config: SearchConfig, spec: DatasetSpec, total_steps: int,
                 class_counts=None) -> DartsSearchModel:
     """Builds and compiles the bilevel search model (both optimizers built, nothing left to trace twice).
 
@@ -159,7 +162,7 @@ def build_model(config: SearchConfig, spec: data_lib.DatasetSpec, total_steps: i
     return model
 
 
-def model_summary(model: DartsSearchModel, spec: data_lib.DatasetSpec, config: SearchConfig, **extra) -> dict:
+def model_summary(model: DartsSearchModel, spec: DatasetSpec, config: SearchConfig, **extra) -> dict:
     """The ``model_summary.json`` content."""
     weights, alphas = model.split_variables()
     count = lambda vs: int(sum(np.prod(v.shape) for v in vs))  # noqa: E731
@@ -229,25 +232,25 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
         atomic_write_text(wd.flags_file, flags_text)
 
     if dry_run:
-        spec = data_lib.dataset_spec(config.dataset, config.data_dir)
+        spec = dataset_spec(config.dataset, config.data_dir)
         t0 = time.perf_counter()
         model = build_model(config, spec, total_steps=1)
         summary = model_summary(model, spec, config, dry_run=True, build_s=round(time.perf_counter() - t0, 2))
         atomic_write_json(wd.summary_file, summary)
         return SearchResult(wd.path, None, None, {})
 
-    ds = data_lib.load_dataset(
+    ds = load_dataset(
         config.dataset, config.data_dir, config.manual_dir, fashion_mnist_dir=config.fashion_mnist_dir
     )
     spec = ds.spec
     # Before anything is built: a class left without an image on either search split is refused from the counts.
-    data_lib.check_class_counts(ds.y_train, spec.num_classes, config.imbalance_ratio, config.train_portion,
-                                spec.class_names)
-    x_lt, y_lt = data_lib.make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
-    train_counts = data_lib.class_counts(y_lt, spec.num_classes)
-    idx_w, idx_a = data_lib.stratified_split(y_lt, config.train_portion, seed=config.seed)
+    check_class_counts(ds.y_train, spec.num_classes, config.imbalance_ratio, config.train_portion,
+                       spec.class_names)
+    x_lt, y_lt = make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
+    train_counts = class_counts(y_lt, spec.num_classes)
+    idx_w, idx_a = stratified_split(y_lt, config.train_portion, seed=config.seed)
     split = (x_lt[idx_w], y_lt[idx_w], x_lt[idx_a], y_lt[idx_a])
-    full_steps = data_lib.search_steps_per_epoch(len(idx_w), len(idx_a), config.batch_size)
+    full_steps = search_steps_per_epoch(len(idx_w), len(idx_a), config.batch_size)
     steps = config.steps_per_epoch or full_steps
 
     t0 = time.perf_counter()
@@ -268,7 +271,7 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
     end_epoch = initial_epoch if skip_stop.record else config.epochs
     # (BBN: its mixed CE uses none of it)
     atomic_write_json(wd.class_counts_file, model.loss_spec.run_summary(train_counts, config))
-    train_ds, _ = data_lib.search_dataset(
+    train_ds, _ = search_dataset(
         *split, spec, config.batch_size, config.seed, config.augment, skip_batches=initial_epoch * steps,
         weight_sampler=config.weight_sampler, arch_sampler=config.arch_sampler, bbn=config.bbn,
     )
@@ -345,9 +348,9 @@ def final_genotype(model, wd: Workdir, config: SearchConfig, early_stop: dict | 
     return genotype, {"early_stop": early_stop, "skip_cap": skip_cap}
 
 
-def evaluate(model, ds: data_lib.ArrayDataset, train_counts, config: SearchConfig) -> dict:
+def evaluate(model, ds: ArrayDataset, train_counts, config: SearchConfig) -> dict:
     """Test-set evaluation of the supernet: top-1, per-class and many/medium/few-shot accuracy."""
-    test = data_lib.eval_dataset(ds.x_test, ds.y_test, ds.spec, config.eval_batch_size)
+    test = eval_dataset(ds.x_test, ds.y_test, ds.spec, config.eval_batch_size)
     logits = model.predict(test, verbose=0)
     return evaluation_report(
         ds.y_test, logits, train_counts, ds.spec.num_classes,
@@ -355,13 +358,13 @@ def evaluate(model, ds: data_lib.ArrayDataset, train_counts, config: SearchConfi
     )
 
 
-def validation_metrics(model, x_val, y_val, spec: data_lib.DatasetSpec, config: SearchConfig) -> dict:
+def validation_metrics(model, x_val, y_val, spec: DatasetSpec, config: SearchConfig) -> dict:
     """Supernet top-1 and balanced accuracy on the (long-tailed) architecture split, un-augmented.
 
     Balanced accuracy (mean per-class recall) weighs every class equally although the split is long-tailed;
     it is the objective of ``hlrs_tf.tune``.
     """
-    logits = model.predict(data_lib.eval_dataset(x_val, y_val, spec, config.eval_batch_size), verbose=0)
+    logits = model.predict(eval_dataset(x_val, y_val, spec, config.eval_batch_size), verbose=0)
     pred = np.argmax(logits, axis=-1)
     y = np.asarray(y_val).reshape(-1)
     return {

@@ -34,7 +34,7 @@ def main(argv) -> None:
     except ConfigError as e:
         fail(str(e))
 
-    from hlrs_tf.data import datasets as data_lib
+    from hlrs_tf.data.spec import DatasetError
     from hlrs_tf.runtime.callbacks import CheckpointError
     from hlrs_tf.runtime.workdir import default_workdir
     from hlrs_tf.train import task as retrainer
@@ -44,7 +44,7 @@ def main(argv) -> None:
         result = retrainer.run_retrain(
             config, workdir, flags_text=train_flags.effective_flags(FLAGS), dry_run=FLAGS.dry_run
         )
-    except (data_lib.DatasetError, CheckpointError, OSError, ValueError) as e:
+    except (DatasetError, CheckpointError, OSError, ValueError) as e:
         # ValueError covers ConfigError and GenotypeError; messages name the flag or the file.
         fail(str(e))
     if FLAGS.dry_run:

@@ -43,7 +43,7 @@ class RetrainModel(keras.Model):
     """Trains a :class:`~hlrs_tf.space.derived_network.DerivedNetwork` with the DARTS evaluation recipe.
 
     Compile with the weight optimizer (``model.compile(optimizer=SGD(...))``), call :meth:`build_all`, then
-    ``fit`` on :func:`hlrs_tf.data.retrain_pipeline.retrain_dataset`. ``predict`` / ``evaluate`` take plain ``(x, y)``.
+    ``fit`` on :func:`hlrs_tf.data.pipeline.retrain_dataset`. ``predict`` / ``evaluate`` take plain ``(x, y)``.
 
     Args:
         network: The derived network.

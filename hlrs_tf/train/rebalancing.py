@@ -26,7 +26,7 @@ its parity check like the original.
   augmentation's variety, and makes cRT take seconds.
 
 **Tau is chosen on the validation split, never on the test set**: the split the retraining held out with
-``--holdout_fraction`` (:func:`hlrs_tf.data.retrain_pipeline.holdout_split`). The criterion is its balanced accuracy
+``--holdout_fraction`` (:func:`hlrs_tf.data.long_tail.holdout_split`). The criterion is its balanced accuracy
 (the mean per-class recall, the test set's measure on balanced data); ties go to the smaller tau. A retraining
 without a holdout can only take an explicit ``tau``.
 
@@ -48,9 +48,10 @@ import numpy as np
 import tensorflow as tf
 
 from hlrs_tf.config.train import TrainConfig
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.long_tail import class_counts, holdout_split, make_long_tailed
 from hlrs_tf.data.long_tail_metrics import evaluation_report
-from hlrs_tf.data.retrain_pipeline import holdout_split
+from hlrs_tf.data.pipeline import eval_dataset
+from hlrs_tf.data.sources import load_dataset
 from hlrs_tf.losses.long_tail import logit_adjustments
 from hlrs_tf.runtime.workdir import Workdir, WorkdirLock, atomic_write_json, read_json
 from hlrs_tf.train.task import MODEL_FILENAME, save_network
@@ -209,7 +210,7 @@ def crt_classifier(features, labels, num_classes: int, config: PostHocConfig) ->
 def _features(network, x, y, spec, batch_size: int) -> np.ndarray:
     """The classifier inputs of images ``x`` (normalised as in training, BN in inference mode), float32."""
     features = tf.function(lambda images: tf.cast(network.features(images, training=False), tf.float32))
-    out = [features(images).numpy() for images, _ in data_lib.eval_dataset(x, y, spec, batch_size)]
+    out = [features(images).numpy() for images, _ in eval_dataset(x, y, spec, batch_size)]
     return np.concatenate(out, axis=0)
 
 
@@ -276,7 +277,7 @@ def run_post_hoc(train_workdir: str, train_config: TrainConfig, config: PostHocC
     Raises:
         PostHocError: an unfinished work directory, a training split that differs from the one recorded, or
             ``logit_adjust`` / ``tau_norm`` without a validation split and without ``tau``.
-        hlrs_tf.data.datasets.DatasetError: the dataset cannot be loaded.
+        hlrs_tf.data.spec.DatasetError: the dataset cannot be loaded.
         hlrs_tf.runtime.workdir.WorkdirInUseError: another process is using the work directory.
     """
     wd = Workdir(train_workdir)
@@ -289,13 +290,13 @@ def run_post_hoc(train_workdir: str, train_config: TrainConfig, config: PostHocC
     out = os.path.join(wd.path, "post_hoc", config.method)
     # The retraining's own lock: no retraining resumes into it, and no other post-hoc run writes beside it, meanwhile.
     with WorkdirLock(wd.path):
-        ds = data_lib.load_dataset(train_config.dataset, train_config.data_dir, train_config.manual_dir,
-                                   fashion_mnist_dir=train_config.fashion_mnist_dir)
+        ds = load_dataset(train_config.dataset, train_config.data_dir, train_config.manual_dir,
+                          fashion_mnist_dir=train_config.fashion_mnist_dir)
         spec = ds.spec
-        x_lt, y_lt = data_lib.make_long_tailed(ds.x_train, ds.y_train, train_config.imbalance_ratio,
-                                               seed=train_config.seed)
+        x_lt, y_lt = make_long_tailed(ds.x_train, ds.y_train, train_config.imbalance_ratio,
+                                      seed=train_config.seed)
         (x_tr, y_tr), holdout = holdout_split(x_lt, y_lt, train_config.holdout_fraction, train_config.seed)
-        train_counts = data_lib.class_counts(y_tr, spec.num_classes)
+        train_counts = class_counts(y_tr, spec.num_classes)
         # class_counts.json exists since the long-tail losses (older work directories lack it).
         recorded = (read_json(wd.class_counts_file, error=PostHocError, advice=_RERUN) or {}).get("counts")
         if recorded is not None and [int(c) for c in recorded] != train_counts.tolist():
@@ -308,7 +309,7 @@ def run_post_hoc(train_workdir: str, train_config: TrainConfig, config: PostHocC
         held = None if holdout is None else (_features(network, *holdout, spec, batch), holdout[1])
         record = apply_post_hoc(network, config, train_counts, train, held)
 
-        test = data_lib.eval_dataset(ds.x_test, ds.y_test, spec, batch)
+        test = eval_dataset(ds.x_test, ds.y_test, spec, batch)
         logits = np.concatenate([network(images, training=False).numpy() for images, _ in test], axis=0)
         original = read_json(wd.metrics_file, error=PostHocError, advice=_RERUN)
         record["original_top1"] = original.get("top1")

@@ -33,9 +33,11 @@ import keras
 import tensorflow as tf
 
 from hlrs_tf.config.train import ADDED_FLAG_DEFAULTS, TrainConfig
-from hlrs_tf.data import datasets as data_lib
+from hlrs_tf.data.long_tail import check_class_counts, class_counts, holdout_split, make_long_tailed
 from hlrs_tf.data.long_tail_metrics import evaluation_report
-from hlrs_tf.data.retrain_pipeline import cutout_length_for, holdout_split, retrain_dataset, retrain_steps_per_epoch
+from hlrs_tf.data.pipeline import cutout_length_for, eval_dataset, retrain_dataset, retrain_steps_per_epoch
+from hlrs_tf.data.sources import dataset_spec, load_dataset
+from hlrs_tf.data.spec import ArrayDataset, DatasetSpec
 from hlrs_tf.losses.long_tail import DRWSchedule, LossSpec
 from hlrs_tf.runtime import precision
 from hlrs_tf.runtime.callbacks import CSVHistory, EpochCheckpoint, LearningRateLogger, TensorBoardWriter
@@ -83,7 +85,7 @@ def configure_runtime(config: TrainConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def spec_metadata(spec: data_lib.DatasetSpec) -> dict:
+def spec_metadata(spec: DatasetSpec) -> dict:
     """The dataset facts a deployed model needs, kept in the network's config (and so in ``model.keras``)."""
     return {
         "dataset": spec.name,
@@ -95,7 +97,7 @@ def spec_metadata(spec: data_lib.DatasetSpec) -> dict:
     }
 
 
-def build_network(config: TrainConfig, genotype: Genotype, spec: data_lib.DatasetSpec) -> DerivedNetwork:
+def build_network(config: TrainConfig, genotype: Genotype, spec: DatasetSpec) -> DerivedNetwork:
     """Builds the derived network for a dataset (all sub-layers built, auxiliary head and branches included) and
     initialises it as ``config.init`` says (:func:`hlrs_tf.space.init.apply_init`)."""
     network = DerivedNetwork(
@@ -108,7 +110,7 @@ def build_network(config: TrainConfig, genotype: Genotype, spec: data_lib.Datase
     return network
 
 
-def build_model(config: TrainConfig, network: DerivedNetwork, spec: data_lib.DatasetSpec,
+def build_model(config: TrainConfig, network: DerivedNetwork, spec: DatasetSpec,
                 total_steps: int, class_counts=None) -> RetrainModel:
     """Wraps, compiles and builds the training model: SGD + momentum, cosine decay per step over the run, the
     loss of ``config.loss`` from ``class_counts`` (the long-tailed training set's; equal counts if omitted)."""
@@ -127,7 +129,7 @@ def build_model(config: TrainConfig, network: DerivedNetwork, spec: data_lib.Dat
     return model
 
 
-def model_summary(network: DerivedNetwork, config: TrainConfig, spec: data_lib.DatasetSpec, **extra) -> dict:
+def model_summary(network: DerivedNetwork, config: TrainConfig, spec: DatasetSpec, **extra) -> dict:
     """The ``model_summary.json`` content."""
     return {
         **network.parameter_counts(),
@@ -186,7 +188,7 @@ def run_retrain(config: TrainConfig, workdir: str, flags_text: str | None = None
 
     Raises:
         GenotypeError: unknown preset, missing or invalid genotype file, or a workdir of another genotype.
-        hlrs_tf.data.datasets.DatasetError: the dataset cannot be loaded.
+        hlrs_tf.data.spec.DatasetError: the dataset cannot be loaded.
         ValueError: a workdir holding a checkpointed run with other flags
             (:func:`hlrs_tf.runtime.workdir.check_same_run`), or e.g. a batch size larger than the training set (the
             message names the flag).
@@ -209,24 +211,24 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
     configure_runtime(config)
 
     if dry_run:
-        spec = data_lib.dataset_spec(config.dataset, config.data_dir)
+        spec = dataset_spec(config.dataset, config.data_dir)
         t0 = time.perf_counter()
         network = build_network(config, genotype, spec)
         summary = model_summary(network, config, spec, dry_run=True, build_s=round(time.perf_counter() - t0, 2))
         atomic_write_json(wd.summary_file, summary)
         return RetrainResult(wd.path, genotype, None, {})
 
-    ds = data_lib.load_dataset(
+    ds = load_dataset(
         config.dataset, config.data_dir, config.manual_dir, fashion_mnist_dir=config.fashion_mnist_dir
     )
     spec = ds.spec
     # Before anything is built or written: a class left without a training image is refused from the counts.
-    data_lib.check_class_counts(ds.y_train, spec.num_classes, config.imbalance_ratio, class_names=spec.class_names)
-    x_lt, y_lt = data_lib.make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
+    check_class_counts(ds.y_train, spec.num_classes, config.imbalance_ratio, class_names=spec.class_names)
+    x_lt, y_lt = make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
     (x_lt, y_lt), holdout = holdout_split(x_lt, y_lt, config.holdout_fraction, config.seed)
-    train_counts = data_lib.class_counts(y_lt, spec.num_classes)
+    train_counts = class_counts(y_lt, spec.num_classes)
     holdout_counts = {} if holdout is None else {
-        "holdout_class_counts": data_lib.class_counts(holdout[1], spec.num_classes).tolist()}
+        "holdout_class_counts": class_counts(holdout[1], spec.num_classes).tolist()}
     steps = config.steps_per_epoch or retrain_steps_per_epoch(len(y_lt), config.batch_size)
     cutout = cutout_length_for(spec.image_shape, config.cutout_length) if config.cutout else 0
 
@@ -268,7 +270,7 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
     fit_kwargs = {}
     if config.validation_freq:
         fit_kwargs = dict(
-            validation_data=data_lib.eval_dataset(ds.x_test, ds.y_test, spec, config.eval_batch_size),
+            validation_data=eval_dataset(ds.x_test, ds.y_test, spec, config.eval_batch_size),
             validation_freq=config.validation_freq,
         )
     if initial_epoch:
@@ -283,9 +285,9 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
     return RetrainResult(wd.path, genotype, metrics, history.history)
 
 
-def evaluate(model: RetrainModel, ds: data_lib.ArrayDataset, train_counts, config: TrainConfig) -> dict:
+def evaluate(model: RetrainModel, ds: ArrayDataset, train_counts, config: TrainConfig) -> dict:
     """Balanced test-set evaluation: top-1, per-class and many/medium/few-shot accuracy."""
-    test = data_lib.eval_dataset(ds.x_test, ds.y_test, ds.spec, config.eval_batch_size)
+    test = eval_dataset(ds.x_test, ds.y_test, ds.spec, config.eval_batch_size)
     logits = model.predict(test, verbose=0)
     return evaluation_report(
         ds.y_test, logits, train_counts, ds.spec.num_classes,

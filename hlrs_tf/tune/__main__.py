@@ -33,7 +33,7 @@ PROG = "hlrs_tf.tune"
 def main(argv) -> None:
     if len(argv) > 1:
         cli.fail(PROG, f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
-    from hlrs_tf.data import datasets as data_lib
+    from hlrs_tf.data.spec import DatasetError
     from hlrs_tf.experiments.tuning import TuneConfig, run_tuning
     from hlrs_tf.runtime.callbacks import CheckpointError
     from hlrs_tf.runtime.workdir import default_workdir
@@ -50,7 +50,7 @@ def main(argv) -> None:
     root = FLAGS.workdir or default_workdir(f"{config.base.dataset}-tune")
     try:
         best = run_tuning(config, root, verbose=config.base.verbose)
-    except (data_lib.DatasetError, CheckpointError, OSError, ValueError) as e:
+    except (DatasetError, CheckpointError, OSError, ValueError) as e:
         cli.fail(PROG, str(e))
     if not best:
         cli.fail(PROG, f"no trial finished; see {root}/trials.csv and the trials' work directories")

@@ -1,6 +1,7 @@
-"""Datasets, long-tailed subsampling and tf.data pipelines for the search and evaluation.
+"""Dataset sources: :func:`load_dataset` reads one into memory, :func:`dataset_spec` describes it without pixels.
 
-Everything here is plain library code: arguments in, arrays or ``tf.data.Dataset`` out, no flags.
+Everything here is plain library code: arguments in, arrays or a :class:`~hlrs_tf.data.spec.DatasetSpec` out,
+no flags.
 
 Sources (see docs/method.md M6):
 
@@ -15,18 +16,19 @@ Sources (see docs/method.md M6):
 
 Every source passes one validation at load (``_validated``): pixels finite and within their dtype's range, test
 labels among the training classes, every class with training images, one image shape and class list for both
-splits; a failure is one :class:`DatasetError` line naming the file. :func:`check_class_counts` refuses a
-long-tail profile that would leave a class without images, from the labels alone, before anything is built.
+splits; a failure is one :class:`~hlrs_tf.data.spec.DatasetError` line naming the file. (Before anything is
+loaded, :func:`hlrs_tf.data.long_tail.check_class_counts` refuses a long-tail profile that would leave a class
+without images, from the labels alone.)
 
-Pixel arrays stay ``uint8`` (NHWC) until the tf.data ``map`` converts them, so CIFAR-sized data costs
-~150 MB rather than ~600 MB of float32.
+The readers return ``uint8`` NHWC images, which stay ``uint8`` until the tf.data pipeline
+(:mod:`hlrs_tf.data.pipeline`) converts them. TensorFlow is not imported here: tensorflow-datasets, scikit-learn
+and PIL are imported by the readers that need them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
-import math
 import os
 import socket
 import threading
@@ -34,144 +36,25 @@ import urllib.parse
 import zipfile
 
 import numpy as np
-import tensorflow as tf
 
-__all__ = [
-    "ArrayDataset",
-    "DatasetError",
-    "DatasetSpec",
-    "KNOWN_DATASETS",
-    "augment",
-    "check_class_counts",
-    "class_counts",
-    "dataset_spec",
-    "eval_dataset",
-    "load_dataset",
-    "long_tail_counts",
-    "long_tailed_class_counts",
-    "make_long_tailed",
-    "normalize",
-    "search_dataset",
-    "split_class_counts",
-    "stratified_split",
-    "uniform_stream",
-]
+from hlrs_tf.data.long_tail import _class_name, _short_counts, stratified_split
+from hlrs_tf.data.spec import (
+    _KNOWN_SPECS,
+    DEFAULT_FASHION_MNIST_DIR,
+    KNOWN_DATASETS,
+    ArrayDataset,
+    DatasetError,
+    DatasetSpec,
+    _default_crop_padding,
+    _placeholder_spec,
+)
 
-KNOWN_DATASETS: tuple[str, ...] = ("fashion_mnist", "digits", "cifar10", "cifar100")
+__all__ = ["dataset_spec", "load_dataset"]
 
-DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
 _FASHION_MNIST_APT = "apt-get install -y dataset-fashion-mnist"
 _NETWORK_TIMEOUT_S = 3.0
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-
-
-class DatasetError(Exception):
-    """A dataset cannot be found, read or prepared; the message says what is wrong and how to fix it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """Static description of an image-classification dataset.
-
-    Attributes:
-        name: Dataset name as passed to :func:`load_dataset`.
-        image_shape: ``(H, W, C)`` of one image.
-        num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
-        mean: Per-channel mean on the ``[0, 1]`` scale, used by :func:`normalize`.
-        std: Per-channel standard deviation on the ``[0, 1]`` scale.
-        class_names: Optional human-readable class names, index = label.
-        hflip: Whether a horizontal flip is a label-preserving augmentation (False for digits).
-        crop_padding: Zero padding (pixels per side) of the random-crop augmentation.
-    """
-
-    name: str
-    image_shape: tuple[int, int, int]
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: tuple[str, ...] | None = None
-    hflip: bool = True
-    crop_padding: int = 4
-
-
-@dataclasses.dataclass
-class ArrayDataset:
-    """A whole dataset in memory as numpy arrays.
-
-    Attributes:
-        spec: The dataset's :class:`DatasetSpec`.
-        x_train: ``uint8`` images, NHWC.
-        y_train: ``int64`` labels, shape ``(N,)``.
-        x_test: ``uint8`` images, NHWC.
-        y_test: ``int64`` labels, shape ``(M,)``.
-    """
-
-    spec: DatasetSpec
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-
-# --------------------------------------------------------------------------------------------------
-# Hard-coded specs: dataset_spec() must answer offline without touching pixels (--dry_run).
-
-_FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-_CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)
-# Fine labels in label-index order (the order of the original meta file, alphabetical).
-_CIFAR100_CLASSES = tuple(
-    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly
-    camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup
-    dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower
-    leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid
-    otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road
-    rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower
-    sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale
-    willow_tree wolf woman worm""".split()
-)
-assert len(_CIFAR100_CLASSES) == 100
-
-_KNOWN_SPECS: dict[str, DatasetSpec] = {
-    "fashion_mnist": DatasetSpec(
-        "fashion_mnist", (28, 28, 1), 10, (0.2860,), (0.3530,), _FASHION_MNIST_CLASSES,
-        hflip=True, crop_padding=2),
-    # Mean/std measured on the fixed training split below (1347 images, values scaled to 0..255).
-    "digits": DatasetSpec(
-        "digits", (8, 8, 1), 10, (0.3053,), (0.3758,), tuple(str(i) for i in range(10)),
-        hflip=False, crop_padding=1),
-    "cifar10": DatasetSpec(
-        "cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-        _CIFAR10_CLASSES, hflip=True, crop_padding=4),
-    "cifar100": DatasetSpec(
-        "cifar100", (32, 32, 3), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-        _CIFAR100_CLASSES, hflip=True, crop_padding=4),
-}
-
-# tfds fetches these archives for the two CIFARs (the *binary* versions, not the python pickles).
-_TFDS_ARCHIVES = {
-    "cifar10": "cifar-10-binary.tar.gz",
-    "cifar100": "cifar-100-binary.tar.gz",
-}
-
-
-def _default_crop_padding(height: int) -> int:
-    # The conventional values: 4 px on 32 px images (1/8 of the side for larger ones), 2 on 28 px
-    # (MNIST-like), 1 on tiny 8 px digits.
-    if height >= 32:
-        return max(4, height // 8)
-    return 2 if height >= 16 else 1
-
-
-def _placeholder_spec(name: str, shape: tuple[int, int, int], num_classes: int,
-                      class_names: tuple[str, ...] | None = None) -> DatasetSpec:
-    c = shape[2]
-    return DatasetSpec(name, shape, num_classes, (0.5,) * c, (0.5,) * c, class_names,
-                       hflip=True, crop_padding=_default_crop_padding(shape[0]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,511 +124,6 @@ def load_dataset(name: str, data_dir: str | None = None, manual_dir: str | None 
     else:
         read = _load_tfds(name, data_dir, manual_dir)
     return _validated(name, read)
-
-
-# --------------------------------------------------------------------------------------------------
-# Long-tailed subsampling and splits.
-
-
-def long_tail_counts(n_max: int, num_classes: int, imbalance_ratio: float) -> list[int]:
-    """Per-class example counts of an exponential long-tail profile (class 0 = head).
-
-    Class ``i`` keeps ``int(n_max * (1 / imbalance_ratio) ** (i / (num_classes - 1)))``, the expression
-    of the LDAM/BBN CIFAR-LT setup, so the counts match the published ones exactly
-    (CIFAR-10, ratio 100: 5000, 2997, ..., 50; 12,406 images).
-
-    Args:
-        n_max: Count of the head class.
-        num_classes: Number of classes.
-        imbalance_ratio: ``N_max / N_min`` (>= 1).
-
-    Returns:
-        The counts, head first.
-
-    Raises:
-        ValueError: If ``imbalance_ratio < 1``, ``n_max < 1`` or ``num_classes < 1``.
-    """
-    if not imbalance_ratio >= 1:
-        raise ValueError(f"imbalance_ratio must be >= 1 (N_max / N_min), got {imbalance_ratio}")
-    if n_max < 1 or num_classes < 1:
-        raise ValueError(f"n_max and num_classes must be >= 1, got {n_max} and {num_classes}")
-    if num_classes == 1:
-        return [int(n_max)]
-    # Written exactly as the reference expression: reordering the float ops changes some counts by 1.
-    return [int(n_max * (1 / imbalance_ratio) ** (i / (num_classes - 1))) for i in range(num_classes)]
-
-
-def class_counts(y: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts the examples of each class.
-
-    Args:
-        y: Integer labels.
-        num_classes: Number of classes (length of the result).
-
-    Returns:
-        ``int64`` array of shape ``(num_classes,)``.
-
-    Raises:
-        ValueError: If a label lies outside ``0 .. num_classes - 1``.
-    """
-    y = np.asarray(y).reshape(-1).astype(np.int64)
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{y.min()}, {y.max()}]")
-    return np.bincount(y, minlength=num_classes).astype(np.int64)
-
-
-def make_long_tailed(x: np.ndarray, y: np.ndarray, imbalance_ratio: float, seed: int = 0,
-                     n_max: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Subsamples a dataset to an exponential long-tail profile (class 0 = head).
-
-    One ``np.random.default_rng(seed)`` draws the kept indices class by class in label order, so the
-    result depends only on the data and the seed. Within a class the original order is kept; the result
-    is sorted by class.
-
-    Args:
-        x: Examples, first axis = example.
-        y: Integer labels ``0 .. C-1`` with ``C = max(y) + 1``.
-        imbalance_ratio: ``N_max / N_min`` (>= 1). With 1 and no ``n_max`` all data is returned.
-        seed: Seed of the per-class choice.
-        n_max: Head-class count; defaults to the smallest class size present (for balanced data, the
-            per-class count).
-
-    Returns:
-        ``(x_lt, y_lt)``, sorted by class.
-
-    Raises:
-        ValueError: If ``imbalance_ratio < 1`` or a class has fewer examples than its target count.
-    """
-    y = np.asarray(y).reshape(-1)
-    if len(x) != len(y):
-        raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
-    num_classes = int(y.max()) + 1
-    counts = class_counts(y, num_classes)
-    if imbalance_ratio == 1 and n_max is None:
-        # "All data", still grouped by class (stable, so the original order within a class is kept).
-        order = np.argsort(y, kind="stable")
-        return x[order], y[order]
-    targets = long_tailed_class_counts(counts, imbalance_ratio, n_max)
-    n_max = int(targets[0])
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c, k in enumerate(targets):
-        idx = np.flatnonzero(y == c)
-        if k > idx.size:
-            raise ValueError(
-                f"class {c} has {idx.size} examples but the long-tail profile needs {k} "
-                f"(n_max={n_max}, imbalance_ratio={imbalance_ratio}); lower n_max")
-        keep.append(np.sort(rng.choice(idx, size=k, replace=False)))
-    idx = np.concatenate(keep)
-    return x[idx], y[idx]
-
-
-def long_tailed_class_counts(counts, imbalance_ratio: float, n_max: int | None = None) -> np.ndarray:
-    """The per-class counts :func:`make_long_tailed` keeps from a training set with ``counts`` per class.
-
-    Args:
-        counts: Examples per class of the full training set.
-        imbalance_ratio: ``N_max / N_min`` (>= 1); 1 without ``n_max`` keeps everything.
-        n_max: Head-class count; default the smallest class size present.
-
-    Returns:
-        ``int64 [C]`` (before :func:`make_long_tailed`'s check that every class has enough examples).
-    """
-    counts = np.asarray(counts, np.int64).reshape(-1)
-    if imbalance_ratio == 1 and n_max is None:
-        return counts.copy()
-    if n_max is None:
-        n_max = int(counts[counts > 0].min())
-    return np.asarray(long_tail_counts(n_max, len(counts), imbalance_ratio), np.int64)
-
-
-def _split_size(n: int, fraction: float) -> int:
-    """How many of a class's ``n`` examples :func:`stratified_split` puts on side ``a``."""
-    # The epsilon keeps e.g. 0.7 * 10 = 7.000000000000001 from rounding up to 8.
-    k = math.ceil(fraction * n - 1e-9)
-    return min(max(k, 1), n - 1) if n >= 2 else k
-
-
-def split_class_counts(counts, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """The per-class sizes of the two sides of :func:`stratified_split` for a set with ``counts`` per class.
-
-    Returns:
-        ``(a_counts, b_counts)``, ``int64 [C]`` each.
-    """
-    counts = np.asarray(counts, np.int64).reshape(-1)
-    a = np.asarray([_split_size(int(n), fraction) for n in counts], np.int64)
-    return a, counts - a
-
-
-def check_class_counts(y_train: np.ndarray, num_classes: int, imbalance_ratio: float,
-                       train_portion: float | None = None, class_names=None) -> None:
-    """Refuses a long-tail profile that leaves a class without a training image, from the labels alone.
-
-    Mirrors :func:`make_long_tailed` and, for a search (``train_portion`` given), :func:`stratified_split`:
-    every class must keep at least one image on each search split (so at least two in all), or one image for
-    retraining. Call before building anything: the counts are known as soon as the labels are.
-
-    Args:
-        y_train: Labels of the full training set.
-        num_classes: Number of classes.
-        imbalance_ratio: ``N_max / N_min`` of the long-tailed set.
-        train_portion: Share of each class on the search's weight split; ``None`` for retraining (no split).
-        class_names: Optional names, index = label, for the message.
-
-    Raises:
-        DatasetError: One line naming the class, its count, the counts per class (and per split) and the fix.
-    """
-    raw = class_counts(y_train, num_classes)
-    kept = long_tailed_class_counts(raw, imbalance_ratio)
-    splits = split_class_counts(kept, train_portion) if train_portion is not None else (kept,)
-    least = np.min(np.stack(splits), axis=0)
-    if least.min() >= 1:
-        return
-    short = int(np.argmin(least))  # the first class left short (counts fall along the tail: the head-most)
-    name = _class_name(short, class_names)
-    n = int(kept[short])
-    message = (f"--imbalance_ratio={imbalance_ratio:g} leaves class {short}{name} with {n} training "
-               f"image{'' if n == 1 else 's'}")
-    if train_portion is not None and n >= 1:
-        message += f", so none on the {'weight' if splits[0][short] < 1 else 'architecture'} search split"
-    message += f" (counts per class: {_short_counts(kept)})"
-    if train_portion is not None:
-        message += (f"; per search split (--train_portion={train_portion:g}): weights {_short_counts(splits[0])}, "
-                    f"architecture {_short_counts(splits[1])}")
-    need = 1 if train_portion is None else 2
-    message += (": every class needs at least 1 image on each search split (2 in all)" if need == 2
-                else ": every class needs at least 1 training image")
-    limit = _largest_ratio(raw, need)
-    if limit is None:
-        message += (f", and class {int(np.argmin(raw))} has only {int(raw.min())} even without subsampling: add "
-                    "images to it")
-    else:
-        message += f": lower --imbalance_ratio to at most {limit:g}"
-    raise DatasetError(message)
-
-
-def _largest_ratio(counts, need: int) -> float | None:
-    """The largest whole ``imbalance_ratio`` that keeps ``need`` images of every class (``None``: not even 1)."""
-    counts = np.asarray(counts, np.int64)
-    if counts.min() < need:
-        return None
-    guess = max(1, int(counts[counts > 0].min()) // need)
-    for ratio in range(guess, max(guess - 3, 1) - 1, -1):  # float rounding can cost the tail one image
-        if long_tailed_class_counts(counts, ratio).min() >= need:
-            return float(ratio)
-    return 1.0
-
-
-def stratified_split(y: np.ndarray, fraction: float = 0.5,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Splits example indices in two, class by class.
-
-    The reference DARTS splits the training set by index order, which on a class-sorted long-tailed
-    array puts the head in one half and the tail in the other; this keeps the class profile on both
-    sides instead. Per class, a shuffled ``ceil(fraction * n_c)`` go to ``a``, the rest to ``b``; a class
-    with at least two examples always appears on both sides.
-
-    Args:
-        y: Integer labels.
-        fraction: Share of each class that goes to ``a``, in ``(0, 1)``.
-        seed: Seed of the shuffle.
-
-    Returns:
-        ``(a, b)``: sorted ``int64`` index arrays, disjoint, together covering ``range(len(y))``.
-
-    Raises:
-        ValueError: If ``fraction`` is not in ``(0, 1)``.
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-    y = np.asarray(y).reshape(-1)
-    rng = np.random.default_rng(seed)
-    a, b = [], []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        k = _split_size(idx.size, fraction)
-        a.append(idx[:k])
-        b.append(idx[k:])
-    empty = np.zeros(0, np.int64)
-    a_idx = np.sort(np.concatenate(a + [empty])).astype(np.int64)
-    b_idx = np.sort(np.concatenate(b + [empty])).astype(np.int64)
-    return a_idx, b_idx
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-image tensor ops and tf.data pipelines.
-
-
-def normalize(images: tf.Tensor, spec: DatasetSpec) -> tf.Tensor:
-    """Scales ``uint8`` images (any rank, channels last) to ``(x / 255 - mean) / std`` in float32.
-
-    Args:
-        images: Image tensor (``uint8`` 0..255, or float already on the 0..255 scale).
-        spec: Supplies ``mean`` and ``std``.
-
-    Returns:
-        float32 tensor of the same shape.
-    """
-    x = tf.cast(images, tf.float32) * (1.0 / 255.0)
-    mean = tf.constant(spec.mean, tf.float32)
-    std = tf.constant(spec.std, tf.float32)
-    return (x - mean) / std
-
-
-def augment(image: tf.Tensor, spec: DatasetSpec, seed: tf.Tensor | None = None) -> tf.Tensor:
-    """Random crop with zero padding, plus a random horizontal flip if ``spec.hflip``, on one image.
-
-    Usable inside ``tf.data.Dataset.map``; the static output shape equals the input shape.
-
-    Args:
-        image: One ``HWC`` image, ``uint8`` or float.
-        spec: Supplies ``crop_padding`` and ``hflip``.
-        seed: ``None`` for stateful random ops, or a shape-``[2]`` integer tensor for deterministic
-            stateless ops (different seeds per image give different crops).
-
-    Returns:
-        The augmented image, same dtype and shape.
-    """
-    image = tf.convert_to_tensor(image)
-    shape = image.shape
-    h, w, c = shape[-3], shape[-2], shape[-1]
-    if h is None or w is None or c is None:
-        raise ValueError(f"augment needs a static HWC image shape, got {shape}")
-    pad = int(spec.crop_padding)
-    if seed is not None:
-        seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
-        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    if pad > 0:
-        padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-        # Offsets drawn directly, then a slice: cheaper than random_crop's general machinery.
-        if seed is None:
-            offs = tf.random.uniform([2], 0, 2 * pad + 1, dtype=tf.int32)
-        else:
-            offs = tf.random.stateless_uniform([2], crop_seed, 0, 2 * pad + 1, dtype=tf.int32)
-        image = tf.slice(padded, tf.stack([offs[0], offs[1], 0]), [h, w, c])
-    if spec.hflip:
-        if seed is None:
-            image = tf.image.random_flip_left_right(image)
-        else:
-            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    return tf.ensure_shape(image, [h, w, c])
-
-
-def _finish_stream(ds: tf.data.Dataset, spec: DatasetSpec, batch_size: int, seed: int,
-                   augment_data: bool, skip_batches: int = 0) -> tf.data.Dataset:
-    """Augments (optional), normalises and batches an infinite stream of ``(uint8 image, label)``.
-
-    Samplers only decide the order of examples; everything after that is shared here. Each element gets
-    the stateless seed ``[seed, position in stream]``, so augmentation is reproducible and still
-    differs from one pass to the next.
-    """
-    ds = ds.enumerate()
-    if skip_batches:
-        # Resume: drop the batches already consumed *before* the per-image work, keeping each element's
-        # position (and so its augmentation seed): the stream continues exactly where it stopped.
-        ds = ds.skip(int(skip_batches) * int(batch_size))
-
-    def prepare(i, xy):
-        x, y = xy
-        if augment_data:
-            x = augment(x, spec, seed=tf.stack([tf.constant(seed, tf.int64), i]))
-        return normalize(x, spec), tf.cast(y, tf.int32)
-
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # drop_remainder: a static batch dimension avoids retracing the train step (minutes each).
-    return ds.batch(batch_size, drop_remainder=True)
-
-
-def uniform_stream(x: np.ndarray, y: np.ndarray, spec: DatasetSpec, batch_size: int, seed: int,
-                   augment_data: bool = True, skip_batches: int = 0) -> tf.data.Dataset:
-    """Infinite stream of batches drawn uniformly without replacement, reshuffled on every pass.
-
-    Args:
-        x: ``uint8`` NHWC images.
-        y: Integer labels.
-        spec: Dataset spec (normalisation and augmentation).
-        batch_size: Batch size; the last partial batch of the stream is never produced.
-        seed: Seed of the shuffle and of the augmentation.
-        augment_data: Whether to augment.
-        skip_batches: Batches of the stream already consumed (resume).
-
-    Returns:
-        ``tf.data.Dataset`` of ``(float32 [B, H, W, C], int32 [B])``, infinite.
-    """
-    x = np.asarray(x)
-    y = np.asarray(y).reshape(-1)
-    # uint8 in the pipeline; conversion happens per element in the map.
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
-    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
-    return _finish_stream(ds, spec, batch_size, seed, augment_data, skip_batches)
-
-
-def search_steps_per_epoch(n_weight: int, n_arch: int, batch_size: int) -> int:
-    """Steps of one pass over the smaller search split: ``min(n_weight, n_arch) // batch_size``.
-
-    Raises:
-        ValueError: If ``batch_size`` exceeds the smaller split (the message names the flag).
-    """
-    steps = min(n_weight, n_arch) // int(batch_size) if batch_size > 0 else 0
-    if steps < 1:
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the smaller search split "
-            f"(weights {n_weight}, architecture {n_arch} examples): lower batch_size")
-    return steps
-
-
-SAMPLERS = ("uniform", "class_balanced", "reversed")
-
-
-def class_sampling_probs(counts, sampler: str) -> np.ndarray:
-    """Per-class draw probabilities of a sampler, from the class counts of the split it draws from.
-
-    * ``uniform``: over instances, so class ``i`` gets ``N_i / N``.
-    * ``class_balanced``: every class present gets ``1 / C`` (re-sampling, Kang et al.).
-    * ``reversed``: ``N_max / N_i``, normalised -- BBN's re-balancing branch sampler, which favours the tail.
-
-    Classes absent from the split get probability 0 under every sampler.
-
-    Args:
-        counts: Examples per class.
-        sampler: One of :data:`SAMPLERS`.
-
-    Returns:
-        ``float64 [C]`` probabilities summing to 1.
-    """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    counts = np.asarray(counts, np.float64)
-    present = counts > 0
-    if not present.any():
-        raise ValueError("cannot sample from an empty split")
-    if sampler == "uniform":
-        w = counts
-    elif sampler == "class_balanced":
-        w = present.astype(np.float64)
-    else:
-        w = np.where(present, counts.max() / np.maximum(counts, 1.0), 0.0)
-    return w / w.sum()
-
-
-def class_sampler_stream(x: np.ndarray, y: np.ndarray, spec: DatasetSpec, batch_size: int, seed: int,
-                         sampler: str, augment_data: bool = True, skip_batches: int = 0) -> tf.data.Dataset:
-    """Infinite stream of batches drawn class first: a class from the sampler's distribution, then a uniform
-    instance of that class (with replacement), as BBN's and Kang et al.'s samplers do.
-
-    Draw ``n`` of the stream uses the stateless seeds ``[seed, n]``, so the stream is reproducible and a resume
-    (``skip_batches``) continues it exactly.
-
-    Args:
-        x: ``uint8`` NHWC images.
-        y: Integer labels in ``[0, spec.num_classes)``.
-        spec: Dataset spec.
-        batch_size: Batch size.
-        seed: Seed of the draws and of the augmentation.
-        sampler: ``class_balanced`` or ``reversed`` (see :func:`class_sampling_probs`); ``uniform`` gives
-            :func:`uniform_stream` instead (without replacement, reshuffled each pass, as the reference).
-        augment_data: Whether to augment.
-        skip_batches: Batches of the stream already consumed (resume).
-
-    Returns:
-        ``tf.data.Dataset`` of ``(float32 [B, H, W, C], int32 [B])``, infinite.
-    """
-    if sampler == "uniform":
-        return uniform_stream(x, y, spec, batch_size, seed, augment_data, skip_batches)
-    x = np.asarray(x)
-    y = np.asarray(y).reshape(-1).astype(np.int64)
-    counts = class_counts(y, spec.num_classes)
-    logits = np.log(np.maximum(class_sampling_probs(counts, sampler), 1e-300))[None, :]
-    order = np.argsort(y, kind="stable")  # instances grouped by class: class c is order[start_c : start_c+N_c]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    images = tf.constant(x[order])
-    labels = tf.constant(y[order].astype(np.int32))
-    logits_t = tf.constant(logits, tf.float32)
-    starts_t, counts_t = tf.constant(starts), tf.constant(counts.astype(np.int64))
-
-    def draw(n):
-        s1 = tf.stack([tf.constant(seed, tf.int64), n])
-        s2 = tf.stack([tf.constant(seed, tf.int64) + 7919, n])  # a different stream for the instance draw
-        c = tf.random.stateless_categorical(logits_t, 1, seed=s1, dtype=tf.int64)[0, 0]
-        u = tf.random.stateless_uniform([], seed=s2, dtype=tf.float32)
-        j = tf.minimum(tf.cast(u * tf.cast(counts_t[c], tf.float32), tf.int64), counts_t[c] - 1)
-        i = starts_t[c] + j
-        return images[i], labels[i]
-
-    ds = tf.data.Dataset.counter().map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return _finish_stream(ds, spec, batch_size, seed, augment_data, skip_batches)
-
-
-def search_dataset(x_w: np.ndarray, y_w: np.ndarray, x_a: np.ndarray, y_a: np.ndarray,
-                   spec: DatasetSpec, batch_size: int, seed: int,
-                   augment_data: bool = True, skip_batches: int = 0, weight_sampler: str = "uniform",
-                   arch_sampler: str = "uniform", bbn: bool = False) -> tuple[tf.data.Dataset, int]:
-    """Infinite bilevel-search dataset: one batch of the weight split and one of the architecture split per step.
-
-    Elements are ``((x_train, y_train), (x_val, y_val))``; with ``bbn=True`` each side is
-    ``(x_c, y_c, x_r, y_r)``: a batch of the side's own sampler for BBN's conventional branch and one of the
-    ``reversed`` sampler for its re-balancing branch (docs/method.md M4: each weight step and each
-    architecture step draws one batch from each sampler).
-
-    By default both sides are augmented, as in the reference DARTS search (its train and validation queues
-    share the augmenting training transform); pass ``augment_data=False`` to switch it off.
-
-    Args:
-        x_w: ``uint8`` NHWC images of the weight split.
-        y_w: Labels of the weight split.
-        x_a: ``uint8`` NHWC images of the architecture split.
-        y_a: Labels of the architecture split.
-        spec: Dataset spec.
-        batch_size: Batch size of each stream (``drop_remainder=True``: static shapes).
-        seed: Base seed; weight side ``seed``, architecture side ``seed + 1``, BBN re-balancing streams
-            ``seed + 2`` and ``seed + 3``.
-        augment_data: Whether to augment.
-        skip_batches: Steps already taken (resume): every stream continues where it stopped.
-        weight_sampler: Sampler of the weight batches, one of :data:`SAMPLERS`.
-        arch_sampler: Sampler of the architecture batches.
-        bbn: Add the ``reversed`` re-balancing batch to each side.
-
-    Returns:
-        ``(dataset, steps_per_epoch)`` with ``steps_per_epoch = min(len(x_w), len(x_a)) // batch_size``.
-
-    Raises:
-        ValueError: If ``batch_size`` exceeds the smaller split (``steps_per_epoch`` would be 0).
-    """
-    if len(x_w) != len(y_w) or len(x_a) != len(y_a):
-        raise ValueError("images and labels differ in length")
-    steps = search_steps_per_epoch(len(x_w), len(x_a), batch_size)
-
-    def side(x, y, sampler, s):
-        conventional = class_sampler_stream(x, y, spec, batch_size, s, sampler, augment_data, skip_batches)
-        if not bbn:
-            return conventional
-        rebalancing = class_sampler_stream(x, y, spec, batch_size, s + 2, "reversed", augment_data,
-                                           skip_batches)
-        return tf.data.Dataset.zip((conventional, rebalancing)).map(lambda a, b: (*a, *b))
-
-    train = side(x_w, y_w, weight_sampler, seed)
-    val = side(x_a, y_a, arch_sampler, seed + 1)
-    ds = tf.data.Dataset.zip((train, val)).prefetch(tf.data.AUTOTUNE)
-    return ds, steps
-
-
-def eval_dataset(x: np.ndarray, y: np.ndarray, spec: DatasetSpec, batch_size: int) -> tf.data.Dataset:
-    """Finite evaluation dataset: normalised, not augmented, keeps the last partial batch.
-
-    Args:
-        x: ``uint8`` NHWC images.
-        y: Integer labels.
-        spec: Dataset spec.
-        batch_size: Batch size.
-
-    Returns:
-        ``tf.data.Dataset`` of ``(float32 [b, H, W, C], int32 [b])``.
-    """
-    y = np.asarray(y).reshape(-1).astype(np.int32)
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(x), y)).batch(batch_size)
-    # Normalising whole batches is one vectorised op per batch instead of one per image.
-    ds = ds.map(lambda xb, yb: (normalize(xb, spec), yb), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -851,20 +229,6 @@ class _Read:
 def _where(source: tuple[str, str | None]) -> str:
     file, member = source
     return f"{file}: {member}" if member else file
-
-
-def _class_name(label: int, names) -> str:
-    """`` (name)`` of a class for a message, or nothing when there are no names or the name is the label."""
-    if names is None or label >= len(names) or str(names[label]) == str(label):
-        return ""
-    return f" ({names[label]})"
-
-
-def _short_counts(counts) -> str:
-    """``6000, 1666, ..., 0``: every count for up to 12 classes, else the first and last five."""
-    counts = [int(c) for c in counts]
-    shown = counts if len(counts) <= 12 else counts[:5] + ["..."] + counts[-5:]
-    return ", ".join(str(c) for c in shown)
 
 
 def _validated(name: str, read: _Read) -> ArrayDataset:
@@ -1167,6 +531,13 @@ def _load_folder(path: str) -> _Read:
 
 # --------------------------------------------------------------------------------------------------
 # tensorflow-datasets.
+
+# tfds fetches these archives for the two CIFARs (the *binary* versions, not the python pickles).
+_TFDS_ARCHIVES = {
+    "cifar10": "cifar-10-binary.tar.gz",
+    "cifar100": "cifar-100-binary.tar.gz",
+}
+
 
 
 def _import_tfds():
