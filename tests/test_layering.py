@@ -44,3 +44,19 @@ def test_mixing_and_schedule_maths_import_no_tensor_library(child_env):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=child_env)
+
+
+@pytest.mark.parametrize("command", ["search", "train", "export", "compare", "tune", "post_hoc"])
+def test_commands_define_their_flags_without_tensorflow(command, child_env):
+    """A command module defines its flags without importing TensorFlow, so that ``cli.Command.run`` sets the
+    process up (oneDNN, log level, malloc arenas: read by TensorFlow once, at import) before the body imports it;
+    and the configuration it builds imports no TensorFlow either."""
+    code = (
+        "import sys\n"
+        f"import hlrs_tf.{command}.__main__ as m\n"
+        "import hlrs_tf.config.search, hlrs_tf.config.train, hlrs_tf.config.post_hoc, hlrs_tf.config.choices\n"
+        "assert callable(m.run) and m.COMMAND.prog == m.PROG\n"
+        "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=child_env)

@@ -25,13 +25,11 @@ import subprocess
 import sys
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
+from hlrs_tf.config import search_flags as cli_flags  # defines every search flag; imports no TensorFlow
+from hlrs_tf.config.search import METHODS, PAPER_METHODS, ConfigError, SearchConfig
 from hlrs_tf.runtime import cli
-
-cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
-from hlrs_tf.config import search_flags as cli_flags  # noqa: E402  (defines every search flag)
-from hlrs_tf.config.search import METHODS, PAPER_METHODS, ConfigError, SearchConfig  # noqa: E402
 
 flags.DEFINE_list(
     "methods", list(PAPER_METHODS),
@@ -69,7 +67,7 @@ PROG = "hlrs_tf.compare"
 
 def fail(message: str) -> None:
     """Prints one error line and exits with status 2."""
-    cli.fail(PROG, message)
+    COMMAND.fail(message)
 
 
 def search_args(flag_values=FLAGS) -> list[str]:
@@ -110,9 +108,7 @@ def check_retrain_protocol(args: list[str], python: str = sys.executable) -> Non
                          f"{lines[-1] if lines else f'exit {proc.returncode}'}")
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+def _compare() -> None:
     from hlrs_tf.experiments.comparison import CompareConfig, parse_arm, report, run_all
     from hlrs_tf.runtime.workdir import WorkdirLock, atomic_write_text, default_workdir
 
@@ -182,9 +178,9 @@ def main(argv) -> None:
         fail(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to retry them")
 
 
-def run() -> None:
-    """Console-script entry point."""
-    app.run(main, flags_parser=cli.flags_parser(PROG))
+# The body reports its own bad input (fail), each where it is found.
+COMMAND = cli.Command(PROG, _compare, errors=())
+main, run = COMMAND.main, COMMAND.run
 
 
 if __name__ == "__main__":

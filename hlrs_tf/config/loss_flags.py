@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from hlrs_tf.losses.long_tail import DRW_LOSSES, LOSSES
-from hlrs_tf.losses.reweighting import CLASS_WEIGHT_REDUCTIONS
+from hlrs_tf.config.choices import CLASS_WEIGHT_REDUCTIONS, DRW_LOSSES, LOSSES
 
 
 def define_loss_flags(defaults, module_name: str, preset: str = "") -> None:

@@ -11,19 +11,16 @@ import dataclasses
 import math
 import numbers
 
+from hlrs_tf.config.choices import CLASS_WEIGHT_REDUCTIONS, DRW_LOSSES, LOSSES, STRATEGIES
 from hlrs_tf.data.samplers import SAMPLERS
 from hlrs_tf.losses.bbn_mixing import MIXING_SCHEDULES
-from hlrs_tf.losses.long_tail import DRW_LOSSES, LOSSES
-from hlrs_tf.runtime.distribute import STRATEGIES
 from hlrs_tf.runtime.precision import PRECISIONS, SECOND_ORDER_REASON
 from hlrs_tf.search.schedules import ARCH_LR_SCHEDULES
 from hlrs_tf.space.genotypes import STEPS
 
 ORDERS = ("first", "second")
 CELL_IMPLS = ("fused", "direct")
-# LOSSES (``--loss``) and DRW_LOSSES (what ``--drw_epoch`` re-weights) come from hlrs_tf.losses.long_tail.
-#: How the class-weighted loss reduces over a batch (hlrs_tf.losses.reweighting.CLASS_WEIGHT_REDUCTIONS).
-CLASS_WEIGHT_REDUCTIONS = ("weighted_mean", "batch_mean")
+# LOSSES, DRW_LOSSES, CLASS_WEIGHT_REDUCTIONS and STRATEGIES: hlrs_tf.config.choices.
 #: How weights are initialised (hlrs_tf.space.init): PyTorch's defaults as the reference, or Keras' own.
 INITS = ("reference", "keras")
 #: Edges of a derived normal cell (2 per intermediate node), the range of the skip guards' counts.

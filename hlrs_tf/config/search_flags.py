@@ -11,11 +11,11 @@ import dataclasses
 
 from absl import flags
 
+from hlrs_tf.config.choices import STRATEGIES
 from hlrs_tf.config.loss_flags import define_loss_flags
 from hlrs_tf.config.search import CELL_IMPLS, INITS, METHOD_PRESETS, METHODS, ORDERS, SearchConfig
 from hlrs_tf.data.samplers import SAMPLERS
 from hlrs_tf.losses.bbn_mixing import MIXING_SCHEDULES
-from hlrs_tf.runtime.distribute import STRATEGIES
 from hlrs_tf.runtime.precision import PRECISIONS
 from hlrs_tf.search.schedules import ARCH_LR_SCHEDULES
 

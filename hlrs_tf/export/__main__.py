@@ -11,13 +11,10 @@ replaced at ``--out``; the export is left in ``<out>.rejected``); 2 bad input. E
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from hlrs_tf.runtime import cli
-
-cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
 
 flags.DEFINE_string("model", None, "Train work directory (holding model.keras) or a .keras file. Required.")
 flags.DEFINE_string("out", None, "Output folder, e.g. export/<name>; default: export/<name of the work directory>.")
@@ -34,14 +31,6 @@ FLAGS = flags.FLAGS
 PROG = "hlrs_tf.export"
 
 
-def fail(message: str, status: int = 2) -> None:
-    """Prints one error line and exits with ``status`` (2: bad input, as every hlrs_tf command; 1: parity)."""
-    if status == 2:
-        cli.fail(PROG, message)
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(status)
-
-
 def default_out(model: str) -> str:
     """``export/<work directory name>`` (or ``<file stem>``) for ``--model``."""
     path = os.path.abspath(model.rstrip(os.sep))
@@ -54,27 +43,29 @@ def default_out(model: str) -> str:
     return os.path.join("export", name)
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+def _errors() -> tuple[type[Exception], ...]:
+    from hlrs_tf.export.savedmodel_onnx import ExportError
+
+    return (ExportError,)
+
+
+def _export() -> None:
     if not FLAGS["verbosity"].present:
         # tf2onnx and the SavedModel writer log every step at INFO through absl; keep the output to results.
         logging.set_verbosity(logging.WARNING)
     from hlrs_tf.export import savedmodel_onnx as export_lib
 
+    options = export_lib.ExportOptions(
+        dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
+        fashion_mnist_dir=FLAGS.fashion_mnist_dir, num_images=FLAGS.num_images, tolerance=FLAGS.tolerance,
+        opset=FLAGS.opset, batch_size=FLAGS.batch_size,
+    )
+    export_lib.resolve_model(FLAGS.model)  # fail fast, before choosing a default --out
+    out = FLAGS.out or default_out(FLAGS.model)
     try:
-        options = export_lib.ExportOptions(
-            dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, manual_dir=FLAGS.manual_dir,
-            fashion_mnist_dir=FLAGS.fashion_mnist_dir, num_images=FLAGS.num_images, tolerance=FLAGS.tolerance,
-            opset=FLAGS.opset, batch_size=FLAGS.batch_size,
-        )
-        export_lib.resolve_model(FLAGS.model)  # fail fast, before choosing a default --out
-        out = FLAGS.out or default_out(FLAGS.model)
         report = export_lib.export_model(FLAGS.model, out, options)
-    except export_lib.ParityError as e:
-        fail(str(e), status=1)
-    except (export_lib.ExportError, OSError) as e:
-        fail(str(e))
+    except export_lib.ParityError as e:  # exit status 1: a parity failure, not bad input
+        COMMAND.fail(str(e), status=1)
     sm, ox = report["saved_model"], report["onnx"]
     print(f"exported to {report['out']}: saved_model/ model.onnx (opset {report['opset']}) labels.json")
     print(
@@ -84,9 +75,10 @@ def main(argv) -> None:
     )
 
 
-def run() -> None:
-    """Console-script entry point."""
-    app.run(main, flags_parser=cli.flags_parser(PROG))
+# Bad input: ExportError (the message names the flag or the file) and OSError; not ValueError, which here would
+# be a bug.
+COMMAND = cli.Command(PROG, _export, errors=(OSError,), lazy_errors=_errors)
+main, run = COMMAND.main, COMMAND.run
 
 
 if __name__ == "__main__":

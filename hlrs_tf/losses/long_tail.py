@@ -68,14 +68,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from hlrs_tf.config.choices import DRW_LOSSES, LOSSES
 from hlrs_tf.losses import reweighting as losses
 from hlrs_tf.runtime.callbacks import EpochSchedule, model_variable
 
-#: The values of ``--loss`` (search and retraining).
-LOSSES = ("ce", "class_balanced", "logit_adjusted", "balanced_softmax", "ldam", "focal", "class_balanced_focal")
-#: Losses ``--drw_epoch`` can re-weight: those of LDAM-DRW's ``cifar_train.py`` (``CE``, ``LDAM``, ``Focal``);
-#: the others are already class-weighted or class-adjusted.
-DRW_LOSSES = ("ce", "ldam", "focal")
 #: Losses weighted by the effective-number weights throughout.
 _CLASS_WEIGHTED = ("class_balanced", "class_balanced_focal")
 #: LDAM's largest margin and logit scale (kaidic/LDAM-DRW ``cifar_train.py``: ``LDAMLoss(max_m=0.5, s=30)``).

@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-#: Reductions of the class-weighted cross-entropy (``--class_weight_reduction``); see the module docstring.
-CLASS_WEIGHT_REDUCTIONS = ("weighted_mean", "batch_mean")
+# The reductions of the class-weighted cross-entropy (``--class_weight_reduction``); see the module docstring.
+from hlrs_tf.config.choices import CLASS_WEIGHT_REDUCTIONS
 
 
 def effective_number_weights(counts, beta: float = 0.9999) -> np.ndarray:

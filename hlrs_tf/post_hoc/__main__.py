@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
+from hlrs_tf.config.post_hoc import POST_HOC_METHODS, PostHocConfig  # imports no TensorFlow
 from hlrs_tf.runtime import cli
-
-cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
-from hlrs_tf.runtime.workdir import Workdir  # noqa: E402
-from hlrs_tf.train.rebalancing import POST_HOC_METHODS, PostHocConfig, PostHocError  # noqa: E402
+from hlrs_tf.runtime.workdir import Workdir
 
 _D = PostHocConfig(method="crt")
 flags.DEFINE_string("workdir", None, "A finished `python -m hlrs_tf.train` work directory. Required.")
@@ -47,12 +45,16 @@ PROG = "hlrs_tf.post_hoc"
 
 def fail(message: str) -> None:
     """Prints one error line and exits with status 2."""
-    cli.fail(PROG, message)
+    COMMAND.fail(message)
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+def _errors() -> tuple[type[Exception], ...]:
+    from hlrs_tf.data.spec import DatasetError
+
+    return (DatasetError,)
+
+
+def _post_hoc() -> None:
     if not FLAGS.workdir:
         fail("--workdir is required: a finished `python -m hlrs_tf.train` work directory")
     if FLAGS.post_hoc is None:
@@ -61,29 +63,22 @@ def main(argv) -> None:
     if not os.path.isfile(flags_file):
         fail(f"--workdir={FLAGS.workdir} is not a `python -m hlrs_tf.train` work directory: it has no flags.cfg")
 
-    from hlrs_tf.config.train import ConfigError, TrainConfig
-    from hlrs_tf.data.spec import DatasetError
+    from hlrs_tf.config.train import TrainConfig
     from hlrs_tf.runtime.devices import set_thread_pools
     from hlrs_tf.train.rebalancing import run_post_hoc
 
-    try:
-        with open(flags_file) as f:
-            train_config = TrainConfig.from_flags_text(f.read())
-        config = PostHocConfig(
-            method=FLAGS.post_hoc, tau=FLAGS.tau, tau_max=FLAGS.tau_max, tau_steps=FLAGS.tau_steps,
-            crt_epochs=FLAGS.crt_epochs, crt_batch_size=FLAGS.crt_batch_size,
-            crt_learning_rate=FLAGS.crt_learning_rate, crt_momentum=FLAGS.crt_momentum,
-            crt_weight_decay=FLAGS.crt_weight_decay,
-            seed=train_config.seed if FLAGS.seed is None else FLAGS.seed,
-            eval_batch_size=train_config.eval_batch_size,
-        )
-    except (ConfigError, PostHocError) as e:
-        fail(str(e))
+    with open(flags_file) as f:
+        train_config = TrainConfig.from_flags_text(f.read())
+    config = PostHocConfig(  # ConfigError and PostHocError are ValueErrors: one line naming the flag
+        method=FLAGS.post_hoc, tau=FLAGS.tau, tau_max=FLAGS.tau_max, tau_steps=FLAGS.tau_steps,
+        crt_epochs=FLAGS.crt_epochs, crt_batch_size=FLAGS.crt_batch_size,
+        crt_learning_rate=FLAGS.crt_learning_rate, crt_momentum=FLAGS.crt_momentum,
+        crt_weight_decay=FLAGS.crt_weight_decay,
+        seed=train_config.seed if FLAGS.seed is None else FLAGS.seed,
+        eval_batch_size=train_config.eval_batch_size,
+    )
     set_thread_pools(train_config.threads)
-    try:
-        metrics = run_post_hoc(FLAGS.workdir, train_config, config)
-    except (DatasetError, OSError, ValueError) as e:  # PostHocError is a ValueError
-        fail(str(e))
+    metrics = run_post_hoc(FLAGS.workdir, train_config, config)
     record = metrics["post_hoc"]
     tau = f" tau={record['tau']:g} ({record['tau_chosen_by']})" if "tau" in record else ""
     print(f"{FLAGS.post_hoc}{tau}: test top-1 {metrics['top1']:.4f} (was {record['original_top1']:.4f}) | "
@@ -91,9 +86,8 @@ def main(argv) -> None:
     print(f"written: {os.path.join(FLAGS.workdir, 'post_hoc', FLAGS.post_hoc)}/model.keras, metrics.json")
 
 
-def run() -> None:
-    """Console-script entry point."""
-    app.run(main, flags_parser=cli.flags_parser(PROG))
+COMMAND = cli.Command(PROG, _post_hoc, lazy_errors=_errors)
+main, run = COMMAND.main, COMMAND.run
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """Shared plumbing of the command-line entry points: one clear error line, exit status 2, no traceback.
 
-absl's own handling of a bad flag prints ``FATAL Flags parsing error: ...`` plus a help hint and exits 1;
-every hlrs_tf command instead reports it like any other bad input: ``<prog>: error: <cause>`` on stderr,
-exit status 2.
+Every ``python -m hlrs_tf.<command>`` is a :class:`Command`: its ``__main__.py`` defines the flags (the configuration
+modules import no TensorFlow) and a body that turns them into a typed config and runs the library; the
+:class:`Command` does the rest, once for all of them:
 
-It also holds the process set-up every entry point does before it imports TensorFlow
-(:func:`prepare_process`): TensorFlow reads these settings once, at import. Which of them apply depends on
-whether a GPU is expected (:mod:`hlrs_tf.runtime.devices`).
+* the process set-up TensorFlow reads once, at import (:func:`prepare_process`), before the body imports it.
+  Which settings apply depends on whether a GPU is expected (:mod:`hlrs_tf.runtime.devices`);
+* flag errors: absl's own handling prints ``FATAL Flags parsing error: ...`` plus a help hint and exits 1;
+  every hlrs_tf command instead reports it like any other bad input, ``<prog>: error: <cause>`` on stderr,
+  exit status 2 (:func:`flags_parser`);
+* positional arguments refused, and the exceptions that mean bad input (a missing dataset, a corrupt
+  checkpoint, an invalid setting) reported as that one line.
 """
 
 from __future__ import annotations
@@ -14,15 +18,59 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Callable
 
-from absl import flags
+from absl import app, flags
 
 
-def fail(prog: str, message: str) -> None:
-    """Prints ``<prog>: error: <message>`` (one line) and exits with status 2."""
+def fail(prog: str, message: str, status: int = 2) -> None:
+    """Prints ``<prog>: error: <message>`` (one line) and exits with ``status`` (2: bad input)."""
     message = " ".join(str(message).split())  # one line, whatever the exception text looked like
     print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
+
+
+class Command:
+    """One ``python -m hlrs_tf.<command>`` entry point (see the module docstring).
+
+    Args:
+        prog: The command's name in its messages (``hlrs_tf.search``).
+        body: Runs the command once the flags are parsed (no arguments; it reads its module's flags). It may
+            call :meth:`fail` itself.
+        errors: The exception types that mean bad input, reported as one line with exit status 2 (by default
+            ``OSError`` and ``ValueError``: the configuration's, the genotype's and the data checks' errors are
+            ``ValueError`` subclasses whose messages name the flag or the file).
+        lazy_errors: Returns more such types; called only when the body raises something else, so that the
+            entry point imports the modules defining them (and TensorFlow) only when it needs them.
+    """
+
+    def __init__(self, prog: str, body: Callable[[], None],
+                 errors: tuple[type[Exception], ...] = (OSError, ValueError),
+                 lazy_errors: Callable[[], tuple[type[Exception], ...]] | None = None):
+        self.prog = prog
+        self.body = body
+        self.errors = tuple(errors)
+        self.lazy_errors = lazy_errors
+
+    def fail(self, message: str, status: int = 2) -> None:
+        """Prints one error line naming the command and exits with ``status``."""
+        fail(self.prog, message, status)
+
+    def main(self, argv) -> None:
+        """The ``absl.app.run`` main: ``argv`` is what the flags left (the program name alone, or refused)."""
+        if len(argv) > 1:
+            self.fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+        try:
+            self.body()
+        except Exception as e:  # not SystemExit: fail() has reported its own error
+            if isinstance(e, self.errors) or (self.lazy_errors is not None and isinstance(e, self.lazy_errors())):
+                self.fail(str(e))
+            raise
+
+    def run(self) -> None:
+        """The entry point: process settings, then flags parsed by :func:`flags_parser`, then :meth:`main`."""
+        prepare_process()
+        app.run(self.main, flags_parser=flags_parser(self.prog))
 
 
 def flags_parser(prog: str, flag_values=flags.FLAGS):

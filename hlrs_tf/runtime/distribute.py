@@ -46,6 +46,7 @@ import tempfile
 
 import tensorflow as tf
 
+from hlrs_tf.config.choices import STRATEGIES
 from hlrs_tf.runtime.workdir import WorkdirLock
 
 __all__ = [
@@ -66,7 +67,6 @@ __all__ = [
     "worker_workdir",
 ]
 
-STRATEGIES: tuple[str, ...] = ("auto", "default", "mirrored", "multi_worker")
 
 # Task types that train (TF_CONFIG may also name "evaluator" or "ps", which hold no replica here).
 _TRAINING_TASKS = ("chief", "worker")

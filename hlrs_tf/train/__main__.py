@@ -9,44 +9,28 @@ and exit status 2, never a traceback.
 
 from __future__ import annotations
 
-from absl import app
-
+from hlrs_tf.config import train_flags  # imports no TensorFlow: cli.Command sets the process up first
 from hlrs_tf.runtime import cli
-
-cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
-from hlrs_tf.config import train_flags  # noqa: E402
-from hlrs_tf.config.train import ConfigError  # noqa: E402
 
 FLAGS = train_flags.FLAGS
 PROG = "hlrs_tf.train"
 
 
-def fail(message: str) -> None:
-    """Prints one error line and exits with status 2."""
-    cli.fail(PROG, message)
-
-
-def main(argv) -> None:
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
-    try:
-        config = train_flags.config_from_flags(FLAGS)
-    except ConfigError as e:
-        fail(str(e))
-
+def _errors() -> tuple[type[Exception], ...]:
     from hlrs_tf.data.spec import DatasetError
     from hlrs_tf.runtime.callbacks import CheckpointError
+
+    return DatasetError, CheckpointError
+
+
+def _train() -> None:
+    config = train_flags.config_from_flags(FLAGS)
     from hlrs_tf.runtime.workdir import default_workdir
     from hlrs_tf.train import task as retrainer
 
     workdir = FLAGS.workdir or default_workdir(f"{config.dataset}-train")
-    try:
-        result = retrainer.run_retrain(
-            config, workdir, flags_text=train_flags.effective_flags(FLAGS), dry_run=FLAGS.dry_run
-        )
-    except (DatasetError, CheckpointError, OSError, ValueError) as e:
-        # ValueError covers ConfigError and GenotypeError; messages name the flag or the file.
-        fail(str(e))
+    result = retrainer.run_retrain(config, workdir, flags_text=train_flags.effective_flags(FLAGS),
+                                   dry_run=FLAGS.dry_run)
     if FLAGS.dry_run:
         print(f"dry run: wrote {result.workdir}/flags.cfg and model_summary.json")
         return
@@ -58,9 +42,8 @@ def main(argv) -> None:
     )
 
 
-def run() -> None:
-    """Console-script entry point."""
-    app.run(main, flags_parser=cli.flags_parser(PROG))
+COMMAND = cli.Command(PROG, _train, lazy_errors=_errors)
+main, run = COMMAND.main, COMMAND.run
 
 
 if __name__ == "__main__":

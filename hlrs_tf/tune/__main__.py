@@ -12,13 +12,10 @@ trials are kept, an interrupted one continues from its checkpoints. The best set
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from hlrs_tf.config import search_flags as cli_flags  # defines every search flag; imports no TensorFlow
 from hlrs_tf.runtime import cli
-
-cli.prepare_process()  # before TensorFlow is imported: log level, oneDNN kernels, malloc arenas
-from hlrs_tf.config import search_flags as cli_flags  # noqa: E402  (defines every search flag)
-from hlrs_tf.config.search import ConfigError  # noqa: E402
 
 flags.DEFINE_list("tune", ["arch_learning_rate", "arch_lr_schedule", "mixing", "warmup_epochs",
                            "freeze_threshold"], "Hyperparameters to tune.")
@@ -30,38 +27,34 @@ FLAGS = cli_flags.FLAGS
 PROG = "hlrs_tf.tune"
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        cli.fail(PROG, f"unexpected arguments {argv[1:]}; every setting is a --flag (see --helpfull)")
+def _errors() -> tuple[type[Exception], ...]:
     from hlrs_tf.data.spec import DatasetError
-    from hlrs_tf.experiments.tuning import TuneConfig, run_tuning
     from hlrs_tf.runtime.callbacks import CheckpointError
+
+    return DatasetError, CheckpointError
+
+
+def _tune() -> None:
+    from hlrs_tf.experiments.tuning import TuneConfig, run_tuning
     from hlrs_tf.runtime.workdir import default_workdir
 
     try:
         lo, hi = (float(v) for v in FLAGS.arch_lr_range)
     except ValueError:
-        cli.fail(PROG, f"--arch_lr_range={','.join(FLAGS.arch_lr_range)} is invalid: it must be two numbers min,max")
-    try:
-        config = TuneConfig(cli_flags.config_from_flags(FLAGS), tuple(FLAGS.tune), FLAGS.max_trials, FLAGS.tuner,
-                            (lo, hi))
-    except (ConfigError, ValueError) as e:
-        cli.fail(PROG, str(e))
+        COMMAND.fail(f"--arch_lr_range={','.join(FLAGS.arch_lr_range)} is invalid: it must be two numbers min,max")
+    config = TuneConfig(cli_flags.config_from_flags(FLAGS), tuple(FLAGS.tune), FLAGS.max_trials, FLAGS.tuner,
+                        (lo, hi))
     root = FLAGS.workdir or default_workdir(f"{config.base.dataset}-tune")
-    try:
-        best = run_tuning(config, root, verbose=config.base.verbose)
-    except (DatasetError, CheckpointError, OSError, ValueError) as e:
-        cli.fail(PROG, str(e))
+    best = run_tuning(config, root, verbose=config.base.verbose)
     if not best:
-        cli.fail(PROG, f"no trial finished; see {root}/trials.csv and the trials' work directories")
+        COMMAND.fail(f"no trial finished; see {root}/trials.csv and the trials' work directories")
     print(f"best trial {best['trial_id']}: val_balanced_accuracy={best['val_balanced_accuracy']:.4f} "
           f"{best['values']}")
     print(f"best flags: {root}/best_flags.cfg  (python -m hlrs_tf.search --flagfile={root}/best_flags.cfg)")
 
 
-def run() -> None:
-    """Console-script entry point."""
-    app.run(main, flags_parser=cli.flags_parser(PROG))
+COMMAND = cli.Command(PROG, _tune, lazy_errors=_errors)
+main, run = COMMAND.main, COMMAND.run
 
 
 if __name__ == "__main__":
