@@ -13,9 +13,9 @@ from hlrs_tf.space.derived_network import (
     DerivedNetwork,
     average_pool_same,
     drop_path,
-    reduction_layers,
 )
 from hlrs_tf.space.genotypes import DARTS_V1, DARTS_V2, Genotype, GenotypeError
+from hlrs_tf.space.stacking import reduction_layers
 
 
 def _images(n, shape, seed=0):

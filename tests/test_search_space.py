@@ -7,9 +7,10 @@ import tensorflow as tf
 
 from hlrs_tf.search.bilevel import DartsSearchModel
 from hlrs_tf.space import ops as darts_ops
-from hlrs_tf.space.cells import MixedOp, SearchCell, num_edges
-from hlrs_tf.space.genotypes import PRIMITIVES
-from hlrs_tf.space.supernet import SearchNetwork, reduction_layers
+from hlrs_tf.space.cells import MixedOp, SearchCell
+from hlrs_tf.space.genotypes import PRIMITIVES, num_edges
+from hlrs_tf.space.stacking import reduction_layers
+from hlrs_tf.space.supernet import SearchNetwork
 from hlrs_tf.testing import registry_round_trip
 
 

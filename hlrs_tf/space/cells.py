@@ -18,18 +18,14 @@ from keras import ops
 
 from hlrs_tf.space import ops as darts_ops
 from hlrs_tf.space import partial_channels as pc
-from hlrs_tf.space.genotypes import PRIMITIVES
+from hlrs_tf.space.genotypes import PRIMITIVES, edge_pairs
 from hlrs_tf.space.ops import CompositeLayer
+from hlrs_tf.space.stacking import preprocess_inputs
 
 
 def add_n(tensors):
     """Sum of a list of same-shape tensors as one op (stack + sum would add a copy and its gradient)."""
     return tensors[0] if len(tensors) == 1 else tf.add_n(tensors)
-
-
-def num_edges(steps: int = 4) -> int:
-    """Number of mixed-op edges of a cell with ``steps`` intermediate nodes (14 for 4)."""
-    return sum(2 + j for j in range(steps))
 
 
 @keras.saving.register_keras_serializable(package="hlrs_tf")
@@ -142,17 +138,12 @@ class SearchCell(SearchCellConfig, CompositeLayer):
         self.channels, self.reduction, self.reduction_prev = channels, reduction, reduction_prev
         self.steps, self.multiplier, self.primitives = steps, multiplier, tuple(primitives)
         self.partial_channels = int(partial_channels)
-        if reduction_prev:
-            self.preprocess0 = darts_ops.FactorizedReduce(channels, affine=False, name="preprocess0")
-        else:
-            self.preprocess0 = darts_ops.ReLUConvBN(channels, 1, 1, affine=False, name="preprocess0")
-        self.preprocess1 = darts_ops.ReLUConvBN(channels, 1, 1, affine=False, name="preprocess1")
+        self.preprocess0, self.preprocess1 = preprocess_inputs(channels, reduction_prev, affine=False)
         self.edges = []
-        for j in range(steps):
-            for i in range(2 + j):
-                strides = 2 if reduction and i < 2 else 1
-                self.edges.append(MixedOp(channels, strides, self.primitives, self.partial_channels,
-                                          name=f"edge_{j}_{i}"))
+        for j, i in edge_pairs(steps):
+            strides = 2 if reduction and i < 2 else 1
+            self.edges.append(MixedOp(channels, strides, self.primitives, self.partial_channels,
+                                      name=f"edge_{j}_{i}"))
 
     def call(self, s0, s1, weights, edge_weights=None, training=None):
         """Runs the cell.

@@ -47,13 +47,9 @@ from hlrs_tf.runtime.precision import policy_scope
 from hlrs_tf.space import ops as darts_ops
 from hlrs_tf.space.genotypes import Genotype
 from hlrs_tf.space.ops import CompositeLayer, batch_norm, pointwise_conv
+from hlrs_tf.space.stacking import cell_layout, preprocess_inputs, stem_layers
 
-__all__ = ["AuxiliaryHead", "DerivedCell", "DerivedNetwork", "drop_path", "reduction_layers"]
-
-
-def reduction_layers(layers: int) -> tuple[int, int]:
-    """Indices of the reduction cells among ``layers`` cells (the reference's ``L//3`` and ``2L//3``)."""
-    return (layers // 3, 2 * layers // 3)
+__all__ = ["AuxiliaryHead", "DerivedCell", "DerivedNetwork", "drop_path"]
 
 
 def _as_genotype(genotype) -> Genotype:
@@ -135,11 +131,7 @@ class DerivedCell(CompositeLayer):
         self.concat = tuple(g.reduce_concat if reduction else g.normal_concat)
         self.steps = len(pairs) // 2
         self.indices = tuple(i for _, i in pairs)
-        if reduction_prev:
-            self.preprocess0 = darts_ops.FactorizedReduce(channels, affine=True, name="preprocess0")
-        else:
-            self.preprocess0 = darts_ops.ReLUConvBN(channels, 1, 1, affine=True, name="preprocess0")
-        self.preprocess1 = darts_ops.ReLUConvBN(channels, 1, 1, affine=True, name="preprocess1")
+        self.preprocess0, self.preprocess1 = preprocess_inputs(channels, reduction_prev, affine=True)
         self.cell_ops = []
         for k, (name, index) in enumerate(pairs):
             strides = 2 if reduction and index < 2 else 1
@@ -286,17 +278,10 @@ class DerivedNetwork(keras.Model):
         )
 
     def _build_layers(self, channels, num_classes, layers, auxiliary, bbn, stem_multiplier):
-        self.stem_conv = keras.layers.Conv2D(
-            stem_multiplier * channels, 3, padding="same", use_bias=False, name="stem_conv"
-        )
-        self.stem_bn = batch_norm(True, name="stem_bn")
+        self.stem_conv, self.stem_bn = stem_layers(channels, stem_multiplier)
         self.cells = []
         self.branch_cells = []
-        c_curr, reduction_prev = channels, False
-        for i in range(layers):
-            reduction = i in reduction_layers(layers)
-            if reduction:
-                c_curr *= 2
+        for i, c_curr, reduction, reduction_prev in cell_layout(layers, channels):
             if bbn and i == layers - 1:
                 # Two copies of the last cell with their own weights: conventional, re-balancing.
                 self.branch_cells = [
@@ -305,7 +290,6 @@ class DerivedNetwork(keras.Model):
                 ]
             else:
                 self.cells.append(DerivedCell(self.genotype, c_curr, reduction, reduction_prev, name=f"cell_{i}"))
-            reduction_prev = reduction
         self.auxiliary_head = AuxiliaryHead(num_classes, name="auxiliary_head") if auxiliary else None
         # float32 under any policy: logits and loss in float32 (Keras' practice for the output layer).
         self.classifier = keras.layers.Dense(num_classes, name="classifier", dtype="float32")

@@ -58,7 +58,7 @@ import tensorflow as tf
 from hlrs_tf.runtime import sync_bn
 from hlrs_tf.space import partial_channels as pc
 from hlrs_tf.space.cells import SearchCellConfig
-from hlrs_tf.space.genotypes import PRIMITIVES
+from hlrs_tf.space.genotypes import PRIMITIVES, edge_pairs
 from hlrs_tf.space.ops import (
     BN_EPSILON,
     BN_MOMENTUM,
@@ -153,7 +153,7 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
         self.steps, self.multiplier, self.primitives = int(steps), int(multiplier), tuple(primitives)
         # Edge e of node j from state i, in the reference's row order; stride 2 on the input edges of a
         # reduction cell.
-        self.edge_list = [(j, i) for j in range(self.steps) for i in range(2 + j)]
+        self.edge_list = edge_pairs(self.steps)
         self.num_edges = len(self.edge_list)
         self.strided_edges = [e for e, (_, i) in enumerate(self.edge_list) if self._stride(i) == 2]
         # BN slots of the stacked running statistics: preprocessing, the pools of each source state, then

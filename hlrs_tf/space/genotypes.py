@@ -42,6 +42,8 @@ __all__ = [
     "GenotypeError",
     "Genotype",
     "softmax",
+    "num_edges",
+    "edge_pairs",
     "derive_cell",
     "cap_skip_connect",
     "derive_genotype",
@@ -88,9 +90,16 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
-def _num_edges(steps: int) -> int:
-    # Node j has 2 + j incoming edges: 2 + 3 + ... + (steps + 1).
+def num_edges(steps: int = STEPS) -> int:
+    """Number of edges of a cell with ``steps`` intermediate nodes (14 for 4): node ``j`` has ``2 + j`` incoming
+    edges, ``2 + 3 + ... + (steps + 1)``."""
     return sum(2 + j for j in range(steps))
+
+
+def edge_pairs(steps: int = STEPS) -> list[tuple[int, int]]:
+    """The edges of a cell as ``(node j, input i)`` in the reference's row order (the alphas' rows): node by node,
+    input 0 and 1 the cell inputs ``k-2`` and ``k-1``, input ``2 + m`` node ``m``."""
+    return [(j, i) for j in range(steps) for i in range(2 + j)]
 
 
 def _validate_cell(value: Any, field: str, steps: int, source: str) -> tuple[tuple[str, int], ...]:
@@ -407,7 +416,7 @@ def derive_cell(
             replaced.extend(record)
         return cell
     w = np.asarray(weights, dtype=np.float64)
-    expected = (_num_edges(steps), len(PRIMITIVES))
+    expected = (num_edges(steps), len(PRIMITIVES))
     if w.shape != expected:
         raise GenotypeError(f"derive_cell: weights must have shape {expected}, got {w.shape}")
     if not np.all(np.isfinite(w)):
@@ -433,7 +442,7 @@ def derive_cell(
 def node_edge_slices(steps: int = STEPS) -> list[slice]:
     """The rows of each intermediate node's incoming edges in the ``(num_edges, ...)`` edge order: node ``j``
     has ``2 + j`` edges (``slice(0, 2), slice(2, 5), slice(5, 9), slice(9, 14)`` for 4 nodes)."""
-    return [slice(_num_edges(j), _num_edges(j + 1)) for j in range(steps)]
+    return [slice(num_edges(j), num_edges(j + 1)) for j in range(steps)]
 
 
 def edge_normalised_weights(weights: Any, betas: Any, steps: int = STEPS) -> np.ndarray:
@@ -450,8 +459,8 @@ def edge_normalised_weights(weights: Any, betas: Any, steps: int = STEPS) -> np.
     """
     w = np.asarray(weights, dtype=np.float64)
     b = np.asarray(betas, dtype=np.float64)
-    if b.shape != (_num_edges(steps),):
-        raise GenotypeError(f"betas must have shape ({_num_edges(steps)},), got {b.shape}")
+    if b.shape != (num_edges(steps),):
+        raise GenotypeError(f"betas must have shape ({num_edges(steps)},), got {b.shape}")
     if not np.all(np.isfinite(b)):
         raise GenotypeError("betas contain NaN or inf")
     edge = np.concatenate([softmax(b[node]) for node in node_edge_slices(steps)])
@@ -505,9 +514,9 @@ def cap_skip_connect(
         raise GenotypeError("cap_skip_connect: weights must be non-negative (softmaxed), got a negative weight")
     replaced: list[dict] = []
     while _count_skips(cell) > max_skip_connect:
-        rows = [_num_edges(i // 2) + idx for i, (op, idx) in enumerate(cell) if op == "skip_connect"]
+        rows = [num_edges(i // 2) + idx for i, (op, idx) in enumerate(cell) if op == "skip_connect"]
         row = min(rows, key=lambda r: (w[r, _SKIP_INDEX], r))
-        node = next(j for j in range(steps) if row < _num_edges(j + 1))
+        node = next(j for j in range(steps) if row < num_edges(j + 1))
         skip_weight = float(w[row, _SKIP_INDEX])
         w[row, _SKIP_INDEX] = 0.0
         new_cell = derive_cell(w, steps)
@@ -516,7 +525,7 @@ def cap_skip_connect(
         replacement = next(pair for pair in new if pair not in old)
         replaced.append({
             "node": node,
-            "removed": ["skip_connect", row - _num_edges(node)],
+            "removed": ["skip_connect", row - num_edges(node)],
             "replacement": list(replacement),
             "skip_weight": skip_weight,
         })
@@ -559,7 +568,7 @@ def derive_genotype(
         GenotypeError: wrong alpha or beta shape, non-finite values, an invalid ``multiplier`` or
             ``max_skip_connect``.
     """
-    expected = (_num_edges(steps), len(PRIMITIVES))
+    expected = (num_edges(steps), len(PRIMITIVES))
     arrays = []
     for name, a in (("alphas_normal", alphas_normal), ("alphas_reduce", alphas_reduce)):
         arr = np.asarray(a, dtype=np.float64)

@@ -25,20 +25,16 @@ from keras import ops
 
 from hlrs_tf.runtime.precision import policy_scope
 from hlrs_tf.space import partial_channels as pc
-from hlrs_tf.space.cells import SearchCell, num_edges
+from hlrs_tf.space.cells import SearchCell
 from hlrs_tf.space.fused_cell import FusedSearchCell
-from hlrs_tf.space.genotypes import PRIMITIVES, Genotype, derive_genotype
-from hlrs_tf.space.ops import CompositeLayer, batch_norm
+from hlrs_tf.space.genotypes import PRIMITIVES, Genotype, derive_genotype, num_edges
+from hlrs_tf.space.ops import CompositeLayer
+from hlrs_tf.space.stacking import cell_layout, stem_layers
 
 # How the cells are computed: "fused" (fast; stacked parameters, shared work) or "direct" (one Keras layer per
 # candidate op of every edge, as in the reference; the oracle the fused cell is tested against). Same function,
 # same parameter count; the variable layouts differ, so checkpoints do not transfer between them.
 CELL_IMPLEMENTATIONS = {"fused": FusedSearchCell, "direct": SearchCell}
-
-
-def reduction_layers(layers: int) -> tuple[int, int]:
-    """Indices of the reduction cells among ``layers`` cells (the reference's ``L//3`` and ``2L//3``)."""
-    return (layers // 3, 2 * layers // 3)
 
 
 @keras.saving.register_keras_serializable(package="hlrs_tf")
@@ -103,19 +99,11 @@ class SearchNetwork(CompositeLayer):
                                                 autocast=False)
 
     def _build_layers(self, channels, layers, steps, multiplier, stem_multiplier):
-        self.stem_conv = keras.layers.Conv2D(
-            stem_multiplier * channels, 3, padding="same", use_bias=False, name="stem_conv"
-        )
         # The reference search stem uses BatchNorm2d's default affine=True: part of the 1,930,618 count.
-        self.stem_bn = batch_norm(affine=True, name="stem_bn")
+        self.stem_conv, self.stem_bn = stem_layers(channels, stem_multiplier)
         self.cells = []
-        c_curr, reduction_prev = channels, False
-        for i in range(layers):
-            reduction = i in reduction_layers(layers)
-            if reduction:
-                c_curr *= 2
+        for i, c_curr, reduction, reduction_prev in cell_layout(layers, channels):
             self.cells.append(self.make_cell(c_curr, reduction, reduction_prev, name=f"cell_{i}"))
-            reduction_prev = reduction
         self.feature_dim = multiplier * c_curr
         # float32 under any policy: logits and loss in float32 (Keras' practice for the output layer).
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier", dtype="float32")
