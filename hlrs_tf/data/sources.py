@@ -37,7 +37,7 @@ import zipfile
 
 import numpy as np
 
-from hlrs_tf.data.long_tail import _class_name, _short_counts, stratified_split
+from hlrs_tf.data.long_tail import _class_name, _short_counts, check_class_counts, make_long_tailed, stratified_split
 from hlrs_tf.data.spec import (
     _KNOWN_SPECS,
     DEFAULT_FASHION_MNIST_DIR,
@@ -49,7 +49,7 @@ from hlrs_tf.data.spec import (
     _placeholder_spec,
 )
 
-__all__ = ["dataset_spec", "load_dataset"]
+__all__ = ["dataset_spec", "load_dataset", "load_long_tailed"]
 
 
 _FASHION_MNIST_APT = "apt-get install -y dataset-fashion-mnist"
@@ -124,6 +124,33 @@ def load_dataset(name: str, data_dir: str | None = None, manual_dir: str | None 
     else:
         read = _load_tfds(name, data_dir, manual_dir)
     return _validated(name, read)
+
+
+def load_long_tailed(settings, train_portion: float | None = None) -> tuple[ArrayDataset, np.ndarray, np.ndarray]:
+    """A run's dataset and its long-tailed training set: one function for the search, the retraining and the
+    post-hoc re-balancing, so all three see the same images for the same settings.
+
+    The long-tail profile is refused from the labels alone (:func:`hlrs_tf.data.long_tail.check_class_counts`)
+    before the subset is drawn, so before anything is built or written.
+
+    Args:
+        settings: A run config (``dataset``, ``data_dir``, ``manual_dir``, ``fashion_mnist_dir``,
+            ``imbalance_ratio``, ``seed``).
+        train_portion: The search's weight-split share (every class needs an image on both splits); ``None``
+            for a retraining.
+
+    Returns:
+        ``(dataset, x_lt, y_lt)``: the whole dataset and the long-tailed training images and labels.
+
+    Raises:
+        DatasetError: The data cannot be loaded, or the profile leaves a class without an image.
+    """
+    ds = load_dataset(settings.dataset, settings.data_dir, settings.manual_dir,
+                      fashion_mnist_dir=settings.fashion_mnist_dir)
+    check_class_counts(ds.y_train, ds.spec.num_classes, settings.imbalance_ratio, train_portion,
+                       ds.spec.class_names)
+    x_lt, y_lt = make_long_tailed(ds.x_train, ds.y_train, settings.imbalance_ratio, seed=settings.seed)
+    return ds, x_lt, y_lt
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from hlrs_tf.config.search import ADDED_FLAG_DEFAULTS, SearchConfig
-from hlrs_tf.data.long_tail import check_class_counts, class_counts, make_long_tailed, stratified_split
+from hlrs_tf.data.long_tail import class_counts, stratified_split
 from hlrs_tf.data.long_tail_metrics import balanced_accuracy, evaluation_report
 from hlrs_tf.data.pipeline import eval_dataset, search_dataset, search_steps_per_epoch
-from hlrs_tf.data.sources import dataset_spec, load_dataset
+from hlrs_tf.data.sources import dataset_spec, load_long_tailed
 from hlrs_tf.data.spec import ArrayDataset, DatasetSpec
 from hlrs_tf.losses.long_tail import DRWSchedule, LossSpec
 from hlrs_tf.runtime import precision
@@ -239,14 +239,9 @@ def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_te
         atomic_write_json(wd.summary_file, summary)
         return SearchResult(wd.path, None, None, {})
 
-    ds = load_dataset(
-        config.dataset, config.data_dir, config.manual_dir, fashion_mnist_dir=config.fashion_mnist_dir
-    )
-    spec = ds.spec
     # Before anything is built: a class left without an image on either search split is refused from the counts.
-    check_class_counts(ds.y_train, spec.num_classes, config.imbalance_ratio, config.train_portion,
-                       spec.class_names)
-    x_lt, y_lt = make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
+    ds, x_lt, y_lt = load_long_tailed(config, config.train_portion)
+    spec = ds.spec
     train_counts = class_counts(y_lt, spec.num_classes)
     idx_w, idx_a = stratified_split(y_lt, config.train_portion, seed=config.seed)
     split = (x_lt[idx_w], y_lt[idx_w], x_lt[idx_a], y_lt[idx_a])

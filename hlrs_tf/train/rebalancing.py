@@ -49,10 +49,10 @@ import tensorflow as tf
 
 from hlrs_tf.config.post_hoc import POST_HOC_METHODS, PostHocConfig, PostHocError
 from hlrs_tf.config.train import TrainConfig
-from hlrs_tf.data.long_tail import class_counts, holdout_split, make_long_tailed
+from hlrs_tf.data.long_tail import class_counts, holdout_split
 from hlrs_tf.data.long_tail_metrics import evaluation_report
 from hlrs_tf.data.pipeline import eval_dataset
-from hlrs_tf.data.sources import load_dataset
+from hlrs_tf.data.sources import load_long_tailed
 from hlrs_tf.losses.long_tail import logit_adjustments
 from hlrs_tf.runtime.workdir import Workdir, WorkdirLock, atomic_write_json, read_json
 from hlrs_tf.train.task import MODEL_FILENAME, save_network
@@ -230,11 +230,8 @@ def run_post_hoc(train_workdir: str, train_config: TrainConfig, config: PostHocC
     out = os.path.join(wd.path, "post_hoc", config.method)
     # The retraining's own lock: no retraining resumes into it, and no other post-hoc run writes beside it, meanwhile.
     with WorkdirLock(wd.path):
-        ds = load_dataset(train_config.dataset, train_config.data_dir, train_config.manual_dir,
-                          fashion_mnist_dir=train_config.fashion_mnist_dir)
+        ds, x_lt, y_lt = load_long_tailed(train_config)  # the retraining's own long-tailed set
         spec = ds.spec
-        x_lt, y_lt = make_long_tailed(ds.x_train, ds.y_train, train_config.imbalance_ratio,
-                                      seed=train_config.seed)
         (x_tr, y_tr), holdout = holdout_split(x_lt, y_lt, train_config.holdout_fraction, train_config.seed)
         train_counts = class_counts(y_tr, spec.num_classes)
         # class_counts.json exists since the long-tail losses (older work directories lack it).

@@ -33,10 +33,10 @@ import keras
 import tensorflow as tf
 
 from hlrs_tf.config.train import ADDED_FLAG_DEFAULTS, TrainConfig
-from hlrs_tf.data.long_tail import check_class_counts, class_counts, holdout_split, make_long_tailed
+from hlrs_tf.data.long_tail import class_counts, holdout_split
 from hlrs_tf.data.long_tail_metrics import evaluation_report
 from hlrs_tf.data.pipeline import cutout_length_for, eval_dataset, retrain_dataset, retrain_steps_per_epoch
-from hlrs_tf.data.sources import dataset_spec, load_dataset
+from hlrs_tf.data.sources import dataset_spec, load_long_tailed
 from hlrs_tf.data.spec import ArrayDataset, DatasetSpec
 from hlrs_tf.losses.long_tail import DRWSchedule, LossSpec
 from hlrs_tf.runtime import precision
@@ -218,13 +218,9 @@ def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_te
         atomic_write_json(wd.summary_file, summary)
         return RetrainResult(wd.path, genotype, None, {})
 
-    ds = load_dataset(
-        config.dataset, config.data_dir, config.manual_dir, fashion_mnist_dir=config.fashion_mnist_dir
-    )
-    spec = ds.spec
     # Before anything is built or written: a class left without a training image is refused from the counts.
-    check_class_counts(ds.y_train, spec.num_classes, config.imbalance_ratio, class_names=spec.class_names)
-    x_lt, y_lt = make_long_tailed(ds.x_train, ds.y_train, config.imbalance_ratio, seed=config.seed)
+    ds, x_lt, y_lt = load_long_tailed(config)
+    spec = ds.spec
     (x_lt, y_lt), holdout = holdout_split(x_lt, y_lt, config.holdout_fraction, config.seed)
     train_counts = class_counts(y_lt, spec.num_classes)
     holdout_counts = {} if holdout is None else {
