@@ -73,6 +73,25 @@ class Command:
         app.run(self.main, flags_parser=flags_parser(self.prog))
 
 
+def report_run(result, dry_run: bool, written: str, accuracy: str) -> None:
+    """The closing lines of a search or retraining command: the work directory, what it wrote and its test
+    accuracy (top-1, many/medium/few-shot); after a dry run, the two files it writes.
+
+    Args:
+        result: The run's result (``workdir``, ``metrics``).
+        dry_run: Whether the run was a dry run.
+        written: The line naming the main artefact (``genotype: <path>``).
+        accuracy: What the accuracy is of (``supernet test``).
+    """
+    if dry_run:
+        print(f"dry run: wrote {result.workdir}/flags.cfg and model_summary.json")
+        return
+    m = result.metrics
+    print(f"work directory: {result.workdir}")
+    print(written)
+    print(f"{accuracy} top-1 {m['top1']:.4f} | many {m['many_shot']} | medium {m['medium_shot']} | few {m['few_shot']}")
+
+
 def flags_parser(prog: str, flag_values=flags.FLAGS):
     """An ``absl.app.run(..., flags_parser=...)`` parser that turns flag errors into :func:`fail`."""
 

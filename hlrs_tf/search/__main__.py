@@ -31,16 +31,7 @@ def _search() -> None:
 
     workdir = FLAGS.workdir or default_workdir(f"{config.dataset}-search")
     result = run_search(config, workdir, flags_text=cli_flags.effective_flags(config), dry_run=FLAGS.dry_run)
-    if FLAGS.dry_run:
-        print(f"dry run: wrote {result.workdir}/flags.cfg and model_summary.json")
-        return
-    m = result.metrics
-    print(f"work directory: {result.workdir}")
-    print(f"genotype: {result.workdir}/genotype.json")
-    print(
-        f"supernet test top-1 {m['top1']:.4f} | many {m['many_shot']} | medium {m['medium_shot']} | "
-        f"few {m['few_shot']}"
-    )
+    cli.report_run(result, FLAGS.dry_run, f"genotype: {result.workdir}/genotype.json", "supernet test")
 
 
 COMMAND = cli.Command(PROG, _search, lazy_errors=_errors)

@@ -257,16 +257,8 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
         return self._bn(bn, out, slot, scale, training)
 
     def call(self, s0, s1, weights, edge_weights=None, training=None):
-        """Runs the cell.
-
-        Args:
-            s0: Output of cell k-2.
-            s1: Output of cell k-1.
-            weights: Softmaxed alphas of this cell type, ``(num_edges, len(primitives))``.
-            edge_weights: PC-DARTS' normalised edge weights ``(num_edges,)``
-                (:func:`hlrs_tf.space.partial_channels.edge_weights`), or ``None`` (every edge weighs 1).
-            training: BN mode.
-        """
+        """Runs the cell: the arguments and the result of :meth:`hlrs_tf.space.cells.SearchCell.call` (the cell
+        inputs ``k-2`` and ``k-1``, the softmaxed alphas, PC-DARTS' edge weights or ``None``, the BN mode)."""
         training = bool(training)
         c, c_op, k_pc = self.channels, self.op_channels, self.partial_channels
         compute = self.compute_dtype  # float32, or bfloat16 / float16 under a mixed policy (no-op casts in float32)

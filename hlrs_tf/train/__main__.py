@@ -31,15 +31,7 @@ def _train() -> None:
     workdir = FLAGS.workdir or default_workdir(f"{config.dataset}-train")
     result = retrainer.run_retrain(config, workdir, flags_text=train_flags.effective_flags(FLAGS),
                                    dry_run=FLAGS.dry_run)
-    if FLAGS.dry_run:
-        print(f"dry run: wrote {result.workdir}/flags.cfg and model_summary.json")
-        return
-    m = result.metrics
-    print(f"work directory: {result.workdir}")
-    print(f"model: {result.workdir}/{retrainer.MODEL_FILENAME}")
-    print(
-        f"test top-1 {m['top1']:.4f} | many {m['many_shot']} | medium {m['medium_shot']} | few {m['few_shot']}"
-    )
+    cli.report_run(result, FLAGS.dry_run, f"model: {result.workdir}/{retrainer.MODEL_FILENAME}", "test")
 
 
 COMMAND = cli.Command(PROG, _train, lazy_errors=_errors)
