@@ -1,14 +1,14 @@
 """Runs a DARTS search from a :class:`~hlrs_tf.config.search.SearchConfig` into a work directory.
 
 Data flows one way: config -> data (long-tailed, stratified split, tf.data) -> supernet + bilevel model ->
-``fit`` with the logging callbacks -> genotype, history, TensorBoard, checkpoints -> test-set evaluation.
+``fit`` with the logging callbacks -> genotype, history, TensorBoard, checkpoints -> test-set evaluation. The
+steps are the retraining's, in one skeleton (:func:`hlrs_tf.runtime.run.drive`); :class:`SearchTask` fills them in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import keras
 import numpy as np
@@ -18,7 +18,7 @@ from hlrs_tf.config.search import ADDED_FLAG_DEFAULTS, SearchConfig
 from hlrs_tf.data.long_tail import class_counts, stratified_split
 from hlrs_tf.data.long_tail_metrics import balanced_accuracy, evaluation_report
 from hlrs_tf.data.pipeline import eval_dataset, search_dataset, search_steps_per_epoch
-from hlrs_tf.data.sources import dataset_spec, load_long_tailed
+from hlrs_tf.data.sources import load_long_tailed
 from hlrs_tf.data.spec import ArrayDataset, DatasetSpec
 from hlrs_tf.losses.long_tail import DRWSchedule, LossSpec
 from hlrs_tf.runtime import precision
@@ -26,8 +26,9 @@ from hlrs_tf.runtime.callbacks import CSVHistory, EpochCheckpoint, LearningRateL
 from hlrs_tf.runtime.cli import onednn_enabled
 from hlrs_tf.runtime.devices import configure_devices, set_thread_pools, visible_devices
 from hlrs_tf.runtime.diagrams import plot_genotype
-from hlrs_tf.runtime.distribute import check_global_batch_size, is_chief, make_strategy, workdir_lock, worker_workdir
-from hlrs_tf.runtime.workdir import Workdir, atomic_write_json, atomic_write_text, check_same_run, truncate_history
+from hlrs_tf.runtime.distribute import check_global_batch_size, make_strategy, workdir_lock, worker_workdir
+from hlrs_tf.runtime.run import RunData, drive
+from hlrs_tf.runtime.workdir import Workdir, atomic_write_json
 from hlrs_tf.search.bbn import BBNSearchModel, BBNSearchNetwork
 from hlrs_tf.search.bilevel import DartsSearchModel
 from hlrs_tf.search.callbacks import (
@@ -221,102 +222,118 @@ def run_search(
     with workdir_lock(workdir):
         strategy = configure_runtime(config)
         with worker_workdir(workdir, strategy) as write_dir, strategy.scope():
-            return _run_search(config, write_dir, workdir, flags_text, dry_run, chief=is_chief(strategy))
+            # A non-chief worker writes into a folder of its own (write_dir) and resumes from the chief's.
+            return drive(SearchTask(config, workdir), Workdir(write_dir), flags_text, dry_run)
 
 
-def _run_search(config: SearchConfig, workdir: str, chief_workdir: str, flags_text: str | None,
-                dry_run: bool, chief: bool) -> SearchResult:
-    wd = Workdir(workdir)
-    if flags_text is not None:
-        check_same_run(Workdir(chief_workdir) if chief else wd, flags_text, ADDED_FLAG_DEFAULTS)
-        atomic_write_text(wd.flags_file, flags_text)
+class SearchTask:
+    """A search, for :func:`hlrs_tf.runtime.run.drive`.
 
-    if dry_run:
-        spec = dataset_spec(config.dataset, config.data_dir)
-        t0 = time.perf_counter()
-        model = build_model(config, spec, total_steps=1)
-        summary = model_summary(model, spec, config, dry_run=True, build_s=round(time.perf_counter() - t0, 2))
-        atomic_write_json(wd.summary_file, summary)
+    Args:
+        config: The run config.
+        chief_workdir: The chief's work directory: every worker restores the chief's checkpoint, so all of them
+            continue from the same epoch (the chief's own folder on one machine).
+    """
+
+    added_flag_defaults = ADDED_FLAG_DEFAULTS
+
+    def __init__(self, config: SearchConfig, chief_workdir: str):
+        self.config = config
+        self.chief_workdir = chief_workdir
+        self.genotype_logger = None
+        self.skip_stop = None
+
+    def check_resume(self, wd: Workdir) -> None:
+        """Nothing beyond the flags: the search space is the flags' (``--channels``, ``--layers``, ...)."""
+
+    def result(self, wd: Workdir) -> SearchResult:
         return SearchResult(wd.path, None, None, {})
 
-    # Before anything is built: a class left without an image on either search split is refused from the counts.
-    ds, x_lt, y_lt = load_long_tailed(config, config.train_portion)
-    spec = ds.spec
-    train_counts = class_counts(y_lt, spec.num_classes)
-    idx_w, idx_a = stratified_split(y_lt, config.train_portion, seed=config.seed)
-    split = (x_lt[idx_w], y_lt[idx_w], x_lt[idx_a], y_lt[idx_a])
-    full_steps = search_steps_per_epoch(len(idx_w), len(idx_a), config.batch_size)
-    steps = config.steps_per_epoch or full_steps
+    def dry_run_summary(self, spec) -> dict:
+        return model_summary(build_model(self.config, spec, total_steps=1), spec, self.config)
 
-    t0 = time.perf_counter()
-    model = build_model(config, spec, total_steps=config.epochs * steps, class_counts=train_counts)
-    build_s = time.perf_counter() - t0
-    # The collapse guards of issue 18 (hlrs_tf.search.collapse): the P-DARTS cap on every derived genotype and the
-    # DARTS+ stop, whose record the checkpoint carries.
-    genotype_logger = GenotypeLogger(wd, max_skip_connect=config.skip_cap)
-    skip_stop = SkipConnectStop(config.stop_on_skip, config.warmup_epochs, genotype_logger)
-    # Resume: a rerun of the same command continues after the last complete epoch, with weights, alphas,
-    # BN statistics, both optimizers (and so the lr schedule position) and the data stream restored.
-    checkpoint = EpochCheckpoint(wd.checkpoint_dir, extra_state=skip_stop.checkpoint_state)
-    # Every worker restores the chief's checkpoint, so all of them continue from the same epoch.
-    chief_checkpoint = EpochCheckpoint(Workdir(chief_workdir, create=False).checkpoint_dir)
-    initial_epoch = min(chief_checkpoint.restore(model), config.epochs)
-    # A search the DARTS+ rule stopped stays stopped: its last checkpoint says so (hlrs_tf.search.collapse).
-    skip_stop.record = chief_checkpoint.saved_state().get("early_stop")
-    end_epoch = initial_epoch if skip_stop.record else config.epochs
-    # (BBN: its mixed CE uses none of it)
-    atomic_write_json(wd.class_counts_file, model.loss_spec.run_summary(train_counts, config))
-    train_ds, _ = search_dataset(
-        *split, spec, config.batch_size, config.seed, config.augment, skip_batches=initial_epoch * steps,
-        weight_sampler=config.weight_sampler, arch_sampler=config.arch_sampler, bbn=config.bbn,
-    )
-    atomic_write_json(
-        wd.summary_file,
-        model_summary(
-            model, spec, config,
-            train_class_counts=train_counts.tolist(),
-            weight_split=len(idx_w), arch_split=len(idx_a), steps_per_epoch=steps, build_s=round(build_s, 2),
-        ),
-    )
+    def load_data(self, wd: Workdir) -> RunData:
+        config = self.config
+        # Before anything is built: a class left without an image on either search split is refused from the
+        # counts.
+        ds, x_lt, y_lt = load_long_tailed(config, config.train_portion)
+        train_counts = class_counts(y_lt, ds.spec.num_classes)
+        idx_w, idx_a = stratified_split(y_lt, config.train_portion, seed=config.seed)
+        split = (x_lt[idx_w], y_lt[idx_w], x_lt[idx_a], y_lt[idx_a])
+        steps = config.steps_per_epoch or search_steps_per_epoch(len(idx_w), len(idx_a), config.batch_size)
+        summary = {"train_class_counts": train_counts.tolist(), "weight_split": len(idx_w),
+                   "arch_split": len(idx_a), "steps_per_epoch": steps}
+        return RunData(train_counts, steps, summary, {"dataset": ds, "split": split})
 
-    schedule = ScheduleConfig(
-        arch_lr_schedule=config.arch_lr_schedule, mixing=config.mixing, base_arch_lr=config.arch_learning_rate,
-        freeze_threshold=config.freeze_threshold, warmup_epochs=config.warmup_epochs,
-    )
-    callbacks = [
-        NonFiniteLossGuard(wd.checkpoint_dir),  # first: a NaN batch ends fit before anything saves the epoch
-        # Sets this epoch's arch lr and alpha_T before any step, and logs both (every method, so
-        # runs compare column for column; alpha_T only drives the loss when bbn is on).
-        HLRSCallback(schedule, config.epochs),
-        *([DRWSchedule(config.drw_epoch)] if config.drw_epoch else []),  # DRW's weights, logged as drw_active
-        LearningRateLogger(),
-        genotype_logger,
-        skip_stop,  # after the genotype it counts, before the writers and the checkpoint that persists a stop
-        AlphaMovementLogger(),  # before the writers: alpha_max_softmax, alpha_range, ... every epoch
-        TensorBoardWriter(wd.tensorboard_dir, [AlphaHeatmaps(genotype_logger)]),
-        CSVHistory(wd.history_file, append=initial_epoch > 0),
-        checkpoint,
-    ]
-    if initial_epoch:
-        truncate_history(wd.history_file, initial_epoch)
-        print(f"resuming from the checkpoint of epoch {initial_epoch} in {wd.checkpoint_dir}")
-    if skip_stop.record:
-        print(f"the search stopped early after epoch {skip_stop.record['epoch']} "
-              f"(--{skip_stop.record['rule']}): not training further")
-    history = model.fit(train_ds, epochs=end_epoch, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                        callbacks=callbacks, verbose=config.verbose, shuffle=False)  # tf.data shuffles
+    def build_model(self, data: RunData) -> DartsSearchModel:
+        spec = data.extra["dataset"].spec
+        return build_model(self.config, spec, total_steps=self.config.epochs * data.steps,
+                           class_counts=data.train_counts)
 
-    genotype, guards = final_genotype(model, wd, config, skip_stop.record)
-    genotype.save(wd.genotype_file)
-    plot_genotype(genotype, wd.path)  # normal.png, reduce.png
-    metrics = evaluate(model, ds, train_counts, config)
-    # The architecture (validation) split, never the test set, is what tuning may select on.
-    metrics["validation"] = validation_metrics(model, split[2], split[3], spec, config)
-    # The final alphas' distance from uniform: a genotype derived from alphas that never moved is noise.
-    metrics.update(model_alpha_movement(model))
-    metrics.update(guards)
-    atomic_write_json(wd.metrics_file, metrics)
-    return SearchResult(wd.path, genotype, metrics, history.history)
+    def restore(self, model, wd: Workdir) -> tuple[EpochCheckpoint, int, int]:
+        config = self.config
+        # The collapse guards of issue 18 (hlrs_tf.search.collapse): the P-DARTS cap on every derived genotype
+        # and the DARTS+ stop, whose record the checkpoint carries.
+        self.genotype_logger = GenotypeLogger(wd, max_skip_connect=config.skip_cap)
+        self.skip_stop = SkipConnectStop(config.stop_on_skip, config.warmup_epochs, self.genotype_logger)
+        checkpoint = EpochCheckpoint(wd.checkpoint_dir, extra_state=self.skip_stop.checkpoint_state)
+        chief_checkpoint = EpochCheckpoint(Workdir(self.chief_workdir, create=False).checkpoint_dir)
+        initial_epoch = min(chief_checkpoint.restore(model), config.epochs)
+        # A search the DARTS+ rule stopped stays stopped: its last checkpoint says so (hlrs_tf.search.collapse).
+        self.skip_stop.record = chief_checkpoint.saved_state().get("early_stop")
+        if self.skip_stop.record:
+            print(f"the search stopped early after epoch {self.skip_stop.record['epoch']} "
+                  f"(--{self.skip_stop.record['rule']}): not training further")
+        return checkpoint, initial_epoch, initial_epoch if self.skip_stop.record else config.epochs
+
+    def train_dataset(self, data: RunData, initial_epoch: int):
+        config = self.config
+        train_ds, _ = search_dataset(
+            *data.extra["split"], data.extra["dataset"].spec, config.batch_size, config.seed, config.augment,
+            skip_batches=initial_epoch * data.steps, weight_sampler=config.weight_sampler,
+            arch_sampler=config.arch_sampler, bbn=config.bbn,
+        )
+        return train_ds
+
+    def model_summary(self, model, data: RunData) -> dict:
+        return model_summary(model, data.extra["dataset"].spec, self.config)
+
+    def callbacks(self, model, wd: Workdir, checkpoint: EpochCheckpoint, data: RunData,
+                  initial_epoch: int) -> tuple[list, dict]:
+        config = self.config
+        schedule = ScheduleConfig(
+            arch_lr_schedule=config.arch_lr_schedule, mixing=config.mixing, base_arch_lr=config.arch_learning_rate,
+            freeze_threshold=config.freeze_threshold, warmup_epochs=config.warmup_epochs,
+        )
+        callbacks = [
+            NonFiniteLossGuard(wd.checkpoint_dir),  # first: a NaN batch ends fit before anything saves the epoch
+            # Sets this epoch's arch lr and alpha_T before any step, and logs both (every method, so
+            # runs compare column for column; alpha_T only drives the loss when bbn is on).
+            HLRSCallback(schedule, config.epochs),
+            *([DRWSchedule(config.drw_epoch)] if config.drw_epoch else []),  # DRW's weights, logged as drw_active
+            LearningRateLogger(),
+            self.genotype_logger,
+            self.skip_stop,  # after the genotype it counts, before the writers and the checkpoint that persists a stop
+            AlphaMovementLogger(),  # before the writers: alpha_max_softmax, alpha_range, ... every epoch
+            TensorBoardWriter(wd.tensorboard_dir, [AlphaHeatmaps(self.genotype_logger)]),
+            CSVHistory(wd.history_file, append=initial_epoch > 0),
+            checkpoint,
+        ]
+        return callbacks, {}
+
+    def finish(self, model, wd: Workdir, data: RunData, history) -> SearchResult:
+        config, ds, split = self.config, data.extra["dataset"], data.extra["split"]
+        genotype, guards = final_genotype(model, wd, config, self.skip_stop.record)
+        genotype.save(wd.genotype_file)
+        plot_genotype(genotype, wd.path)  # normal.png, reduce.png
+        metrics = evaluate(model, ds, data.train_counts, config)
+        # The architecture (validation) split, never the test set, is what tuning may select on.
+        metrics["validation"] = validation_metrics(model, split[2], split[3], ds.spec, config)
+        # The final alphas' distance from uniform: a genotype derived from alphas that never moved is noise.
+        metrics.update(model_alpha_movement(model))
+        metrics.update(guards)
+        atomic_write_json(wd.metrics_file, metrics)
+        return SearchResult(wd.path, genotype, metrics, history.history)
 
 
 def final_genotype(model, wd: Workdir, config: SearchConfig, early_stop: dict | None) -> tuple[object, dict]:

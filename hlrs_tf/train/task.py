@@ -3,7 +3,8 @@ directory (the DARTS evaluation protocol, on the long-tailed training set).
 
 Data flows one way: config -> genotype + data (long-tailed training set, balanced test set, crop/flip/cutout)
 -> :class:`~hlrs_tf.space.derived_network.DerivedNetwork` in a :class:`~hlrs_tf.train.model.RetrainModel` ->
-``fit`` with the logging callbacks -> test-set evaluation -> ``model.keras``.
+``fit`` with the logging callbacks -> test-set evaluation -> ``model.keras``. The steps are the search's, in one
+skeleton (:func:`hlrs_tf.runtime.run.drive`); :class:`RetrainTask` fills them in.
 
 Work directory (the search's contract, :mod:`hlrs_tf.runtime.workdir`, plus the model)::
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import keras
 import tensorflow as tf
@@ -36,7 +36,7 @@ from hlrs_tf.config.train import ADDED_FLAG_DEFAULTS, TrainConfig
 from hlrs_tf.data.long_tail import class_counts, holdout_split
 from hlrs_tf.data.long_tail_metrics import evaluation_report
 from hlrs_tf.data.pipeline import cutout_length_for, eval_dataset, retrain_dataset, retrain_steps_per_epoch
-from hlrs_tf.data.sources import dataset_spec, load_long_tailed
+from hlrs_tf.data.sources import load_long_tailed
 from hlrs_tf.data.spec import ArrayDataset, DatasetSpec
 from hlrs_tf.losses.long_tail import DRWSchedule, LossSpec
 from hlrs_tf.runtime import precision
@@ -44,13 +44,11 @@ from hlrs_tf.runtime.callbacks import CSVHistory, EpochCheckpoint, LearningRateL
 from hlrs_tf.runtime.cli import onednn_enabled
 from hlrs_tf.runtime.devices import configure_devices, set_thread_pools, visible_devices
 from hlrs_tf.runtime.diagrams import plot_genotype
+from hlrs_tf.runtime.run import RunData, drive
 from hlrs_tf.runtime.workdir import (
     Workdir,
     WorkdirLock,
     atomic_write_json,
-    atomic_write_text,
-    check_same_run,
-    truncate_history,
 )
 from hlrs_tf.space.derived_network import DerivedNetwork
 from hlrs_tf.space.genotypes import Genotype, GenotypeError, get_genotype
@@ -58,7 +56,8 @@ from hlrs_tf.space.init import apply_init
 from hlrs_tf.train.callbacks import DropPathSchedule, GenotypeCard, MixingSchedule
 from hlrs_tf.train.model import RetrainModel
 
-__all__ = ["MODEL_FILENAME", "RetrainResult", "build_network", "build_model", "run_retrain", "save_network"]
+__all__ = ["MODEL_FILENAME", "RetrainResult", "RetrainTask", "build_network", "build_model", "run_retrain",
+           "save_network"]
 
 #: File name of the trained network in a train work directory.
 MODEL_FILENAME = "model.keras"
@@ -160,18 +159,6 @@ def save_network(network: DerivedNetwork, path: str) -> None:
             os.remove(tmp)
 
 
-def _check_same_genotype(wd: Workdir, genotype: Genotype) -> None:
-    """A resume must train the genotype the checkpoints belong to."""
-    if not wd.has_checkpoint or not os.path.exists(wd.genotype_file):
-        return
-    previous = Genotype.load(wd.genotype_file)
-    if previous != genotype:
-        raise GenotypeError(
-            f"{wd.path} holds checkpoints of another genotype ({wd.genotype_file}); "
-            "use a new --workdir to train this one"
-        )
-
-
 def run_retrain(config: TrainConfig, workdir: str, flags_text: str | None = None,
                 dry_run: bool = False) -> RetrainResult:
     """Retrains ``config.genotype`` and writes the work directory (see the module docstring).
@@ -197,88 +184,108 @@ def run_retrain(config: TrainConfig, workdir: str, flags_text: str | None = None
     """
     genotype = get_genotype(config.genotype)
     with WorkdirLock(workdir):
-        return _run_retrain(config, genotype, workdir, flags_text, dry_run)
+        wd = Workdir(workdir)
+        configure_runtime(config)
+        return drive(RetrainTask(config, genotype), wd, flags_text, dry_run)
 
 
-def _run_retrain(config: TrainConfig, genotype: Genotype, workdir: str, flags_text: str | None,
-                 dry_run: bool) -> RetrainResult:
-    wd = Workdir(workdir)
-    # A resume must continue the same run: checked before anything in the work directory is overwritten.
-    _check_same_genotype(wd, genotype)
-    if flags_text is not None:
-        check_same_run(wd, flags_text, ADDED_FLAG_DEFAULTS)
-        atomic_write_text(wd.flags_file, flags_text)
-    configure_runtime(config)
+class RetrainTask:
+    """A retraining, for :func:`hlrs_tf.runtime.run.drive`.
 
-    if dry_run:
-        spec = dataset_spec(config.dataset, config.data_dir)
-        t0 = time.perf_counter()
-        network = build_network(config, genotype, spec)
-        summary = model_summary(network, config, spec, dry_run=True, build_s=round(time.perf_counter() - t0, 2))
-        atomic_write_json(wd.summary_file, summary)
-        return RetrainResult(wd.path, genotype, None, {})
+    Args:
+        config: The run config.
+        genotype: The genotype to train (``config.genotype`` resolved).
+    """
 
-    # Before anything is built or written: a class left without a training image is refused from the counts.
-    ds, x_lt, y_lt = load_long_tailed(config)
-    spec = ds.spec
-    (x_lt, y_lt), holdout = holdout_split(x_lt, y_lt, config.holdout_fraction, config.seed)
-    train_counts = class_counts(y_lt, spec.num_classes)
-    holdout_counts = {} if holdout is None else {
-        "holdout_class_counts": class_counts(holdout[1], spec.num_classes).tolist()}
-    steps = config.steps_per_epoch or retrain_steps_per_epoch(len(y_lt), config.batch_size)
-    cutout = cutout_length_for(spec.image_shape, config.cutout_length) if config.cutout else 0
+    added_flag_defaults = ADDED_FLAG_DEFAULTS
 
-    genotype.save(wd.genotype_file)
-    diagrams = plot_genotype(genotype, wd.path)
+    def __init__(self, config: TrainConfig, genotype: Genotype):
+        self.config, self.genotype = config, genotype
+        self.diagrams: dict = {}
 
-    t0 = time.perf_counter()
-    network = build_network(config, genotype, spec)
-    model = build_model(config, network, spec, total_steps=config.epochs * steps, class_counts=train_counts)
-    build_s = time.perf_counter() - t0
-    checkpoint = EpochCheckpoint(wd.checkpoint_dir)
-    initial_epoch = min(checkpoint.restore(model), config.epochs)
-    atomic_write_json(wd.class_counts_file, model.loss_spec.run_summary(train_counts, config))
-    train_ds = retrain_dataset(
-        x_lt, y_lt, spec, config.batch_size, config.seed, augment=config.augment, cutout_length=cutout,
-        skip_batches=initial_epoch * steps, bbn=config.bbn,
-    )
-    atomic_write_json(
-        wd.summary_file,
-        model_summary(
-            network, config, spec, train_class_counts=train_counts.tolist(), **holdout_counts,
-            num_train=int(len(y_lt)), steps_per_epoch=steps, cutout_length=cutout, build_s=round(build_s, 2),
-        ),
-    )
+    def check_resume(self, wd: Workdir) -> None:
+        """A resume must train the genotype the checkpoints belong to."""
+        if not wd.has_checkpoint or not os.path.exists(wd.genotype_file):
+            return
+        previous = Genotype.load(wd.genotype_file)
+        if previous != self.genotype:
+            raise GenotypeError(
+                f"{wd.path} holds checkpoints of another genotype ({wd.genotype_file}); "
+                "use a new --workdir to train this one"
+            )
 
-    callbacks = [DropPathSchedule(config.drop_path_prob, config.epochs)]
-    if config.bbn:
-        callbacks.append(MixingSchedule(config.mixing, config.epochs))
-    if config.drw_epoch:
-        callbacks.append(DRWSchedule(config.drw_epoch))  # DRW's weights, logged as drw_active
-    callbacks += [
-        LearningRateLogger(),
-        TensorBoardWriter(wd.tensorboard_dir, [GenotypeCard(genotype, diagrams)]),
-        # RetrainModel.test_step's metrics: the val_* columns exist from the first epoch on.
-        CSVHistory(wd.history_file, validation_metrics=("accuracy", "loss") if config.validation_freq else (),
-                   append=initial_epoch > 0),
-        checkpoint,
-    ]
-    fit_kwargs = {}
-    if config.validation_freq:
-        fit_kwargs = dict(
-            validation_data=eval_dataset(ds.x_test, ds.y_test, spec, config.eval_batch_size),
-            validation_freq=config.validation_freq,
+    def result(self, wd: Workdir) -> RetrainResult:
+        return RetrainResult(wd.path, self.genotype, None, {})
+
+    def dry_run_summary(self, spec) -> dict:
+        return model_summary(build_network(self.config, self.genotype, spec), self.config, spec)
+
+    def load_data(self, wd: Workdir) -> RunData:
+        config = self.config
+        # Before anything is built or written: a class left without a training image is refused from the counts.
+        ds, x_lt, y_lt = load_long_tailed(config)
+        spec = ds.spec
+        (x_lt, y_lt), holdout = holdout_split(x_lt, y_lt, config.holdout_fraction, config.seed)
+        train_counts = class_counts(y_lt, spec.num_classes)
+        holdout_counts = {} if holdout is None else {
+            "holdout_class_counts": class_counts(holdout[1], spec.num_classes).tolist()}
+        steps = config.steps_per_epoch or retrain_steps_per_epoch(len(y_lt), config.batch_size)
+        cutout = cutout_length_for(spec.image_shape, config.cutout_length) if config.cutout else 0
+        self.genotype.save(wd.genotype_file)
+        self.diagrams = plot_genotype(self.genotype, wd.path)
+        summary = {"train_class_counts": train_counts.tolist(), **holdout_counts, "num_train": int(len(y_lt)),
+                   "steps_per_epoch": steps, "cutout_length": cutout}
+        return RunData(train_counts, steps, summary, {"dataset": ds, "train": (x_lt, y_lt), "cutout": cutout})
+
+    def build_model(self, data: RunData) -> RetrainModel:
+        spec = data.extra["dataset"].spec
+        network = build_network(self.config, self.genotype, spec)
+        return build_model(self.config, network, spec, total_steps=self.config.epochs * data.steps,
+                           class_counts=data.train_counts)
+
+    def restore(self, model, wd: Workdir) -> tuple[EpochCheckpoint, int, int]:
+        checkpoint = EpochCheckpoint(wd.checkpoint_dir)
+        return checkpoint, min(checkpoint.restore(model), self.config.epochs), self.config.epochs
+
+    def train_dataset(self, data: RunData, initial_epoch: int):
+        config = self.config
+        return retrain_dataset(
+            *data.extra["train"], data.extra["dataset"].spec, config.batch_size, config.seed, augment=config.augment,
+            cutout_length=data.extra["cutout"], skip_batches=initial_epoch * data.steps, bbn=config.bbn,
         )
-    if initial_epoch:
-        truncate_history(wd.history_file, initial_epoch)
-        print(f"resuming from the checkpoint of epoch {initial_epoch} in {wd.checkpoint_dir}")
-    history = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                        callbacks=callbacks, verbose=config.verbose, shuffle=False, **fit_kwargs)
 
-    metrics = evaluate(model, ds, train_counts, config)
-    atomic_write_json(wd.metrics_file, metrics)
-    save_network(network, wd.file(MODEL_FILENAME))
-    return RetrainResult(wd.path, genotype, metrics, history.history)
+    def model_summary(self, model, data: RunData) -> dict:
+        return model_summary(model.network, self.config, data.extra["dataset"].spec)
+
+    def callbacks(self, model, wd: Workdir, checkpoint: EpochCheckpoint, data: RunData,
+                  initial_epoch: int) -> tuple[list, dict]:
+        config, ds = self.config, data.extra["dataset"]
+        callbacks = [DropPathSchedule(config.drop_path_prob, config.epochs)]
+        if config.bbn:
+            callbacks.append(MixingSchedule(config.mixing, config.epochs))
+        if config.drw_epoch:
+            callbacks.append(DRWSchedule(config.drw_epoch))  # DRW's weights, logged as drw_active
+        callbacks += [
+            LearningRateLogger(),
+            TensorBoardWriter(wd.tensorboard_dir, [GenotypeCard(self.genotype, self.diagrams)]),
+            # RetrainModel.test_step's metrics: the val_* columns exist from the first epoch on.
+            CSVHistory(wd.history_file, validation_metrics=("accuracy", "loss") if config.validation_freq else (),
+                       append=initial_epoch > 0),
+            checkpoint,
+        ]
+        fit_kwargs = {}
+        if config.validation_freq:
+            fit_kwargs = dict(
+                validation_data=eval_dataset(ds.x_test, ds.y_test, ds.spec, config.eval_batch_size),
+                validation_freq=config.validation_freq,
+            )
+        return callbacks, fit_kwargs
+
+    def finish(self, model, wd: Workdir, data: RunData, history) -> RetrainResult:
+        metrics = evaluate(model, data.extra["dataset"], data.train_counts, self.config)
+        atomic_write_json(wd.metrics_file, metrics)
+        save_network(model.network, wd.file(MODEL_FILENAME))
+        return RetrainResult(wd.path, self.genotype, metrics, history.history)
 
 
 def evaluate(model: RetrainModel, ds: ArrayDataset, train_counts, config: TrainConfig) -> dict:
