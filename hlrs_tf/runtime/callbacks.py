@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hlrs_tf.runtime.workdir import STATE_FILENAME, atomic_write_json, atomic_write_text, read_json
+from hlrs_tf.runtime.workdir import atomic_write_json, atomic_write_text, read_json, state_file
 
 __all__ = ["CSVHistory", "CheckpointError", "EpochCheckpoint", "EpochSchedule", "LearningRateLogger",
            "TensorBoardWriter"]
@@ -231,7 +231,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
     @property
     def state_file(self) -> str:
         """The ``state.json`` of the checkpoint folder."""
-        return os.path.join(self.directory, STATE_FILENAME)
+        return state_file(self.directory)
 
     def _paths(self, epoch: int) -> tuple[str, str]:
         stem = os.path.join(self.directory, f"epoch_{epoch:03d}")

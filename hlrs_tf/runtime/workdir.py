@@ -69,6 +69,12 @@ def atomic_write_json(path: str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+def state_file(checkpoint_dir: str) -> str:
+    """The ``state.json`` of a ``checkpoints/`` folder: written last by each epoch's checkpoint, it names the last
+    complete epoch (:class:`hlrs_tf.runtime.callbacks.EpochCheckpoint`)."""
+    return os.path.join(checkpoint_dir, STATE_FILENAME)
+
+
 def read_json(path: str, *, error: type[Exception] | None = ValueError, what: str = "cannot read",
               advice: str = "delete it (or use a new --workdir)"):
     """Reads a JSON file of a work directory; ``None`` when it does not exist.
@@ -291,7 +297,7 @@ class Workdir:
     @property
     def state_file(self) -> str:
         """``checkpoints/state.json``: present once an epoch is checkpointed (a run to resume)."""
-        return os.path.join(self.checkpoint_dir, STATE_FILENAME)
+        return state_file(self.checkpoint_dir)
 
     @property
     def run_file(self) -> str:

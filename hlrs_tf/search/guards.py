@@ -16,12 +16,11 @@ list order, and the guard's ``on_epoch_end`` check must come first.
 from __future__ import annotations
 
 import math
-import os
 
 import keras
 import numpy as np
 
-from hlrs_tf.runtime.workdir import STATE_FILENAME, read_json
+from hlrs_tf.runtime.workdir import read_json, state_file
 
 __all__ = ["NonFiniteLossError", "NonFiniteLossGuard"]
 
@@ -114,7 +113,7 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     def _last_checkpoint(self) -> str:
         if not self.checkpoint_dir:
             return f"the checkpoint of the last complete epoch ({self._epoch}) is kept"
-        state = read_json(os.path.join(self.checkpoint_dir, STATE_FILENAME), error=None)
+        state = read_json(state_file(self.checkpoint_dir), error=None)
         try:
             done = int(state["epoch"])
         except (ValueError, KeyError, TypeError):  # none yet, or unreadable (None)
