@@ -10,14 +10,16 @@ import json
 
 import keras
 
+from hlrs_tf.config.blocks import ArchOptimizer, WeightOptimizer
+from hlrs_tf.runtime.optimizers import arch_optimizer, sgd
 from hlrs_tf.search.bbn import BBNSearchModel, BBNSearchNetwork
 from hlrs_tf.search.bilevel import DartsSearchModel
 from hlrs_tf.space.supernet import SearchNetwork
 
-# DARTS' optimisers (quark0/darts cnn/train_search.py): SGD lr 0.025 momentum 0.9 for the weights, Adam 3e-4
-# with betas (0.5, 0.999) for the alphas.
-WEIGHT_LEARNING_RATE = 0.025
-ARCH_LEARNING_RATE = 3e-4
+# DARTS' optimisers (quark0/darts cnn/train_search.py), as the config blocks default them: SGD lr 0.025
+# momentum 0.9 for the weights, Adam 3e-4 with betas (0.5, 0.999) for the alphas.
+WEIGHT_LEARNING_RATE = WeightOptimizer().learning_rate
+ARCH_LEARNING_RATE = ArchOptimizer().arch_learning_rate
 
 
 def small_search_model(
@@ -35,7 +37,9 @@ def small_search_model(
 ) -> DartsSearchModel:
     """A small supernet in its bilevel model, compiled with DARTS' optimisers and built (nothing traced later).
 
-    The same steps as ``hlrs_tf.search.task.build_model`` without a run config: seed, network, model, compile, build.
+    The same steps as ``hlrs_tf.search.task.build_model`` without a run config: seed, network, model, compile
+    (with the same optimiser functions, :mod:`hlrs_tf.runtime.optimizers`, at a constant weight learning rate),
+    build.
 
     Args:
         channels: The supernet's C.
@@ -59,10 +63,8 @@ def small_search_model(
     network_cls, model_cls = (BBNSearchNetwork, BBNSearchModel) if bbn else (SearchNetwork, DartsSearchModel)
     model = model_cls(network_cls(channels, num_classes, layers, **(network_kwargs or {})), order=order,
                       **model_kwargs)
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9),
-        arch_optimizer=keras.optimizers.Adam(ARCH_LEARNING_RATE, beta_1=0.5, beta_2=0.999),
-    )
+    model.compile(optimizer=sgd(learning_rate, WeightOptimizer().momentum),
+                  arch_optimizer=arch_optimizer(ArchOptimizer()))
     model.build_all(image_shape)
     return model
 

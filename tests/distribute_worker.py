@@ -241,11 +241,11 @@ def multi_worker_main(args) -> dict:
 
     info = distribute.worker_info(strategy)
     per_replica = distribute.check_global_batch_size(args.batch, strategy)
-    config = SearchConfig(dataset="digits", channels=4, layers=3, batch_size=args.batch, epochs=1,
+    config = SearchConfig.create(dataset="digits", channels=4, layers=3, batch_size=args.batch, epochs=1,
                           steps_per_epoch=args.steps, order=args.order, seed=0)
     spec, train_ds = digits_search_data(config.batch_size)
     with strategy.scope():
-        keras.utils.set_random_seed(config.seed)
+        keras.utils.set_random_seed(config.runtime.seed)
         if args.nodes == 4:
             model = build_model(config, spec, total_steps=args.steps)  # the trainer's own model
         else:

@@ -126,16 +126,16 @@ def test_holdout_split_is_stratified_disjoint_and_refuses_emptying_a_class():
     with pytest.raises(ValueError, match=r"--holdout_fraction=0\.2 .*class\(es\) \[2\]"):
         holdout_split(x, np.repeat(np.arange(3), [50, 10, 1]), 0.2, seed=0)
     with pytest.raises(ConfigError, match="holdout_fraction"):
-        TrainConfig(genotype="DARTS_V2", holdout_fraction=1.0)
+        TrainConfig.create(genotype="DARTS_V2", holdout_fraction=1.0)
 
 
 def test_train_config_reads_a_flags_file_back():
     text = "--genotype=DARTS_V1\n--dataset=digits\n--noaugment\n--cutout\n--holdout_fraction=0.25\n--seed=4\n" \
            "--a_flag_of_the_future=1\n"
     config = TrainConfig.from_flags_text(text)
-    assert (config.genotype, config.dataset, config.augment, config.cutout, config.holdout_fraction, config.seed) \
-        == ("DARTS_V1", "digits", False, True, 0.25, 4)
-    assert config.channels == TrainConfig(genotype="x").channels  # absent: the default
+    assert (config.genotype, config.data.dataset, config.data.augment, config.data.cutout, config.data.holdout_fraction,
+            config.runtime.seed) == ("DARTS_V1", "digits", False, True, 0.25, 4)
+    assert config.channels == TrainConfig.create(genotype="x").channels  # absent: the default
     with pytest.raises(ConfigError, match="--seed=four"):
         TrainConfig.from_flags_text("--genotype=DARTS_V1\n--seed=four\n")
 

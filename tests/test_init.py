@@ -19,7 +19,6 @@ correct initialiser passes for *any* seed, not just this one):
   of ``b**2 / 3`` (``Var(w**2) = b**4 (1/5 - 1/9)``): central-limit tails of ~2e-9 for the sizes used.
 """
 
-import dataclasses
 import math
 
 import keras
@@ -263,7 +262,7 @@ def test_search_resume_restores_the_checkpoint_not_a_new_init(tmp_path):
     from hlrs_tf.search.task import build_model
 
     spec = dataset_spec("digits")
-    config = SearchConfig(dataset="digits", channels=4, layers=3, batch_size=8, seed=3)
+    config = SearchConfig.create(dataset="digits", channels=4, layers=3, batch_size=8, seed=3)
     model = build_model(config, spec, total_steps=4)
     initial_reference = [arr(v) for v, _ in reference_variables(model.network)]
     for v in model.network.trainable_variables:  # stands for a trained epoch
@@ -281,6 +280,6 @@ def test_search_resume_restores_the_checkpoint_not_a_new_init(tmp_path):
     for a, v in zip(saved, fresh.network.weights):
         np.testing.assert_array_equal(arr(v), a, err_msg=v.path)
 
-    keras_init = build_model(dataclasses.replace(config, init="keras"), spec, total_steps=4)
+    keras_init = build_model(config.replace(init="keras"), spec, total_steps=4)
     assert [v.shape for v in keras_init.network.weights] == [v.shape for v in fresh.network.weights]
     assert not arr(keras_init.network.classifier.bias).any()

@@ -30,14 +30,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf.config import search_flags as cli_flags
+from hlrs_tf.config import flags as config_flags
 from hlrs_tf.config.search import METHOD_PRESETS, METHODS, PAPER_METHODS, ConfigError, SearchConfig
 from hlrs_tf.config.train import TrainConfig
 from hlrs_tf.losses import long_tail as ltl
 from hlrs_tf.losses.long_tail import LOSSES, DRWSchedule, LossSpec, drw_active, long_tail_loss
 from hlrs_tf.losses.reweighting import effective_number_weights
 
-FLAGS = cli_flags.FLAGS
+config_flags.define_search_flags()
+FLAGS = config_flags.FLAGS
 # CIFAR-10-LT at ratio 100: int(5000 * 0.01 ** (i / 9)), written out.
 CIFAR10_LT_100 = np.array([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], np.float64)
 # Hand-written batch: 3 classes with counts 100 / 10 / 1, 4 examples (one confident, one uncertain, one wrong,
@@ -325,7 +326,7 @@ def parse(*argv):
     FLAGS.unparse_flags()
     try:
         FLAGS(["search", *argv])
-        return cli_flags.config_from_flags(FLAGS)
+        return config_flags.config_from_flags(SearchConfig, FLAGS)
     finally:
         FLAGS.unparse_flags()
 
@@ -338,15 +339,15 @@ def test_presets_follow_the_existing_methods():
     assert METHODS[7:] == tuple(expected)
     for method, loss in expected.items():
         config = parse(f"--method={method}")
-        assert config.loss == loss and not config.bbn and config.weight_sampler == "uniform"
+        assert config.objective.loss == loss and not config.bbn and config.weight_sampler == "uniform"
         assert config == SearchConfig.for_method(method)
-    assert parse("--method=darts_ldam_drw").drw_epoch == 40 == METHOD_PRESETS["darts_ldam_drw"]["drw_epoch"]
+    assert parse("--method=darts_ldam_drw").objective.drw_epoch == 40 == METHOD_PRESETS["darts_ldam_drw"]["drw_epoch"]
 
 
 def test_loss_flags_round_trip(tmp_path):
     config = parse("--loss=ldam", "--drw_epoch=7", "--la_tau=0.5", "--focal_gamma=1.5", "--reweight_beta=0.999")
     cfg = tmp_path / "flags.cfg"
-    cfg.write_text(cli_flags.effective_flags(config))
+    cfg.write_text(config_flags.effective_flags(config))
     assert parse(f"--flagfile={cfg}") == config
     text = cfg.read_text()
     for line in ("--loss=ldam", "--drw_epoch=7", "--la_tau=0.5", "--focal_gamma=1.5"):
@@ -367,7 +368,7 @@ def test_loss_flags_round_trip(tmp_path):
 def test_bad_loss_settings_name_the_flag(config_class, kwargs, message):
     extra = {"genotype": "DARTS_V2"} if config_class is TrainConfig else {}
     with pytest.raises(ConfigError) as e:
-        config_class(**extra, **kwargs)
+        config_class.create(**extra, **kwargs)
     assert message in str(e.value)
 
 
@@ -431,8 +432,8 @@ def searches(tmp_path_factory):
     root = tmp_path_factory.mktemp("lt_search")
     out = {}
     for case, settings in RUN_CASES.items():
-        config = SearchConfig(**TINY, **settings)
-        out[case] = run_search(config, str(root / case), flags_text=cli_flags.effective_flags(config)).workdir
+        config = SearchConfig.create(**TINY, **settings)
+        out[case] = run_search(config, str(root / case), flags_text=config_flags.effective_flags(config)).workdir
     return out
 
 
@@ -444,7 +445,7 @@ def retrainings(tmp_path_factory):
     root = tmp_path_factory.mktemp("lt_train")
     out = {}
     for case, settings in RUN_CASES.items():
-        config = TrainConfig(genotype="DARTS_V2", **TINY, **settings)
+        config = TrainConfig.create(genotype="DARTS_V2", **TINY, **settings)
         out[case] = run_retrain(config, str(root / case)).workdir
     return out
 

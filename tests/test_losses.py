@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hlrs_tf.config import search as config_lib
+from hlrs_tf.config import choices as config_lib
 from hlrs_tf.config.search import SearchConfig
 from hlrs_tf.data.sources import load_dataset
 from hlrs_tf.losses import reweighting as losses
@@ -194,13 +194,14 @@ def test_model_loss_uses_the_reduction(reduction):
 def test_build_model_threads_the_config(reduction):
     from hlrs_tf.search.task import build_model
 
-    config = SearchConfig(dataset="digits", channels=2, layers=3, loss="class_balanced",
+    config = SearchConfig.create(dataset="digits", channels=2, layers=3, loss="class_balanced",
                           class_weight_reduction=reduction)
     spec = load_dataset("digits").spec
     model = build_model(config, spec, total_steps=1, class_counts=[100, 50, 20, 10, 5, 5, 3, 2, 1, 1])
     assert model.class_weight_reduction == reduction
     np.testing.assert_allclose(model.class_weights,
-                               effective_number_weights([100, 50, 20, 10, 5, 5, 3, 2, 1, 1], config.reweight_beta))
+                               effective_number_weights([100, 50, 20, 10, 5, 5, 3, 2, 1, 1],
+                                                        config.objective.reweight_beta))
 
 
 # ------------------------------------------------------------------------------------------------ 2 replicas

@@ -8,11 +8,12 @@ import os
 import numpy as np
 import pytest
 
-from hlrs_tf.config import search_flags as cli_flags
+from hlrs_tf.config import flags as config_flags
 from hlrs_tf.config.search import ConfigError, SearchConfig
 from hlrs_tf.search.task import run_search
 
-FLAGS = cli_flags.FLAGS
+config_flags.define_search_flags()
+FLAGS = config_flags.FLAGS
 
 # docs/method.md M7, written out here independently of the preset table in hlrs_tf/config/search.py.
 EXPECTED = {
@@ -36,7 +37,7 @@ def parse(*argv):
     FLAGS.unparse_flags()
     try:
         FLAGS(["search", *argv])
-        return cli_flags.config_from_flags(FLAGS)
+        return config_flags.config_from_flags(SearchConfig, FLAGS)
     finally:
         FLAGS.unparse_flags()
 
@@ -45,20 +46,20 @@ def parse(*argv):
 def test_presets_give_the_spec_table(method):
     config = parse(f"--method={method}")
     for key, value in EXPECTED[method].items():
-        assert getattr(config, key) == value, key
+        assert config.flat()[key] == value, key
     assert config == SearchConfig.for_method(method)
 
 
 def test_default_method_is_plain_darts():
-    assert parse() == SearchConfig()
+    assert parse() == SearchConfig.create()
     assert parse().method == "darts"
 
 
 def test_explicit_flags_override_the_preset():
     config = parse("--method=hlrs", "--arch_lr_schedule=freeze", "--mixing=linear")
-    assert config.bbn and config.arch_lr_schedule == "freeze" and config.mixing == "linear"
+    assert config.bbn and config.arch.arch_lr_schedule == "freeze" and config.mixing == "linear"
     # an explicit value equal to the default still wins over the preset
-    assert parse("--method=hlrs", "--arch_lr_schedule=constant").arch_lr_schedule == "constant"
+    assert parse("--method=hlrs", "--arch_lr_schedule=constant").arch.arch_lr_schedule == "constant"
     assert not parse("--method=darts_bbn", "--nobbn").bbn
 
 
@@ -66,13 +67,13 @@ def test_flagfile_override_order(tmp_path):
     cfg = tmp_path / "m.cfg"
     cfg.write_text("--method=hlrs\n--warmup_epochs=2\n")
     config = parse(f"--flagfile={cfg}", "--warmup_epochs=3")
-    assert config.method == "hlrs" and config.bbn and config.warmup_epochs == 3
+    assert config.method == "hlrs" and config.bbn and config.arch.warmup_epochs == 3
 
 
 def test_effective_flags_reproduce_the_config(tmp_path):
     config = parse("--method=hlrs", "--arch_lr_schedule=freeze", "--seed=4")
     cfg = tmp_path / "flags.cfg"
-    cfg.write_text(cli_flags.effective_flags(config))
+    cfg.write_text(config_flags.effective_flags(config))
     assert parse(f"--flagfile={cfg}") == config
     # rerunning a saved darts run with another method on top would be wrong; the saved file pins every field
     assert "--bbn=true" in cfg.read_text() and "--arch_lr_schedule=freeze" in cfg.read_text()
@@ -118,7 +119,7 @@ def runs(tmp_path_factory):
             method, dataset="digits", imbalance_ratio=10, channels=4, layers=3, batch_size=16, epochs=EPOCHS,
             steps_per_epoch=2, verbose=0, eval_batch_size=500,
         )
-        out[method] = run_search(config, str(root / method), flags_text=cli_flags.effective_flags(config))
+        out[method] = run_search(config, str(root / method), flags_text=config_flags.effective_flags(config))
     return out
 
 

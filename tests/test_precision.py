@@ -43,7 +43,7 @@ def _search_model(digits, prec, order="first", **overrides):
     from hlrs_tf.search.task import build_model
 
     keras.utils.set_random_seed(0)  # the same initial weights and alphas for every precision
-    config = SearchConfig(dataset="digits", channels=4, layers=3, batch_size=16, order=order, precision=prec,
+    config = SearchConfig.create(dataset="digits", channels=4, layers=3, batch_size=16, order=order, precision=prec,
                           **overrides)
     return build_model(config, digits.spec, total_steps=100)
 
@@ -108,8 +108,8 @@ def test_second_order_refuses_mixed_precision(digits):
     for prec in ("mixed_bfloat16", "mixed_float16"):
         with pytest.raises(ConfigError, match=r"--precision='mixed_.*' is invalid: it must be float32 with "
                                               r"--order=second \(the unrolled step"):
-            SearchConfig(order="second", precision=prec)
-    SearchConfig(order="second", precision="float32")
+            SearchConfig.create(order="second", precision=prec)
+    SearchConfig.create(order="second", precision="float32")
     model = DartsSearchModel(SearchNetwork(4, 10, 3, dtype="mixed_bfloat16"), order="second")
     with pytest.raises(ValueError, match="order='second' needs a float32 network, not mixed_bfloat16"):
         model.compile(keras.optimizers.SGD(0.1), keras.optimizers.Adam(0.1))
@@ -178,15 +178,15 @@ def test_mixed_float16_loss_scaling_on_both_optimizers(digits):
     """Both optimizers are LossScaleOptimizers; the HLRS callback still sets the architecture lr (through the
     wrapper, on the inner Adam's variable); a train step is finite and follows the loss-scale rules: an
     overflowing step leaves the weights alone and halves the scale, a finite one updates them."""
+    from hlrs_tf.config.blocks import ArchOptimizer
     from hlrs_tf.search.callbacks import HLRSCallback
-    from hlrs_tf.search.schedules import ScheduleConfig
 
     model = _search_model(digits, "mixed_float16", arch_lr_schedule="mixing")
     for opt in (model.optimizer, model.arch_optimizer):
         assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
     assert model.network.cells[0].compute_dtype == "float16"
 
-    callback = HLRSCallback(ScheduleConfig(arch_lr_schedule="mixing", base_arch_lr=3e-4), total_epochs=4)
+    callback = HLRSCallback(ArchOptimizer(arch_lr_schedule="mixing", arch_learning_rate=3e-4), total_epochs=4)
     callback.set_model(model)
     callback.on_epoch_begin(2)
     assert 0 < callback.arch_lr < 3e-4  # eta0 * alpha_T(2) of the parabolic mixing
@@ -245,11 +245,12 @@ def test_sync_batch_norm_takes_low_precision_activations():
 
 # ------------------------------------------------------------------------------------------------ settings
 def test_precision_setting_and_hardware_warning():
-    assert SearchConfig().precision == "float32" and TrainConfig(genotype="DARTS_V2").precision == "float32"
+    assert SearchConfig.create().runtime.precision == "float32"
+    assert TrainConfig.create(genotype="DARTS_V2").runtime.precision == "float32"
     for cls, extra in ((SearchConfig, {}), (TrainConfig, {"genotype": "DARTS_V2"})):
         with pytest.raises(ConfigError, match=r"--precision='float64' is invalid: it must be one of float32, "
                                               r"mixed_bfloat16, mixed_float16"):
-            cls(precision="float64", **extra)
+            cls.create(precision="float64", **extra)
     # Keyed on the CPU flags: native bf16 (AVX-512 BF16 or AMX) warns for nothing, AVX2-only warns.
     assert precision.hardware_warning("mixed_bfloat16", True, flags={"avx2", "avx512_bf16"}) is None
     assert precision.hardware_warning("mixed_bfloat16", True, flags={"avx2", "amx_bf16"}) is None

@@ -28,7 +28,7 @@ from hlrs_tf.train.model import RetrainModel
 
 # Modules that define no layers and must not be imported twice in one process: the commands' ``__main__``
 # (``python -m hlrs_tf.<name>``, which set process options on import) and the absl flag definitions.
-NOT_LAYER_MODULES = {"__main__", "search_flags", "train_flags", "loss_flags"}
+NOT_LAYER_MODULES = {"__main__", "flags"}
 # Bases that are never instantiated on their own, so never saved.
 ABSTRACT = {darts_ops.CompositeLayer}
 

@@ -50,7 +50,7 @@ def fake_gpus(monkeypatch, count: int) -> list:
 # ------------------------------------------------------------------------------------------------ after import
 def test_search_with_gpus_skips_cpu_settings_and_grows_memory(monkeypatch, calls):
     fake_gpus(monkeypatch, 2)
-    trainer.configure_runtime(SearchConfig(strategy="default"))
+    trainer.configure_runtime(SearchConfig.create(strategy="default"))
     assert calls["growth"] == [("/physical_device:GPU:0", True), ("/physical_device:GPU:1", True)]
     # no 1 intra-op x N inter-op layout, grappler left on (both measured on CPU only)
     assert calls["intra"] == calls["inter"] == calls["grappler"] == []
@@ -58,14 +58,14 @@ def test_search_with_gpus_skips_cpu_settings_and_grows_memory(monkeypatch, calls
 
 def test_search_threads_flag_with_a_gpu_sets_both_pools(monkeypatch, calls):
     fake_gpus(monkeypatch, 1)
-    trainer.configure_runtime(SearchConfig(strategy="default", threads=3))
+    trainer.configure_runtime(SearchConfig.create(strategy="default", threads=3))
     assert calls["intra"] == calls["inter"] == [3] and calls["grappler"] == []
     assert calls["growth"] == [("/physical_device:GPU:0", True)]
 
 
 def test_search_without_gpu_applies_cpu_settings(monkeypatch, calls):
     fake_gpus(monkeypatch, 0)
-    trainer.configure_runtime(SearchConfig(strategy="default"))
+    trainer.configure_runtime(SearchConfig.create(strategy="default"))
     assert calls["growth"] == []
     assert calls["intra"] == [1] and calls["inter"] == [os.cpu_count()]
     assert calls["grappler"] == [{"disable_meta_optimizer": True}]
@@ -73,7 +73,7 @@ def test_search_without_gpu_applies_cpu_settings(monkeypatch, calls):
 
 def test_retraining_grows_memory_on_each_gpu(monkeypatch, calls):
     fake_gpus(monkeypatch, 2)
-    retrainer.configure_runtime(TrainConfig(genotype="DARTS_V2", threads=2))
+    retrainer.configure_runtime(TrainConfig.create(genotype="DARTS_V2", threads=2))
     assert [name for name, on in calls["growth"] if on] == ["/physical_device:GPU:0", "/physical_device:GPU:1"]
     assert calls["intra"] == calls["inter"] == [2]  # --threads of train means both pools, on any device
 
@@ -105,7 +105,7 @@ def test_cpu_path_for_real_in_a_fresh_process(tmp_path, child_env):
         "from hlrs_tf.config.search import SearchConfig\n"
         "from hlrs_tf.runtime.devices import visible_devices\n"
         "from hlrs_tf.search.task import configure_runtime\n"
-        "configure_runtime(SearchConfig(strategy='default', threads=2))\n"
+        "configure_runtime(SearchConfig.create(strategy='default', threads=2))\n"
         "print(json.dumps({'intra': tf.config.threading.get_intra_op_parallelism_threads(),\n"
         "  'inter': tf.config.threading.get_inter_op_parallelism_threads(),\n"
         "  'grappler': tf.config.optimizer.get_experimental_options().get('disable_meta_optimizer'),\n"

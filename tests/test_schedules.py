@@ -9,13 +9,14 @@ import keras
 import numpy as np
 import pytest
 
+from hlrs_tf.config.blocks import ArchOptimizer
 from hlrs_tf.data.long_tail import stratified_split
 from hlrs_tf.data.pipeline import search_dataset
 from hlrs_tf.data.sources import load_dataset
 from hlrs_tf.losses.bbn_mixing import MIXING_SCHEDULES, mixing_factor
 from hlrs_tf.search.bilevel import DartsSearchModel
 from hlrs_tf.search.callbacks import HLRSCallback
-from hlrs_tf.search.schedules import ARCH_LR_SCHEDULES, ScheduleConfig, arch_learning_rate
+from hlrs_tf.search.schedules import ARCH_LR_SCHEDULES, arch_learning_rate
 from hlrs_tf.space.supernet import SearchNetwork
 
 # The formulas of docs/method.md M4-M5, written out independently of the module.
@@ -169,32 +170,32 @@ def test_unknown_arch_schedule_message_lists_choices():
         assert kind in str(err.value)
 
 
-# ------------------------------------------------------------------ ScheduleConfig
-def test_schedule_config_defaults_methods_and_validation():
-    cfg = ScheduleConfig()
-    assert (cfg.arch_lr_schedule, cfg.mixing, cfg.base_arch_lr, cfg.freeze_threshold, cfg.warmup_epochs) == (
-        "constant", "parabolic", 3e-4, 0.5, 0)
+# ------------------------------------------------------------------ ArchOptimizer: the owner of the arch lr
+def test_arch_optimizer_defaults_schedule_and_validation():
+    cfg = ArchOptimizer()
+    assert (cfg.arch_lr_schedule, cfg.arch_learning_rate, cfg.freeze_threshold, cfg.warmup_epochs) == (
+        "constant", 3e-4, 0.5, 0)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.mixing = "linear"
-    cfg = ScheduleConfig("freeze", "cosine", 1e-3, 0.3, 2)
+        cfg.arch_lr_schedule = "linear"
+    cfg = ArchOptimizer(arch_lr_schedule="freeze", arch_learning_rate=1e-3, freeze_threshold=0.3, warmup_epochs=2)
     for T in range(11):
-        assert cfg.alpha(T, 10) == mixing_factor("cosine", T, 10)
-        assert cfg.arch_lr(T, 10) == arch_learning_rate("freeze", T, 10, 1e-3, mixing="cosine",
-                                                         freeze_threshold=0.3, warmup_epochs=2)
+        assert cfg.lr(T, 10, "cosine") == arch_learning_rate("freeze", T, 10, 1e-3, mixing="cosine",
+                                                             freeze_threshold=0.3, warmup_epochs=2)
     # invalid settings fail on construction, before any training
     with pytest.raises(ValueError, match="--arch_lr_schedule"):
-        ScheduleConfig(arch_lr_schedule="nope")
+        ArchOptimizer(arch_lr_schedule="nope")
     with pytest.raises(ValueError, match="--mixing"):
-        ScheduleConfig(mixing="nope")
+        HLRSCallback(ArchOptimizer(), total_epochs=2, mixing="nope")
     with pytest.raises(ValueError, match="--warmup_epochs"):
-        ScheduleConfig(warmup_epochs=-2)
+        ArchOptimizer(warmup_epochs=-2)
 
 
 # ------------------------------------------------------------------ HLRSCallback without training
 def test_callback_sets_bbn_alpha_variable_and_logs():
     opt = keras.optimizers.Adam(3e-4)
     fake = types.SimpleNamespace(arch_optimizer=opt, bbn_alpha=keras.Variable(0.0, trainable=False))
-    cb = HLRSCallback(ScheduleConfig("mixing", "linear", 1e-3), total_epochs=4)
+    cb = HLRSCallback(ArchOptimizer(arch_lr_schedule="mixing", arch_learning_rate=1e-3), total_epochs=4,
+                      mixing="linear")
     cb.set_model(fake)
     for epoch in range(4):
         cb.on_epoch_begin(epoch)
@@ -209,12 +210,12 @@ def test_callback_sets_bbn_alpha_variable_and_logs():
 
 def test_callback_rejects_scheduled_arch_optimizer_and_bad_total():
     schedule = keras.optimizers.schedules.ExponentialDecay(3e-4, 10, 0.9)
-    cb = HLRSCallback(ScheduleConfig(), total_epochs=2)
+    cb = HLRSCallback(ArchOptimizer(), total_epochs=2)
     cb.set_model(types.SimpleNamespace(arch_optimizer=keras.optimizers.Adam(schedule)))
     with pytest.raises(TypeError, match="float learning rate"):
         cb.on_epoch_begin(0)
     with pytest.raises(ValueError, match="--epochs"):
-        HLRSCallback(ScheduleConfig(), total_epochs=0)
+        HLRSCallback(ArchOptimizer(), total_epochs=0)
 
 
 # ------------------------------------------------------------------ HLRSCallback on a real search model
@@ -268,7 +269,7 @@ def test_callback_sets_and_logs_rate_every_epoch_and_keeps_adam_state(search):
     model, dataset = search
     opt = model.arch_optimizer
     start = int(keras.ops.convert_to_numpy(opt.iterations))
-    cb = HLRSCallback(ScheduleConfig("linear", base_arch_lr=3e-4), total_epochs=3)
+    cb = HLRSCallback(ArchOptimizer(arch_lr_schedule="linear", arch_learning_rate=3e-4), total_epochs=3)
     rec = Recorder()
     history = model.fit(dataset, epochs=3, steps_per_epoch=2, callbacks=[cb, rec], verbose=0)
     expected_lr = [3e-4 * (1 - T / 3) for T in range(3)]
@@ -284,7 +285,8 @@ def test_callback_sets_and_logs_rate_every_epoch_and_keeps_adam_state(search):
 
 def test_resume_with_initial_epoch_uses_true_epoch(search):
     model, dataset = search
-    cb = HLRSCallback(ScheduleConfig("cosine", mixing="linear", base_arch_lr=1e-3), total_epochs=4)
+    cb = HLRSCallback(ArchOptimizer(arch_lr_schedule="cosine", arch_learning_rate=1e-3), total_epochs=4,
+                      mixing="linear")
     rec = Recorder()
     history = model.fit(dataset, initial_epoch=2, epochs=4, steps_per_epoch=1, callbacks=[cb, rec], verbose=0)
     assert rec.epochs == [2, 3]
@@ -302,7 +304,7 @@ def test_assigned_rate_is_the_one_the_architecture_step_uses(search):
     reset_adam(opt)
     weights_before = [keras.ops.convert_to_numpy(w).copy() for w in model.split_variables()[0]]
     before = alphas_of(model)
-    cb = HLRSCallback(ScheduleConfig("constant", base_arch_lr=1e-3, warmup_epochs=1), total_epochs=1)
+    cb = HLRSCallback(ArchOptimizer(arch_learning_rate=1e-3, warmup_epochs=1), total_epochs=1)
     model.fit(dataset, epochs=1, steps_per_epoch=1, callbacks=[cb], verbose=0)
     assert cb.arch_lr == 0.0
     assert int(keras.ops.convert_to_numpy(opt.iterations)) == 1  # the step ran, with rate 0
@@ -315,7 +317,7 @@ def test_assigned_rate_is_the_one_the_architecture_step_uses(search):
     reset_adam(opt)
     lr = 1.7e-3
     before = alphas_of(model)
-    cb = HLRSCallback(ScheduleConfig("constant", base_arch_lr=lr), total_epochs=1)
+    cb = HLRSCallback(ArchOptimizer(arch_learning_rate=lr), total_epochs=1)
     model.fit(dataset, epochs=1, steps_per_epoch=1, callbacks=[cb], verbose=0)
     for a0, a1 in zip(before, alphas_of(model)):
         assert np.abs(a1 - a0).max() == pytest.approx(lr, rel=0.05)

@@ -158,16 +158,16 @@ def test_cap_refuses_negative_weights():
 ])
 def test_config_refuses_bad_guard_values(field, value, allowed):
     with pytest.raises(ConfigError, match=rf"--{field}={value} is invalid: it must be {re.escape(allowed)}"):
-        SearchConfig(**{field: value})
+        SearchConfig.create(**{field: value})
 
 
 def test_config_guards_are_off_by_default_and_take_their_range():
-    assert SearchConfig().max_skip_connect == -1 and SearchConfig().skip_cap is None
-    assert SearchConfig().stop_on_skip == 0
+    assert SearchConfig.create().max_skip_connect == -1 and SearchConfig.create().skip_cap is None
+    assert SearchConfig.create().stop_on_skip == 0
     for n in (0, 8):
-        assert SearchConfig(max_skip_connect=n).skip_cap == n
+        assert SearchConfig.create(max_skip_connect=n).skip_cap == n
     for n in (1, 8):
-        assert SearchConfig(stop_on_skip=n).stop_on_skip == n
+        assert SearchConfig.create(stop_on_skip=n).stop_on_skip == n
 
 
 @pytest.mark.parametrize("flag", ["--max_skip_connect=-5", "--stop_on_skip=12"])
@@ -198,12 +198,12 @@ def test_run_written_before_the_guards_resumes_with_them_off(tmp_path):
 
     wd = Workdir(str(tmp_path))
     open(os.path.join(wd.checkpoint_dir, "state.json"), "w").write('{"epoch": 1}')
-    new = SearchConfig(dataset="digits").to_flagfile(exclude=("workdir", "dry_run"))
+    new = SearchConfig.create(dataset="digits").to_flagfile(exclude=("workdir", "dry_run"))
     old = "".join(ln + "\n" for ln in new.splitlines() if "skip" not in ln)
     open(wd.flags_file, "w").write(old)
     check_same_run(wd, new, ADDED_FLAG_DEFAULTS)
     with pytest.raises(ValueError, match="stop_on_skip"):
-        check_same_run(wd, SearchConfig(dataset="digits", stop_on_skip=2).to_flagfile(exclude=("workdir",)),
+        check_same_run(wd, SearchConfig.create(dataset="digits", stop_on_skip=2).to_flagfile(exclude=("workdir",)),
                        ADDED_FLAG_DEFAULTS)
 
 

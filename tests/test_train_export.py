@@ -91,11 +91,16 @@ def test_train_history_and_metrics(round_trip):
     assert {"epoch/loss", "epoch/drop_path_prob", "epoch/lr", "genotype", "cells/normal", "cells/reduce"} <= tags
 
 
+#: The retraining's settings by name (= flag), blocks flattened.
+TRAIN_SETTINGS = {leaf.name: leaf for leaf in TrainConfig.leaves()}
+
+
 def _config_from_flags_cfg(root, path):
     values = _flagfile_values(root, path)
-    fields = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: (v if isinstance(v, bool) or fields[k].default is None else type(fields[k].default)(v))
-                          for k, v in values.items()})
+    fields = TRAIN_SETTINGS
+    return TrainConfig.create(**{
+        k: (v if isinstance(v, bool) or fields[k].default is None else type(fields[k].default)(v))
+        for k, v in values.items()})
 
 
 def test_rerun_resumes_from_the_last_epoch(round_trip, tmp_path, capsys, repo_root):
@@ -116,7 +121,7 @@ def test_rerun_resumes_from_the_last_epoch(round_trip, tmp_path, capsys, repo_ro
     with pytest.raises(ValueError, match=r"other settings \(--epochs=2 -> 3\)"):
         run_retrain(config, wd, flags_text=flags_text.replace("--epochs=2", "--epochs=3"))
     with pytest.raises(GenotypeError, match="holds checkpoints of another genotype"):
-        run_retrain(TrainConfig(genotype="DARTS_V1", dataset="digits"), wd, flags_text="--genotype=DARTS_V1\n")
+        run_retrain(TrainConfig.create(genotype="DARTS_V1", dataset="digits"), wd, flags_text="--genotype=DARTS_V1\n")
     assert open(os.path.join(wd, "flags.cfg")).read() == flags_text
 
 
@@ -126,7 +131,7 @@ def test_checkpoint_restores_weights_and_optimizer(tmp_path, digits):
     from hlrs_tf.train.callbacks import DropPathSchedule
     from hlrs_tf.train.task import build_model, build_network
 
-    config = TrainConfig(genotype="DARTS_V2", channels=4, layers=3, batch_size=8, epochs=2)
+    config = TrainConfig.create(genotype="DARTS_V2", channels=4, layers=3, batch_size=8, epochs=2)
     x, y = make_long_tailed(digits.x_train, digits.y_train, 10, seed=0)
     models = [build_model(config, build_network(config, DARTS_V2, digits.spec), digits.spec, total_steps=4)
               for _ in range(2)]
@@ -166,7 +171,7 @@ def _flagfile_values(root, path, seen=None):
         name, _, value = line[2:].partition("=")
         if name == "flagfile":
             values.update(_flagfile_values(root, value))
-        elif name.startswith("no") and not value and name[2:] in TrainConfig.__dataclass_fields__:
+        elif name.startswith("no") and not value and name[2:] in TRAIN_SETTINGS:
             values[name[2:]] = False
         else:
             values[name] = True if not value else value
@@ -176,19 +181,21 @@ def _flagfile_values(root, path, seen=None):
 @pytest.mark.parametrize("cfg", ["configs/retrain.cfg", "configs/retrain_quick.cfg"])
 def test_config_files_are_valid_train_configs(cfg, repo_root):
     values = _flagfile_values(repo_root, cfg)
-    fields = TrainConfig.__dataclass_fields__
+    fields = TRAIN_SETTINGS
     assert set(values) <= set(fields), set(values) - set(fields)
     typed = {k: (v if isinstance(v, bool) else type(fields[k].default)(v) if fields[k].default is not None else v)
              for k, v in values.items()}
-    config = TrainConfig(genotype="DARTS_V2", **typed)
+    config = TrainConfig.create(genotype="DARTS_V2", **typed)
     text = open(os.path.join(repo_root, cfg)).read()
     assert "python -m hlrs_tf.train" in text.splitlines()[1]
     if cfg.endswith("retrain.cfg"):
         assert (config.channels, config.layers, config.epochs, config.batch_size) == (36, 20, 600, 96)
-        assert (config.learning_rate, config.momentum, config.weight_decay, config.grad_clip) == (0.025, 0.9, 3e-4, 5)
-        assert (config.auxiliary_weight, config.drop_path_prob, config.cutout_length) == (0.4, 0.2, 16)
+        optimizer = config.optimizer
+        assert (optimizer.learning_rate, optimizer.momentum, optimizer.weight_decay, optimizer.grad_clip) == (
+            0.025, 0.9, 3e-4, 5)
+        assert (config.auxiliary_weight, config.drop_path_prob, config.data.cutout_length) == (0.4, 0.2, 16)
     else:
-        assert config.dataset == "fashion_mnist" and config.channels < 36 and config.epochs < 10
+        assert config.data.dataset == "fashion_mnist" and config.channels < 36 and config.epochs < 10
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -341,8 +348,8 @@ def test_bad_genotype_files_give_clear_errors(tmp_path, content, needle):
     path = tmp_path / "genotype.json"
     path.write_text(content)
     with pytest.raises(GenotypeError, match=needle) as err:
-        run_retrain(TrainConfig(genotype=str(path), dataset="digits", channels=4, layers=3), str(tmp_path / "wd"),
-                    dry_run=True)
+        run_retrain(TrainConfig.create(genotype=str(path), dataset="digits", channels=4, layers=3),
+                    str(tmp_path / "wd"), dry_run=True)
     assert str(path) in str(err.value)
 
 
@@ -359,9 +366,9 @@ def test_bad_genotype_on_the_command_line(tmp_path, run_cli):
     from hlrs_tf.train.task import run_retrain
 
     with pytest.raises(ConfigError, match="--genotype='' is invalid"):
-        TrainConfig(genotype="")
+        TrainConfig.create(genotype="")
     with pytest.raises(GenotypeError, match="unknown genotype 'DARTS_V9'.*DARTS_V2"):
-        run_retrain(TrainConfig(genotype="DARTS_V9"), str(tmp_path / "wd3"), dry_run=True)
+        run_retrain(TrainConfig.create(genotype="DARTS_V9"), str(tmp_path / "wd3"), dry_run=True)
 
 
 @pytest.mark.parametrize("kwargs,needle", [
@@ -374,7 +381,7 @@ def test_bad_genotype_on_the_command_line(tmp_path, run_cli):
 ])
 def test_train_config_validation(kwargs, needle):
     with pytest.raises(ConfigError) as err:
-        TrainConfig(genotype="DARTS_V2", **kwargs)
+        TrainConfig.create(genotype="DARTS_V2", **kwargs)
     assert str(err.value).startswith(needle)
 
 
@@ -411,7 +418,7 @@ def test_bbn_retraining_runs(tmp_path):
     """A BBN-searched architecture retrains with --bbn: two branches, mixing factor logged, model saved."""
     from hlrs_tf.train.task import run_retrain
 
-    config = TrainConfig(genotype="DARTS_V1", dataset="digits", imbalance_ratio=10, channels=4, layers=4,
+    config = TrainConfig.create(genotype="DARTS_V1", dataset="digits", imbalance_ratio=10, channels=4, layers=4,
                          bbn=True, epochs=2, steps_per_epoch=2, batch_size=16, verbose=0, eval_batch_size=512)
     result = run_retrain(config, str(tmp_path))
     rows = list(csv.DictReader(open(tmp_path / "history.csv")))

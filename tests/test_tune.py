@@ -25,7 +25,7 @@ def test_search_space_and_trial_config():
     space = {p.name: p for p in hp.space}
     assert space["warmup_epochs"].max_value == 2  # at most half the search frozen, always < epochs
     config = trial_config(base, {"arch_learning_rate": 1e-3, "arch_lr_schedule": "freeze", "warmup_epochs": 2})
-    assert config.bbn and config.arch_learning_rate == 1e-3 and config.arch_lr_schedule == "freeze"
+    assert config.bbn and config.arch.arch_learning_rate == 1e-3 and config.arch.arch_lr_schedule == "freeze"
     with pytest.raises(ValueError, match="--tune is"):
         TuneConfig(base, space=("arch_lr",))
     with pytest.raises(ValueError, match="--max_trials=0 is invalid"):

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from hlrs_tf.config import search_flags
+from hlrs_tf.config import flags as config_flags
 from hlrs_tf.config.search import FLOAT_RANGES, ConfigError, SearchConfig, float_settings
 from hlrs_tf.config.train import TrainConfig
 from hlrs_tf.data.long_tail import (
@@ -114,7 +114,7 @@ def test_search_cli_refuses_the_ratio_before_any_training(tmp_path, run_cli):
 def test_retraining_refuses_a_class_without_training_images(tmp_path):
     from hlrs_tf.train import task as retrainer
 
-    config = TrainConfig(genotype="DARTS_V2", dataset="digits", imbalance_ratio=200, channels=4, layers=3,
+    config = TrainConfig.create(genotype="DARTS_V2", dataset="digits", imbalance_ratio=200, channels=4, layers=3,
                          batch_size=16, epochs=1, verbose=0)
     wd = tmp_path / "wd"
     with pytest.raises(DatasetError, match=r"--imbalance_ratio=200 leaves class 9 with 0 training images "
@@ -128,7 +128,8 @@ def test_retraining_refuses_a_class_without_training_images(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # 2. Every float flag: finite, in its range.
 
-SEARCH_FLOAT_FLAGS = [f.name for f in search_flags.FLAGS.get_flags_for_module("hlrs_tf.config.search_flags")
+config_flags.define_search_flags()
+SEARCH_FLOAT_FLAGS = [f.name for f in config_flags.FLAGS.get_flags_for_module("hlrs_tf.search")
                       if isinstance(f.parser, flags.FloatParser)]
 
 
@@ -137,19 +138,19 @@ def test_every_float_setting_has_a_declared_range():
     for config_class in (SearchConfig, TrainConfig, ExportOptions):
         for name in float_settings(config_class):
             assert name in FLOAT_RANGES, f"{config_class.__name__}.{name} has no entry in config.FLOAT_RANGES"
-    SearchConfig(), TrainConfig(genotype="DARTS_V2"), ExportOptions()  # the defaults lie in their ranges
+    SearchConfig.create(), TrainConfig.create(genotype="DARTS_V2"), ExportOptions()  # the defaults lie in their ranges
     assert set(SEARCH_FLOAT_FLAGS) == set(float_settings(SearchConfig))
 
 
 @pytest.mark.parametrize("value", NOT_FINITE)
 @pytest.mark.parametrize("name", SEARCH_FLOAT_FLAGS)
 def test_search_float_flag_not_finite_is_refused(name, value):
-    fv = search_flags.FLAGS
+    fv = config_flags.FLAGS
     fv.unparse_flags()
     try:
         fv(["hlrs_tf.search", f"--{name}={value}"])
         with pytest.raises(ConfigError) as err:
-            search_flags.config_from_flags(fv)
+            config_flags.config_from_flags(SearchConfig, fv)
     finally:
         fv.unparse_flags()
     assert str(err.value).startswith(f"--{name}={value} is invalid: it must be {FLOAT_RANGES[name].describe()}")
@@ -167,18 +168,19 @@ def test_search_float_flag_not_finite_is_refused(name, value):
 ])
 def test_library_config_gets_the_same_ranges(name, value, allowed):
     with pytest.raises(ConfigError) as err:
-        SearchConfig(**{name: value})
+        SearchConfig.create(**{name: value})
     assert str(err.value) == f"--{name}={value!r} is invalid: it must be {allowed}"
-    SearchConfig(learning_rate=1, momentum=0.0, arch_learning_rate=0.0)  # ints and the closed ends are fine
+    SearchConfig.create(learning_rate=1, momentum=0.0, arch_learning_rate=0.0)  # ints and the closed ends are fine
 
 
 _TRAIN_FLAG_PROBE = textwrap.dedent("""
     import json, sys
     from absl import flags
-    from hlrs_tf.config import train_flags
-    from hlrs_tf.config.train import ConfigError
-    fv = train_flags.FLAGS
-    module_flags = fv.get_flags_for_module("hlrs_tf.config.train_flags")
+    from hlrs_tf.config import flags as config_flags
+    from hlrs_tf.config.train import ConfigError, TrainConfig
+    config_flags.define_train_flags()
+    fv = config_flags.FLAGS
+    module_flags = fv.get_flags_for_module("hlrs_tf.train")
     names = [f.name for f in module_flags if isinstance(f.parser, flags.FloatParser)]
     refused = {}
     for name in names:
@@ -186,7 +188,7 @@ _TRAIN_FLAG_PROBE = textwrap.dedent("""
             fv.unparse_flags()
             fv(["hlrs_tf.train", "--genotype=DARTS_V2", f"--{name}={value}"])
             try:
-                train_flags.config_from_flags(fv)
+                config_flags.config_from_flags(TrainConfig, fv)
                 refused[f"{name}={value}"] = None
             except ConfigError as e:
                 refused[f"{name}={value}"] = str(e)
@@ -194,7 +196,7 @@ _TRAIN_FLAG_PROBE = textwrap.dedent("""
     for cfg in ("configs/retrain.cfg", "configs/retrain_quick.cfg"):
         fv.unparse_flags()
         fv(["hlrs_tf.train", "--genotype=DARTS_V2", f"--flagfile={cfg}"])
-        configs[cfg] = train_flags.config_from_flags(fv).learning_rate
+        configs[cfg] = config_flags.config_from_flags(TrainConfig, fv).optimizer.learning_rate
     print(json.dumps({"float_flags": names, "refused": refused, "configs": configs}))
 """)
 
@@ -221,7 +223,7 @@ def test_train_float_flag_not_finite_is_refused(train_flag_probe, name, value):
     assert message is not None, f"--{name}={value} was accepted"
     assert message.startswith(f"--{name}={value} is invalid: it must be {FLOAT_RANGES[name].describe()}")
     with pytest.raises(ConfigError, match=f"^--{name}={value} is invalid"):  # the library config, the same check
-        TrainConfig(genotype="DARTS_V2", **{name: float(value)})
+        TrainConfig.create(genotype="DARTS_V2", **{name: float(value)})
 
 
 @pytest.mark.parametrize("value", NOT_FINITE)
@@ -232,12 +234,12 @@ def test_export_float_option_not_finite_is_refused(name, value):
 
 
 def test_search_configs_still_load(repo_root):
-    fv = search_flags.FLAGS
+    fv = config_flags.FLAGS
     for cfg in ("configs/lt.cfg", "configs/quickstart.cfg"):
         fv.unparse_flags()
         try:
             fv(["hlrs_tf.search", f"--flagfile={os.path.join(repo_root, cfg)}"])
-            search_flags.config_from_flags(fv)
+            config_flags.config_from_flags(SearchConfig, fv)
         finally:
             fv.unparse_flags()
 

@@ -202,7 +202,7 @@ def test_export_refused_while_another_process_exports_to_out(tmp_path, held, run
     from hlrs_tf.space.genotypes import DARTS_V2
     from hlrs_tf.train.task import build_network, save_network
 
-    config = TrainConfig(genotype="DARTS_V2", dataset="digits", channels=4, layers=3)
+    config = TrainConfig.create(genotype="DARTS_V2", dataset="digits", channels=4, layers=3)
     model = str(tmp_path / "model.keras")
     save_network(build_network(config, DARTS_V2, dataset_spec("digits")), model)
     out = tmp_path / "export" / "digits"
@@ -226,7 +226,7 @@ def test_tuning_locks_its_root(tmp_path, held):
     from hlrs_tf.experiments.tuning import TuneConfig, run_tuning
 
     root = tmp_path / "tune"
-    config = TuneConfig(SearchConfig(dataset="digits", channels=4, layers=3, epochs=1, steps_per_epoch=1),
+    config = TuneConfig(SearchConfig.create(dataset="digits", channels=4, layers=3, epochs=1, steps_per_epoch=1),
                         max_trials=1)
     with held(root) as holder:
         with pytest.raises(WorkdirInUseError) as err:

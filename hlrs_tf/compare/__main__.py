@@ -19,7 +19,6 @@ its own sub-workdir, in its own process.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import subprocess
 import sys
@@ -27,9 +26,11 @@ import tempfile
 
 from absl import flags
 
-from hlrs_tf.config import search_flags as cli_flags  # defines every search flag; imports no TensorFlow
+from hlrs_tf.config import flags as config_flags  # imports no TensorFlow
 from hlrs_tf.config.search import METHODS, PAPER_METHODS, ConfigError, SearchConfig
 from hlrs_tf.runtime import cli
+
+config_flags.define_search_flags()  # every search flag sets the searches of the comparison
 
 flags.DEFINE_list(
     "methods", list(PAPER_METHODS),
@@ -52,7 +53,7 @@ flags.DEFINE_string("baseline", "darts", "Method the others are compared with, s
                     "and verdicts); given explicitly, it must be one of --methods (by default the paired part "
                     "is left out when darts is not compared).")
 
-FLAGS = cli_flags.FLAGS
+FLAGS = config_flags.FLAGS
 # Set per run by the harness, or not a search setting: never passed on.
 _NOT_PASSED = {"method", "seed", "workdir", "dry_run", "verbose"}
 # The search settings every retraining takes from the search, so both stages see the same data: always passed
@@ -73,9 +74,9 @@ def fail(message: str) -> None:
 def search_args(flag_values=FLAGS) -> list[str]:
     """The search flags given explicitly (command line or flagfile), as arguments for each run."""
     args = []
-    for f in dataclasses.fields(SearchConfig):
-        flag = flag_values[f.name]
-        if f.name not in _NOT_PASSED and flag.present and flag.value is not None:
+    for name in SearchConfig.setting_names():
+        flag = flag_values[name]
+        if name not in _NOT_PASSED and flag.present and flag.value is not None:
             args.append(flag.serialize())
     return args
 
@@ -119,7 +120,7 @@ def _compare() -> None:
     unknown = [spec for spec, (method, _) in arms.items() if method not in METHODS]
     if unknown:
         fail(f"--methods has {unknown}: each must be one of {', '.join(METHODS)}")
-    settable = {f.name for f in dataclasses.fields(SearchConfig)} - _NOT_PASSED
+    settable = set(SearchConfig.setting_names()) - _NOT_PASSED
     for spec, (_, overrides) in arms.items():
         for name, _ in overrides:
             if name not in settable:
@@ -140,8 +141,8 @@ def _compare() -> None:
                                retrain_args=tuple(retrain_args()) if retrain else (), retrain=retrain,
                                baseline=baseline)
         # Fail now, not after an hour: every method's search config must be valid.
-        explicit = {f.name: FLAGS[f.name].value for f in dataclasses.fields(SearchConfig)
-                    if f.name not in _NOT_PASSED and FLAGS[f.name].present}
+        explicit = {name: FLAGS[name].value for name in SearchConfig.setting_names()
+                    if name not in _NOT_PASSED and FLAGS[name].present}
         for spec in config.methods:
             method, overrides = arms[spec]
             own = {}

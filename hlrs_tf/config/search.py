@@ -1,26 +1,46 @@
 """Typed configuration of a search run.
 
-The CLI (:mod:`hlrs_tf.config.search_flags`) turns absl flags into a :class:`SearchConfig`; the library only ever
-sees this object. Defaults are the paper setting of docs/method.md M3 (DARTS on CIFAR-10-LT: 50 epochs, batch 64,
-C=16, 8 cells, SGD 0.025 cosine to 0.001, momentum 0.9, wd 3e-4, clip 5; Adam 3e-4, betas (0.5, 0.999), wd 1e-3).
+:class:`SearchConfig` composes the blocks of :mod:`hlrs_tf.config.blocks` (data, loss, weight optimiser,
+architecture optimiser and schedule, distribution, runtime) with the search's own settings (method, samplers,
+BBN, collapse guards, search space, budget). The CLI (:mod:`hlrs_tf.config.flags`) turns absl flags into it;
+the library only ever sees this object. Defaults are the paper setting of docs/method.md M3 (DARTS on
+CIFAR-10-LT: 50 epochs, batch 64, C=16, 8 cells, SGD 0.025 cosine to 0.001, momentum 0.9, wd 3e-4, clip 5;
+Adam 3e-4, betas (0.5, 0.999), wd 1e-3).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 
-from hlrs_tf.config.choices import CLASS_WEIGHT_REDUCTIONS, DRW_LOSSES, LOSSES, STRATEGIES
+from hlrs_tf.config.blocks import (
+    ArchOptimizer,
+    DistributionConfig,
+    LossConfig,
+    RuntimeConfig,
+    SearchData,
+    WeightOptimizer,
+)
+from hlrs_tf.config.schema import (
+    FLOAT_RANGES,
+    ConfigError,
+    FloatRange,
+    Settings,
+    block,
+    check_floats,
+    float_settings,
+    require,
+    setting,
+)
 from hlrs_tf.data.samplers import SAMPLERS
 from hlrs_tf.losses.bbn_mixing import MIXING_SCHEDULES
-from hlrs_tf.runtime.precision import PRECISIONS, SECOND_ORDER_REASON
-from hlrs_tf.search.schedules import ARCH_LR_SCHEDULES
+from hlrs_tf.runtime.precision import SECOND_ORDER_REASON
 from hlrs_tf.space.genotypes import STEPS
+
+__all__ = ["ADDED_FLAG_DEFAULTS", "FLOAT_RANGES", "METHODS", "METHOD_PRESETS", "PAPER_METHODS", "ConfigError",
+           "FloatRange", "SearchConfig", "check_floats", "float_settings", "require"]
 
 ORDERS = ("first", "second")
 CELL_IMPLS = ("fused", "direct")
-# LOSSES, DRW_LOSSES, CLASS_WEIGHT_REDUCTIONS and STRATEGIES: hlrs_tf.config.choices.
 #: How weights are initialised (hlrs_tf.space.init): PyTorch's defaults as the reference, or Keras' own.
 INITS = ("reference", "keras")
 #: Edges of a derived normal cell (2 per intermediate node), the range of the skip guards' counts.
@@ -71,88 +91,70 @@ ADDED_FLAG_DEFAULTS = {"precision": "float32", "init": "keras", "class_weight_re
                        "la_tau": "1.0", "focal_gamma": "2.0", "drw_epoch": "0"}
 
 
-class ConfigError(ValueError):
-    """An invalid setting; the message names the flag and the allowed values."""
-
-
 @dataclasses.dataclass(frozen=True)
-class SearchConfig:
-    """Everything a search run needs.
+class SearchConfig(Settings):
+    """Everything a search run needs: its blocks and its own settings.
 
-    Attributes mirror the flags of the same name (see ``python -m hlrs_tf.search --helpfull``).
+    Each setting is a flag of the same name (``python -m hlrs_tf.search --helpfull``); the flat view
+    (:meth:`~hlrs_tf.config.schema.Settings.create`, ``flat``, ``replace``) names settings the same way
+    wherever they sit: ``SearchConfig.create(learning_rate=0.1).optimizer.learning_rate == 0.1``.
     """
 
-    # Data
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    manual_dir: str | None = None
-    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
-    imbalance_ratio: float = 100.0
-    train_portion: float = 0.5
-    augment: bool = True
+    data: SearchData = block(SearchData)
     # Method (see METHOD_PRESETS): samplers, loss, BBN, HLRS
-    method: str = "darts"
-    weight_sampler: str = "uniform"
-    arch_sampler: str = "uniform"
-    loss: str = "ce"
-    reweight_beta: float = 0.9999
-    class_weight_reduction: str = "weighted_mean"  # sum(w*CE)/sum(w) (LDAM-DRW) or sum(w*CE)/batch
-    la_tau: float = 1.0  # logit_adjusted: CE(z + tau log prior)
-    focal_gamma: float = 2.0  # focal, class_balanced_focal: (1 - p_t)^gamma
-    drw_epoch: int = 0  # DRW: class-balanced weights from this 0-based epoch on (0 = no DRW)
-    bbn: bool = False
-    mixing: str = "parabolic"
-    arch_lr_schedule: str = "constant"
-    freeze_threshold: float = 0.5
-    warmup_epochs: int = 0
+    method: str = setting(
+        "darts",
+        "Preset of the paper's table: darts (CE, uniform), darts_resample (class-balanced sampler for the weight "
+        "step), darts_reweight (class-balanced CE, effective number), darts_bbn (BBN mixed loss), hlrs (BBN + the "
+        "HLRS arch-lr schedule 'mixing'); beyond the paper: pcdarts and pcdarts_hlrs (darts and hlrs with "
+        "--partial_channels=4), and darts with a long-tail loss on both levels: darts_la (logit_adjusted), "
+        "darts_bsm (balanced_softmax), darts_ldam_drw (ldam, --drw_epoch=40), darts_focal (focal), darts_cb_focal "
+        "(class_balanced_focal). Flags given explicitly win over the preset.", choices=METHODS)
+    weight_sampler: str = setting("uniform", "Sampler of the weight-step batches.", choices=SAMPLERS)
+    arch_sampler: str = setting("uniform", "Sampler of the architecture-step batches.", choices=SAMPLERS)
+    objective: LossConfig = block(LossConfig)
+    bbn: bool = setting(False, "BBN on the supernet: shared trunk, conventional + re-balancing branch cells, mixed "
+                        "loss on both levels.")
+    mixing: str = setting("parabolic", "BBN mixing factor alpha_T over the epochs.", choices=MIXING_SCHEDULES)
+    arch: ArchOptimizer = block(ArchOptimizer)
     # Collapse guards (issue 18), both off by default
-    max_skip_connect: int = -1  # P-DARTS: at most N skip edges in the derived normal cell; -1 = off
-    stop_on_skip: int = 0  # DARTS+: stop once the normal cell has >= N skip edges; 0 = off
+    max_skip_connect: int = setting(
+        -1, "P-DARTS rule at derivation: the normal cell keeps at most N skip_connect edges; each extra one, weakest "
+        "skip weight first, is replaced by its edge's next-best op or its node's next-best edge. Applies to every "
+        "epoch's genotype and the final one; the reduction cell is not capped. -1 = off.")
+    stop_on_skip: int = setting(
+        0, "DARTS+ early stop: end the search after the first epoch (past --warmup_epochs) whose uncapped normal "
+        "cell has >= N skip_connect edges, and keep the previous epoch's genotype. A rerun does not train on. "
+        "0 = off.")
     # Search space
-    channels: int = 16
-    layers: int = 8
-    init: str = "reference"  # PyTorch default init (kaiming-uniform a=sqrt(5)) or "keras" (glorot, zero bias)
-    cell_impl: str = "fused"  # "direct": the per-edge reference computation (slower, same function)
-    partial_channels: int = 1  # PC-DARTS' K: mixed ops on C // K channels + edge normalisation (1 = DARTS)
-    # Optimisation
-    epochs: int = 50
-    batch_size: int = 64
-    steps_per_epoch: int = 0  # 0: one pass over the smaller search split
-    order: str = "first"
-    learning_rate: float = 0.025
-    learning_rate_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_learning_rate: float = 3e-4
-    arch_beta1: float = 0.5
-    arch_beta2: float = 0.999
-    arch_weight_decay: float = 1e-3
-    # Distribution
-    strategy: str = "auto"
-    cpu_replicas: int = 0
-    # Run
-    seed: int = 0
-    deterministic: bool = False
-    precision: str = "float32"  # Keras dtype policy of the supernet (hlrs_tf.runtime.precision)
-    eval_batch_size: int = 256
-    verbose: int = 1
-    threads: int = 0
+    channels: int = setting(16, "Initial channels C of the supernet.", lower_bound=2)
+    layers: int = setting(8, "Number of cells L of the supernet.", lower_bound=3)
+    init: str = setting(
+        "reference", "Weight initialisation: reference (PyTorch's defaults, as the DARTS code: kaiming-uniform "
+        "a=sqrt(5) for conv and dense kernels, uniform classifier bias) or keras (glorot-uniform, zero biases).",
+        choices=INITS)
+    cell_impl: str = setting(
+        "fused", "How search cells are computed: fused (fast) or direct (one layer per candidate op, the reference "
+        "form; same function, for verification).", choices=CELL_IMPLS)
+    partial_channels: int = setting(
+        1, "PC-DARTS' K (Xu et al. 2020): each mixed op sees 1/K of its input's channels (the rest bypass it, then "
+        "a channel shuffle), and each node weights its incoming edges by softmaxed betas (architecture "
+        "variables). 1 = DARTS. channels must be divisible by K.", lower_bound=1)
+    # Budget and optimisation
+    epochs: int = setting(50, "Search epochs.", lower_bound=1)
+    batch_size: int = setting(64, "Batch size of each of the two splits.", lower_bound=1)
+    steps_per_epoch: int = setting(0, "Steps per epoch; 0 = one pass over the smaller split.", lower_bound=0)
+    order: str = setting("first", "DARTS approximation: first or second (unrolled) order.", choices=ORDERS)
+    optimizer: WeightOptimizer = block(WeightOptimizer)
+    distribution: DistributionConfig = block(DistributionConfig)
+    runtime: RuntimeConfig = block(RuntimeConfig)
 
     def __post_init__(self):
-        check_floats(self)  # every float setting: finite and in its range (FLOAT_RANGES)
-        require(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
-        require(self.order == "first" or self.precision == "float32", "precision", self.precision,
+        super().__post_init__()  # the choices above; each block checked its own settings
+        require(self.order == "first" or self.runtime.precision == "float32", "precision", self.runtime.precision,
                 f"float32 with --order=second ({SECOND_ORDER_REASON})")
-        require(self.method in METHODS, "method", self.method, f"one of {', '.join(METHODS)}")
-        for flag in ("weight_sampler", "arch_sampler"):
-            require(getattr(self, flag) in SAMPLERS, flag, getattr(self, flag), f"one of {', '.join(SAMPLERS)}")
-        check_loss_settings(self)
-        require(self.init in INITS, "init", self.init, f"one of {', '.join(INITS)}")
-        require(self.mixing in MIXING_SCHEDULES, "mixing", self.mixing, f"one of {', '.join(MIXING_SCHEDULES)}")
-        require(self.arch_lr_schedule in ARCH_LR_SCHEDULES, "arch_lr_schedule", self.arch_lr_schedule,
-                f"one of {', '.join(ARCH_LR_SCHEDULES)}")
-        require(0 <= self.warmup_epochs < self.epochs, "warmup_epochs", self.warmup_epochs,
+        self.objective.check_epochs(self.epochs)
+        require(self.arch.warmup_epochs < self.epochs, "warmup_epochs", self.arch.warmup_epochs,
                 f"an integer in [0, epochs={self.epochs})")
         require(self.max_skip_connect == -1 or 0 <= self.max_skip_connect <= MAX_SKIP_EDGES, "max_skip_connect",
                 self.max_skip_connect, f"-1 (off) or an integer in [0, {MAX_SKIP_EDGES}] (skip_connect edges kept "
@@ -166,14 +168,7 @@ class SearchConfig:
                 require(getattr(self, flag) == "uniform", flag, getattr(self, flag),
                         "uniform with --bbn (the conventional branch samples uniformly; the re-balancing "
                         "branch always uses the reversed sampler)")
-            require(self.loss == "ce", "loss", self.loss, "ce with --bbn (BBN's loss is its mixed cross-entropy)")
-            require(self.drw_epoch == 0, "drw_epoch", self.drw_epoch, "0 with --bbn (BBN's loss is its mixed "
-                    "cross-entropy)")
-        require(self.strategy in STRATEGIES, "strategy", self.strategy, f"one of {', '.join(STRATEGIES)}")
-        require(self.cpu_replicas >= 0, "cpu_replicas", self.cpu_replicas,
-                "an integer >= 0 (N > 1: mirror over N logical CPU devices)")
-        require(self.order in ORDERS, "order", self.order, f"one of {', '.join(ORDERS)}")
-        require(self.cell_impl in CELL_IMPLS, "cell_impl", self.cell_impl, f"one of {', '.join(CELL_IMPLS)}")
+            require_bbn_loss(self.objective)
         require(self.channels >= 2 and self.channels % 2 == 0, "channels", self.channels, "an even integer >= 2")
         require(self.partial_channels >= 1, "partial_channels", self.partial_channels, "an integer >= 1 (1 = DARTS)")
         require(self.channels % self.partial_channels == 0, "partial_channels", self.partial_channels,
@@ -183,8 +178,6 @@ class SearchConfig:
         require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
         require(self.steps_per_epoch >= 0, "steps_per_epoch", self.steps_per_epoch, "an integer >= 0 (0 = full split)")
-        require(self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1")
-        require(self.threads >= 0, "threads", self.threads, "an integer >= 0 (0 = all cores)")
 
     @property
     def skip_cap(self) -> int | None:
@@ -193,152 +186,30 @@ class SearchConfig:
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> SearchConfig:
-        """The config of a method preset; ``overrides`` win over the preset (and the preset over defaults).
+        """The config of a method preset; ``overrides`` (flat names) win over the preset, the preset over
+        defaults.
 
         Raises:
             ConfigError: On an unknown method or an invalid setting.
         """
         if method not in METHOD_PRESETS:
             raise ConfigError(f"--method={method!r} is invalid: it must be one of {', '.join(METHODS)}")
-        return cls(**{**METHOD_PRESETS[method], "method": method, **overrides})
+        return cls.create(**{**METHOD_PRESETS[method], "method": method, **overrides})
 
-    def to_flagfile(self, exclude=()) -> str:
-        """The settings as flagfile text, one ``--name=value`` per line (every field, preset resolved), so
-        ``--flagfile=<file>`` repeats exactly this config.
-
-        Args:
-            exclude: Field names to leave out.
-        """
-        lines = []
-        for name, value in self.to_dict().items():
-            if name in exclude or value is None:
-                continue
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            lines.append(f"--{name}={value}")
-        return "\n".join(lines) + "\n"
-
-    def to_dict(self) -> dict:
-        """Plain-dict view (JSON-ready)."""
-        return dataclasses.asdict(self)
+    @classmethod
+    def from_flag_values(cls, values: dict, explicit: set) -> SearchConfig:
+        """The config of parsed flags: defaults < the ``--method`` preset < the flags in ``explicit`` (given on
+        the command line or in a flagfile)."""
+        preset = {k: v for k, v in METHOD_PRESETS[values.get("method", "darts")].items() if k not in explicit}
+        return cls.create(**{**values, **preset})
 
 
-def check_loss_settings(settings, error: type[Exception] = ConfigError) -> None:
-    """Refuses a bad ``--loss`` / ``--class_weight_reduction`` / ``--drw_epoch`` of a search or retraining config.
-
-    ``settings`` has the fields ``loss``, ``class_weight_reduction``, ``drw_epoch`` and ``epochs`` (the float
-    settings ``la_tau``, ``focal_gamma`` and ``reweight_beta`` are checked by :func:`check_floats`).
+def require_bbn_loss(objective: LossConfig) -> None:
+    """Refuses a loss other than BBN's own with ``--bbn`` (search and retraining alike).
 
     Raises:
-        error: Naming the flag and the allowed values.
+        ConfigError: Naming ``--loss`` or ``--drw_epoch``.
     """
-    require(settings.loss in LOSSES, "loss", settings.loss, f"one of {', '.join(LOSSES)}", error)
-    require(settings.class_weight_reduction in CLASS_WEIGHT_REDUCTIONS, "class_weight_reduction",
-            settings.class_weight_reduction, f"one of {', '.join(CLASS_WEIGHT_REDUCTIONS)}", error)
-    require(0 <= settings.drw_epoch < settings.epochs, "drw_epoch", settings.drw_epoch,
-            f"an integer in [0, epochs={settings.epochs}) (0 = no DRW; DRW weights from this 0-based epoch on)",
-            error)
-    require(settings.drw_epoch == 0 or settings.loss in DRW_LOSSES, "drw_epoch", settings.drw_epoch,
-            f"0 with --loss={settings.loss} (DRW re-weights --loss={', '.join(DRW_LOSSES)}; the other losses "
-            f"are already class-weighted or class-adjusted)", error)
-
-
-def require(ok: bool, flag: str, value, allowed: str, error: type[Exception] = ConfigError) -> None:
-    """Refuses a setting unless ``ok``: ``--<flag>=<value> is invalid: it must be <allowed>``.
-
-    Raises:
-        error: (:class:`ConfigError` by default) when ``ok`` is false.
-    """
-    if not ok:
-        raise error(f"--{flag}={value!r} is invalid: it must be {allowed}")
-
-
-@dataclasses.dataclass(frozen=True)
-class FloatRange:
-    """The allowed values of a float setting: a finite number in an interval.
-
-    Attributes:
-        interval: ``"[low, high]"``, with ``(`` or ``)`` for an open end. ``high`` may be ``inf`` (no upper
-            bound; the value must still be finite) or the name of another setting of the same config, which is
-            then the bound (``learning_rate_min`` in ``[0, learning_rate]``).
-        note: What the number is, added to the refusal.
-    """
-
-    interval: str
-    note: str = ""
-
-    def _bounds(self) -> tuple[bool, float, str, bool]:
-        text = self.interval.strip()
-        low, high = (part.strip() for part in text[1:-1].split(","))
-        return text[0] == "(", float(low), high, text[-1] == ")"
-
-    def allows(self, value, settings) -> bool:
-        """Whether ``value`` is a finite real number in the interval (``settings`` supplies a named bound)."""
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            return False
-        low_open, low, high, high_open = self._bounds()
-        high = float(getattr(settings, high)) if high.isidentifier() and high != "inf" else float(high)
-        above = value > low if low_open else value >= low
-        below = value < high if high_open else value <= high
-        return above and below
-
-    def describe(self, settings=None) -> str:
-        """The allowed values in words, e.g. ``in [0, 1)`` or ``> 0 and finite`` (``settings``: the value of a
-        bound named by another setting is shown too)."""
-        low_open, _, high, _ = self._bounds()
-        if high == "inf":
-            low = self.interval.strip()[1:].split(",")[0].strip()
-            text = "a finite number" if low == "-inf" else f"{'>' if low_open else '>='} {low} and finite"
-        else:
-            text = f"in {self.interval}"
-            if high.isidentifier() and settings is not None:
-                text += f" (--{high}={getattr(settings, high)!r})"
-        return f"{text} ({self.note})" if self.note else text
-
-
-#: The range of every float setting of the search, retraining and export configs, by flag name (one meaning
-#: per name across the commands). A float setting missing here must still be finite.
-FLOAT_RANGES: dict[str, FloatRange] = {
-    "imbalance_ratio": FloatRange("[1, inf)", "N_max / N_min"),
-    "train_portion": FloatRange("(0, 1)", "share of each class on the weight split"),
-    "holdout_fraction": FloatRange("[0, 1)", "share of each class held out for post-hoc calibration; 0 = none"),
-    "reweight_beta": FloatRange("[0, 1)"),  # the effective number (1 - beta^n) / (1 - beta) needs beta < 1
-    "la_tau": FloatRange("[0, inf)", "logit adjustment's tau; 0 = plain cross-entropy"),
-    "focal_gamma": FloatRange("[0, inf)", "the focal exponent; 0 = plain cross-entropy"),
-    "freeze_threshold": FloatRange("[0, 1]"),  # compared with alpha_T, which lies in [0, 1]
-    "learning_rate": FloatRange("(0, inf)"),
-    "learning_rate_min": FloatRange("[0, learning_rate]"),  # the end of a decay from learning_rate
-    "momentum": FloatRange("[0, 1)"),  # 1 or more: the velocity never decays
-    "weight_decay": FloatRange("[0, inf)"),
-    "grad_clip": FloatRange("(0, inf)"),  # a global-norm bound: 0 would zero every step
-    "arch_learning_rate": FloatRange("[0, inf)"),  # 0: the alphas stay as initialised
-    "arch_beta1": FloatRange("[0, 1)"),  # Adam's moment decays
-    "arch_beta2": FloatRange("[0, 1)"),
-    "arch_weight_decay": FloatRange("[0, inf)"),
-    "auxiliary_weight": FloatRange("[0, inf)"),
-    "drop_path_prob": FloatRange("[0, 1)"),  # 1 would drop every path
-    "tolerance": FloatRange("(0, inf)", "largest allowed |logit difference|"),
-}
-_ANY_FINITE = FloatRange("(-inf, inf)")
-
-
-def float_settings(config_class) -> tuple[str, ...]:
-    """Names of the float settings (fields annotated ``float``) of a config dataclass, in field order."""
-    return tuple(f.name for f in dataclasses.fields(config_class) if f.type in (float, "float"))
-
-
-def check_floats(settings, error: type[Exception] = ConfigError) -> None:
-    """Refuses a float setting of a config dataclass that is not finite or outside its :data:`FLOAT_RANGES`.
-
-    The one check of every float flag of every command (called from the configs' ``__post_init__``, so
-    library callers get it too). Fields are checked in order, so a bound named by another setting
-    (``learning_rate``) has been checked before it is used.
-
-    Raises:
-        error: (:class:`ConfigError` by default) naming the flag, the value and the allowed range, e.g.
-            ``--learning_rate=inf is invalid: it must be > 0 and finite``.
-    """
-    for name in float_settings(type(settings)):
-        value = getattr(settings, name)
-        allowed = FLOAT_RANGES.get(name, _ANY_FINITE)
-        require(allowed.allows(value, settings), name, value, allowed.describe(settings), error)
+    require(objective.loss == "ce", "loss", objective.loss, "ce with --bbn (BBN's loss is its mixed cross-entropy)")
+    require(objective.drw_epoch == 0, "drw_epoch", objective.drw_epoch,
+            "0 with --bbn (BBN's loss is its mixed cross-entropy)")

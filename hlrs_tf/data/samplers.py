@@ -5,7 +5,7 @@ of Kang et al.) and ``reversed`` (BBN's re-balancing branch, class ``i`` in prop
 :func:`class_sampling_probs` gives their per-class probabilities. The tf.data stream that draws by them,
 :func:`hlrs_tf.data.pipeline.class_sampler_stream`, lives with the other streams in :mod:`hlrs_tf.data.pipeline`.
 
-NumPy only. The configs (:mod:`hlrs_tf.config.search`, :mod:`hlrs_tf.config.search_flags`) take the choices of
+NumPy only. The configs (:mod:`hlrs_tf.config.search`, :mod:`hlrs_tf.config.flags`) take the choices of
 ``--weight_sampler`` and ``--arch_sampler`` from :data:`SAMPLERS`.
 """
 

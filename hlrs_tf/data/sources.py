@@ -34,8 +34,12 @@ import socket
 import threading
 import urllib.parse
 import zipfile
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from hlrs_tf.config.blocks import DataConfig
 
 from hlrs_tf.data.long_tail import _class_name, _short_counts, check_class_counts, make_long_tailed, stratified_split
 from hlrs_tf.data.spec import (
@@ -126,7 +130,8 @@ def load_dataset(name: str, data_dir: str | None = None, manual_dir: str | None 
     return _validated(name, read)
 
 
-def load_long_tailed(settings, train_portion: float | None = None) -> tuple[ArrayDataset, np.ndarray, np.ndarray]:
+def load_long_tailed(data: DataConfig, seed: int,
+                     train_portion: float | None = None) -> tuple[ArrayDataset, np.ndarray, np.ndarray]:
     """A run's dataset and its long-tailed training set: one function for the search, the retraining and the
     post-hoc re-balancing, so all three see the same images for the same settings.
 
@@ -134,8 +139,8 @@ def load_long_tailed(settings, train_portion: float | None = None) -> tuple[Arra
     before the subset is drawn, so before anything is built or written.
 
     Args:
-        settings: A run config (``dataset``, ``data_dir``, ``manual_dir``, ``fashion_mnist_dir``,
-            ``imbalance_ratio``, ``seed``).
+        data: The run config's data block.
+        seed: The run's seed (it draws the long-tailed subset).
         train_portion: The search's weight-split share (every class needs an image on both splits); ``None``
             for a retraining.
 
@@ -145,11 +150,9 @@ def load_long_tailed(settings, train_portion: float | None = None) -> tuple[Arra
     Raises:
         DatasetError: The data cannot be loaded, or the profile leaves a class without an image.
     """
-    ds = load_dataset(settings.dataset, settings.data_dir, settings.manual_dir,
-                      fashion_mnist_dir=settings.fashion_mnist_dir)
-    check_class_counts(ds.y_train, ds.spec.num_classes, settings.imbalance_ratio, train_portion,
-                       ds.spec.class_names)
-    x_lt, y_lt = make_long_tailed(ds.x_train, ds.y_train, settings.imbalance_ratio, seed=settings.seed)
+    ds = load_dataset(data.dataset, data.data_dir, data.manual_dir, fashion_mnist_dir=data.fashion_mnist_dir)
+    check_class_counts(ds.y_train, ds.spec.num_classes, data.imbalance_ratio, train_portion, ds.spec.class_names)
+    x_lt, y_lt = make_long_tailed(ds.x_train, ds.y_train, data.imbalance_ratio, seed=seed)
     return ds, x_lt, y_lt
 
 

@@ -87,8 +87,8 @@ def hyperparameters(config: TuneConfig) -> keras_tuner.HyperParameters:
 
 def trial_config(base: SearchConfig, values: dict) -> SearchConfig:
     """The base config with a trial's values (validated like any config)."""
-    fields = {f.name for f in dataclasses.fields(SearchConfig)}
-    return dataclasses.replace(base, **{k: v for k, v in values.items() if k in fields})
+    names = set(SearchConfig.setting_names())
+    return base.replace(**{k: v for k, v in values.items() if k in names})
 
 
 class _SearchTrials:
@@ -126,7 +126,7 @@ def make_tuner(config: TuneConfig, root: str):
         objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
         max_trials=config.max_trials,
         hyperparameters=hyperparameters(config),
-        seed=config.base.seed,
+        seed=config.base.runtime.seed,
         directory=root,
         project_name="tuner",
         overwrite=False,

@@ -48,7 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hlrs_tf.config.search import check_floats
+from hlrs_tf.config.schema import check_floats
 from hlrs_tf.data.sources import dataset_spec, load_dataset
 from hlrs_tf.data.spec import DEFAULT_FASHION_MNIST_DIR, DatasetError
 from hlrs_tf.runtime.precision import policy_name, policy_scope

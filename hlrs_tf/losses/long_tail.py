@@ -228,8 +228,8 @@ class LossSpec:
     @classmethod
     def from_settings(cls, settings, counts) -> LossSpec:
         """:meth:`from_counts` from a run config's ``loss``, ``reweight_beta``, ``class_weight_reduction``,
-        ``la_tau``, ``focal_gamma`` and ``drw_epoch`` (a :class:`~hlrs_tf.config.search.SearchConfig` or
-        :class:`~hlrs_tf.config.train.TrainConfig`)."""
+        ``la_tau``, ``focal_gamma`` and ``drw_epoch`` (a run config's loss block,
+        :class:`~hlrs_tf.config.blocks.LossConfig`)."""
         return cls.from_counts(
             settings.loss, counts, reweight_beta=settings.reweight_beta, reduction=settings.class_weight_reduction,
             la_tau=settings.la_tau, focal_gamma=settings.focal_gamma, drw=settings.drw_epoch > 0,
@@ -277,7 +277,7 @@ class LossSpec:
         return out
 
     def run_summary(self, counts, settings) -> dict:
-        """:meth:`summary` with a run config's loss settings (``class_counts.json`` of a search or retraining)."""
+        """:meth:`summary` with a run config's loss block (``class_counts.json`` of a search or retraining)."""
         return self.summary(counts, reweight_beta=settings.reweight_beta, la_tau=settings.la_tau,
                             focal_gamma=settings.focal_gamma, drw_epoch=settings.drw_epoch)
 

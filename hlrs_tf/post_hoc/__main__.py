@@ -74,10 +74,10 @@ def _post_hoc() -> None:
         crt_epochs=FLAGS.crt_epochs, crt_batch_size=FLAGS.crt_batch_size,
         crt_learning_rate=FLAGS.crt_learning_rate, crt_momentum=FLAGS.crt_momentum,
         crt_weight_decay=FLAGS.crt_weight_decay,
-        seed=train_config.seed if FLAGS.seed is None else FLAGS.seed,
-        eval_batch_size=train_config.eval_batch_size,
+        seed=train_config.runtime.seed if FLAGS.seed is None else FLAGS.seed,
+        eval_batch_size=train_config.runtime.eval_batch_size,
     )
-    set_thread_pools(train_config.threads)
+    set_thread_pools(train_config.runtime.threads)
     metrics = run_post_hoc(FLAGS.workdir, train_config, config)
     record = metrics["post_hoc"]
     tau = f" tau={record['tau']:g} ({record['tau_chosen_by']})" if "tau" in record else ""

@@ -107,7 +107,7 @@ def drive(task: Task, wd: Workdir, flags_text: str | None, dry_run: bool = False
         atomic_write_text(wd.flags_file, flags_text)
 
     if dry_run:
-        spec = dataset_spec(config.dataset, config.data_dir)
+        spec = dataset_spec(config.data.dataset, config.data.data_dir)
         t0 = time.perf_counter()
         summary = task.dry_run_summary(spec)
         atomic_write_json(wd.summary_file, {**summary, "dry_run": True,
@@ -121,7 +121,7 @@ def drive(task: Task, wd: Workdir, flags_text: str | None, dry_run: bool = False
     # Resume: a rerun of the same command continues after the last complete epoch, with the weights, the
     # optimizers' state (and so the learning-rate schedules' position) and the data stream restored.
     checkpoint, initial_epoch, end_epoch = task.restore(model, wd)
-    atomic_write_json(wd.class_counts_file, model.loss_spec.run_summary(data.train_counts, config))
+    atomic_write_json(wd.class_counts_file, model.loss_spec.run_summary(data.train_counts, config.objective))
     train_ds = task.train_dataset(data, initial_epoch)
     atomic_write_json(wd.summary_file, {**task.model_summary(model, data), **data.summary,
                                         "build_s": round(build_s, 2)})
@@ -130,5 +130,6 @@ def drive(task: Task, wd: Workdir, flags_text: str | None, dry_run: bool = False
         truncate_history(wd.history_file, initial_epoch)
         print(f"resuming from the checkpoint of epoch {initial_epoch} in {wd.checkpoint_dir}")
     history = model.fit(train_ds, epochs=end_epoch, initial_epoch=initial_epoch, steps_per_epoch=data.steps,
-                        callbacks=callbacks, verbose=config.verbose, shuffle=False, **fit_kwargs)  # tf.data shuffles
+                        callbacks=callbacks, verbose=config.runtime.verbose, shuffle=False,  # tf.data shuffles
+                        **fit_kwargs)
     return task.finish(model, wd, data, history)

@@ -9,10 +9,12 @@ and exit status 2, never a traceback.
 
 from __future__ import annotations
 
-from hlrs_tf.config import search_flags as cli_flags  # imports no TensorFlow: cli.Command sets the process up first
+from hlrs_tf.config import flags as config_flags  # imports no TensorFlow: cli.Command sets the process up first
+from hlrs_tf.config.search import SearchConfig
 from hlrs_tf.runtime import cli
 
-FLAGS = cli_flags.FLAGS
+config_flags.define_search_flags()
+FLAGS = config_flags.FLAGS
 PROG = "hlrs_tf.search"
 
 
@@ -25,12 +27,12 @@ def _errors() -> tuple[type[Exception], ...]:
 
 
 def _search() -> None:
-    config = cli_flags.config_from_flags(FLAGS)
+    config = config_flags.config_from_flags(SearchConfig, FLAGS)
     from hlrs_tf.runtime.workdir import default_workdir
     from hlrs_tf.search.task import run_search
 
-    workdir = FLAGS.workdir or default_workdir(f"{config.dataset}-search")
-    result = run_search(config, workdir, flags_text=cli_flags.effective_flags(config), dry_run=FLAGS.dry_run)
+    workdir = FLAGS.workdir or default_workdir(f"{config.data.dataset}-search")
+    result = run_search(config, workdir, flags_text=config_flags.effective_flags(config), dry_run=FLAGS.dry_run)
     cli.report_run(result, FLAGS.dry_run, f"genotype: {result.workdir}/genotype.json", "supernet test")
 
 

@@ -15,11 +15,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hlrs_tf.config.blocks import ArchOptimizer
+from hlrs_tf.losses.bbn_mixing import check_mixing, mixing_factor
 from hlrs_tf.runtime.callbacks import EpochSchedule, model_variable
 from hlrs_tf.runtime.workdir import Workdir
 from hlrs_tf.search.alpha_movement import alpha_movement, edge_max_weight
 from hlrs_tf.search.collapse import save_skip_cap
-from hlrs_tf.search.schedules import ScheduleConfig
 from hlrs_tf.space.genotypes import PRIMITIVES, node_edge_slices
 
 
@@ -45,18 +46,23 @@ class HLRSCallback(EpochSchedule):
     if it has one (the BBN model), and is logged for every method, so runs compare column for column.
 
     Args:
-        schedule: The schedule settings.
+        arch: The config's architecture optimiser block, which owns the rate and its schedule
+            (:meth:`~hlrs_tf.config.blocks.ArchOptimizer.lr`).
         total_epochs: ``T_max``, the ``epochs`` given to ``fit`` (the full search, not what is left of it).
+        mixing: BBN's ``alpha_T`` schedule (:data:`hlrs_tf.losses.bbn_mixing.MIXING_SCHEDULES`), which the
+            ``mixing`` and ``freeze`` rates follow.
     """
 
-    def __init__(self, schedule: ScheduleConfig, total_epochs: int):
+    def __init__(self, arch: ArchOptimizer, total_epochs: int, mixing: str = "parabolic"):
         if total_epochs < 1:
             raise ValueError(f"total_epochs must be >= 1 (--epochs), got {total_epochs}")
-        self.schedule = schedule
+        check_mixing(mixing)
+        self.arch = arch
+        self.mixing = mixing
         self.total_epochs = int(total_epochs)
         super().__init__({
-            "arch_lr": (lambda epoch: schedule.arch_lr(epoch, self.total_epochs), _arch_lr_variable),
-            "bbn_alpha": (lambda epoch: schedule.alpha(epoch, self.total_epochs), model_variable("bbn_alpha")),
+            "arch_lr": (lambda epoch: arch.lr(epoch, self.total_epochs, mixing), _arch_lr_variable),
+            "bbn_alpha": (lambda epoch: mixing_factor(mixing, epoch, self.total_epochs), model_variable("bbn_alpha")),
         })
 
     @property

@@ -18,16 +18,15 @@ command-line flags because that is where a bad value comes from, but nothing her
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
-from hlrs_tf.losses.bbn_mixing import check_mixing, decay, mixing_factor, normalized_time
+from hlrs_tf.losses.bbn_mixing import check_mixing, decay, normalized_time
 
 ARCH_LR_SCHEDULES = ("constant", "mixing", "parabolic", "cosine", "linear", "freeze")
 
 
 # --------------------------------------------------------------------------------------------------
-# Validation (shared by the function, the config and the callback).
+# Validation (of the function; the config refuses the same values earlier, naming the flag).
 
 
 def _check_arch_lr_args(kind: str, base_lr: float, mixing: str, freeze_threshold: float,
@@ -85,37 +84,3 @@ def arch_learning_rate(kind: str, epoch: int, total_epochs: int, base_lr: float,
         # threshold it stays below and the two are the same.
         return base_lr if decay(mixing, t) >= freeze_threshold else 0.0
     return base_lr * decay(kind, t)  # parabolic / cosine / linear
-
-
-@dataclasses.dataclass(frozen=True)
-class ScheduleConfig:
-    """The schedule settings of a search, validated on construction (so a bad flag fails before training).
-
-    Attributes:
-        arch_lr_schedule: One of :data:`ARCH_LR_SCHEDULES` (``constant`` = plain DARTS).
-        mixing: One of :data:`hlrs_tf.losses.bbn_mixing.MIXING_SCHEDULES`, BBN's ``alpha_T``.
-        base_arch_lr: ``eta_a0``, DARTS' 3e-4.
-        freeze_threshold: ``alpha_T`` below which ``freeze`` sets the rate to 0.
-        warmup_epochs: Leading epochs with architecture learning rate 0.
-    """
-
-    arch_lr_schedule: str = "constant"
-    mixing: str = "parabolic"
-    base_arch_lr: float = 3e-4
-    freeze_threshold: float = 0.5
-    warmup_epochs: int = 0
-
-    def __post_init__(self):
-        _check_arch_lr_args(self.arch_lr_schedule, self.base_arch_lr, self.mixing, self.freeze_threshold,
-                            self.warmup_epochs)
-
-    def arch_lr(self, epoch: int, total_epochs: int) -> float:
-        """``eta_a`` at ``epoch`` (see :func:`arch_learning_rate`)."""
-        return arch_learning_rate(
-            self.arch_lr_schedule, epoch, total_epochs, self.base_arch_lr, mixing=self.mixing,
-            freeze_threshold=self.freeze_threshold, warmup_epochs=self.warmup_epochs,
-        )
-
-    def alpha(self, epoch: int, total_epochs: int) -> float:
-        """``alpha_T`` at ``epoch`` (see :func:`mixing_factor`)."""
-        return mixing_factor(self.mixing, epoch, total_epochs)

@@ -27,6 +27,7 @@ from hlrs_tf.runtime.cli import onednn_enabled
 from hlrs_tf.runtime.devices import configure_devices, set_thread_pools, visible_devices
 from hlrs_tf.runtime.diagrams import plot_genotype
 from hlrs_tf.runtime.distribute import check_global_batch_size, make_strategy, workdir_lock, worker_workdir
+from hlrs_tf.runtime.optimizers import arch_optimizer, weight_optimizer
 from hlrs_tf.runtime.run import RunData, drive
 from hlrs_tf.runtime.workdir import Workdir, atomic_write_json
 from hlrs_tf.search.bbn import BBNSearchModel, BBNSearchNetwork
@@ -40,7 +41,6 @@ from hlrs_tf.search.callbacks import (
 )
 from hlrs_tf.search.collapse import SkipConnectStop, kept_genotype, load_skip_cap
 from hlrs_tf.search.guards import NonFiniteLossGuard
-from hlrs_tf.search.schedules import ScheduleConfig
 from hlrs_tf.space.init import apply_init
 from hlrs_tf.space.supernet import SearchNetwork
 
@@ -89,25 +89,25 @@ def configure_runtime(config: SearchConfig) -> tf.distribute.Strategy:
 
     The thread layout and grappler off were measured on CPU: they apply only when TensorFlow lists no GPU
     (:func:`hlrs_tf.runtime.devices.configure_devices`, which enables memory growth on the GPUs it lists). With GPUs,
-    TensorFlow's own thread pools (both at ``config.threads`` when it is set) and grappler, whose layout
+    TensorFlow's own thread pools (both at ``config.runtime.threads`` when it is set) and grappler, whose layout
     optimizer and remapper serve cuDNN.
 
     Returns:
-        The ``tf.distribute`` strategy of ``config.strategy`` (the default strategy on one device).
+        The ``tf.distribute`` strategy of ``config.distribution.strategy`` (the default strategy on one device).
     """
     cpu_only = configure_devices().cpu_only
     if cpu_only:
-        configure_threads(config.threads)
+        configure_threads(config.runtime.threads)
         configure_graph_optimizer()
     else:
-        set_thread_pools(config.threads)
-    precision.warn_if_slow(config.precision, cpu_only)  # e.g. bfloat16 emulated on an AVX2-only CPU
+        set_thread_pools(config.runtime.threads)
+    precision.warn_if_slow(config.runtime.precision, cpu_only)  # e.g. bfloat16 emulated on an AVX2-only CPU
     # Before any op: splitting the CPU into logical devices and starting the collective runtime of
     # MultiWorkerMirroredStrategy both need TensorFlow's devices not yet initialised.
-    strategy = make_strategy(config.strategy, config.cpu_replicas)
+    strategy = make_strategy(config.distribution.strategy, config.distribution.cpu_replicas)
     check_global_batch_size(config.batch_size, strategy)
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
+    keras.utils.set_random_seed(config.runtime.seed)
+    if config.runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
     return strategy
 
@@ -125,41 +125,31 @@ def build_model(config: SearchConfig, spec: DatasetSpec, total_steps: int,
     """
     common = dict(
         order=config.order,
-        weight_decay=config.weight_decay,
-        arch_weight_decay=config.arch_weight_decay,
-        grad_clip=config.grad_clip,
+        weight_decay=config.optimizer.weight_decay,
+        arch_weight_decay=config.arch.arch_weight_decay,
+        grad_clip=config.optimizer.grad_clip,
     )
     if config.bbn:
         network = BBNSearchNetwork(
             config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="bbn_supernet",
-            dtype=config.precision, partial_channels=config.partial_channels,
+            dtype=config.runtime.precision, partial_channels=config.partial_channels,
         )
         model = BBNSearchModel(network, name="bbn_search", **common)
     else:
         network = SearchNetwork(
             config.channels, spec.num_classes, config.layers, cell_impl=config.cell_impl, name="supernet",
-            dtype=config.precision,  # the network's dtype policy (hlrs_tf.runtime.precision); the wrapper stays float32
+            # The network's dtype policy (hlrs_tf.runtime.precision); the wrapper stays float32.
+            dtype=config.runtime.precision,
             partial_channels=config.partial_channels,
         )
-        model = DartsSearchModel(network, loss=LossSpec.for_run(config, spec.num_classes, class_counts),
+        model = DartsSearchModel(network, loss=LossSpec.for_run(config.objective, spec.num_classes, class_counts),
                                  name="darts_search", **common)
-    weight_lr = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=max(total_steps, 1), alpha=config.learning_rate_min / config.learning_rate
-    )
-    # mixed_float16: both in a LossScaleOptimizer (precision.wrap_optimizer), which delegates the arch lr.
-    model.compile(
-        optimizer=precision.wrap_optimizer(
-            keras.optimizers.SGD(weight_lr, momentum=config.momentum), config.precision
-        ),
-        # A float learning rate, so a callback can set it per epoch (HLRS); decay is added to the gradient.
-        arch_optimizer=precision.wrap_optimizer(
-            keras.optimizers.Adam(config.arch_learning_rate, beta_1=config.arch_beta1, beta_2=config.arch_beta2),
-            config.precision,
-        ),
-    )
+    # mixed_float16: both in a LossScaleOptimizer, which delegates the arch lr that HLRS sets per epoch.
+    model.compile(optimizer=weight_optimizer(config.optimizer, total_steps, config.runtime.precision),
+                  arch_optimizer=arch_optimizer(config.arch, config.runtime.precision))
     model.build_all(spec.image_shape)
     # Once built (the initialiser needs the fans), before any checkpoint is restored over it (run_search).
-    apply_init(network, config.init, config.seed)
+    apply_init(network, config.init, config.runtime.seed)
     return model
 
 
@@ -181,11 +171,11 @@ def model_summary(model: DartsSearchModel, spec: DatasetSpec, config: SearchConf
         "partial_channels": config.partial_channels,
         "method": config.method,
         "bbn": config.bbn,
-        "loss": config.loss,
+        "loss": config.objective.loss,
         "weight_sampler": config.weight_sampler,
         "arch_sampler": config.arch_sampler,
         "mixing": config.mixing,
-        "arch_lr_schedule": config.arch_lr_schedule,
+        "arch_lr_schedule": config.arch.arch_lr_schedule,
         "precision": precision.policy_name(model.network),  # the network's dtype policy (--precision)
         "onednn": onednn_enabled(),  # which CPU kernels ran: timings differ ~2x (hlrs_tf.runtime.cli.prepare_process)
         "devices": visible_devices().names(),  # GPU names or ["cpu"] (hlrs_tf.runtime.devices)
@@ -204,8 +194,8 @@ def run_search(
         flags_text: Effective flags to save as ``flags.cfg`` (the CLI passes them).
         dry_run: Build model and data specs, write ``flags.cfg`` and ``model_summary.json``, run nothing.
 
-    Under a ``tf.distribute`` strategy (``config.strategy``) the model, both optimizers and ``fit`` live in its
-    scope, ``config.batch_size`` is the global batch, and only the chief writes ``workdir``; other workers
+    Under a ``tf.distribute`` strategy (``config.distribution.strategy``) the model, both optimizers and ``fit``
+    live in its scope, ``config.batch_size`` is the global batch, and only the chief writes ``workdir``; other workers
     write into a temporary directory and resume from the chief's checkpoints (a shared file system).
 
     The chief holds ``workdir``'s lock for the whole run, ``dry_run`` included
@@ -256,9 +246,9 @@ class SearchTask:
         config = self.config
         # Before anything is built: a class left without an image on either search split is refused from the
         # counts.
-        ds, x_lt, y_lt = load_long_tailed(config, config.train_portion)
+        ds, x_lt, y_lt = load_long_tailed(config.data, config.runtime.seed, config.data.train_portion)
         train_counts = class_counts(y_lt, ds.spec.num_classes)
-        idx_w, idx_a = stratified_split(y_lt, config.train_portion, seed=config.seed)
+        idx_w, idx_a = stratified_split(y_lt, config.data.train_portion, seed=config.runtime.seed)
         split = (x_lt[idx_w], y_lt[idx_w], x_lt[idx_a], y_lt[idx_a])
         steps = config.steps_per_epoch or search_steps_per_epoch(len(idx_w), len(idx_a), config.batch_size)
         summary = {"train_class_counts": train_counts.tolist(), "weight_split": len(idx_w),
@@ -275,7 +265,7 @@ class SearchTask:
         # The collapse guards of issue 18 (hlrs_tf.search.collapse): the P-DARTS cap on every derived genotype
         # and the DARTS+ stop, whose record the checkpoint carries.
         self.genotype_logger = GenotypeLogger(wd, max_skip_connect=config.skip_cap)
-        self.skip_stop = SkipConnectStop(config.stop_on_skip, config.warmup_epochs, self.genotype_logger)
+        self.skip_stop = SkipConnectStop(config.stop_on_skip, config.arch.warmup_epochs, self.genotype_logger)
         checkpoint = EpochCheckpoint(wd.checkpoint_dir, extra_state=self.skip_stop.checkpoint_state)
         chief_checkpoint = EpochCheckpoint(Workdir(self.chief_workdir, create=False).checkpoint_dir)
         initial_epoch = min(chief_checkpoint.restore(model), config.epochs)
@@ -289,7 +279,8 @@ class SearchTask:
     def train_dataset(self, data: RunData, initial_epoch: int):
         config = self.config
         train_ds, _ = search_dataset(
-            *data.extra["split"], data.extra["dataset"].spec, config.batch_size, config.seed, config.augment,
+            *data.extra["split"], data.extra["dataset"].spec, config.batch_size, config.runtime.seed,
+            config.data.augment,
             skip_batches=initial_epoch * data.steps, weight_sampler=config.weight_sampler,
             arch_sampler=config.arch_sampler, bbn=config.bbn,
         )
@@ -301,16 +292,13 @@ class SearchTask:
     def callbacks(self, model, wd: Workdir, checkpoint: EpochCheckpoint, data: RunData,
                   initial_epoch: int) -> tuple[list, dict]:
         config = self.config
-        schedule = ScheduleConfig(
-            arch_lr_schedule=config.arch_lr_schedule, mixing=config.mixing, base_arch_lr=config.arch_learning_rate,
-            freeze_threshold=config.freeze_threshold, warmup_epochs=config.warmup_epochs,
-        )
         callbacks = [
             NonFiniteLossGuard(wd.checkpoint_dir),  # first: a NaN batch ends fit before anything saves the epoch
             # Sets this epoch's arch lr and alpha_T before any step, and logs both (every method, so
             # runs compare column for column; alpha_T only drives the loss when bbn is on).
-            HLRSCallback(schedule, config.epochs),
-            *([DRWSchedule(config.drw_epoch)] if config.drw_epoch else []),  # DRW's weights, logged as drw_active
+            HLRSCallback(config.arch, config.epochs, config.mixing),
+            # DRW's weights, logged as drw_active
+            *([DRWSchedule(config.objective.drw_epoch)] if config.objective.drw_epoch else []),
             LearningRateLogger(),
             self.genotype_logger,
             self.skip_stop,  # after the genotype it counts, before the writers and the checkpoint that persists a stop
@@ -362,11 +350,11 @@ def final_genotype(model, wd: Workdir, config: SearchConfig, early_stop: dict | 
 
 def evaluate(model, ds: ArrayDataset, train_counts, config: SearchConfig) -> dict:
     """Test-set evaluation of the supernet: top-1, per-class and many/medium/few-shot accuracy."""
-    test = eval_dataset(ds.x_test, ds.y_test, ds.spec, config.eval_batch_size)
+    test = eval_dataset(ds.x_test, ds.y_test, ds.spec, config.runtime.eval_batch_size)
     logits = model.predict(test, verbose=0)
     return evaluation_report(
         ds.y_test, logits, train_counts, ds.spec.num_classes,
-        dataset=ds.spec.name, imbalance_ratio=config.imbalance_ratio,
+        dataset=ds.spec.name, imbalance_ratio=config.data.imbalance_ratio,
     )
 
 
@@ -376,7 +364,7 @@ def validation_metrics(model, x_val, y_val, spec: DatasetSpec, config: SearchCon
     Balanced accuracy (mean per-class recall) weighs every class equally although the split is long-tailed;
     it is the objective of ``hlrs_tf.tune``.
     """
-    logits = model.predict(eval_dataset(x_val, y_val, spec, config.eval_batch_size), verbose=0)
+    logits = model.predict(eval_dataset(x_val, y_val, spec, config.runtime.eval_batch_size), verbose=0)
     pred = np.argmax(logits, axis=-1)
     y = np.asarray(y_val).reshape(-1)
     return {

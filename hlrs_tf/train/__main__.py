@@ -9,10 +9,12 @@ and exit status 2, never a traceback.
 
 from __future__ import annotations
 
-from hlrs_tf.config import train_flags  # imports no TensorFlow: cli.Command sets the process up first
+from hlrs_tf.config import flags as config_flags  # imports no TensorFlow: cli.Command sets the process up first
+from hlrs_tf.config.train import TrainConfig
 from hlrs_tf.runtime import cli
 
-FLAGS = train_flags.FLAGS
+config_flags.define_train_flags()
+FLAGS = config_flags.FLAGS
 PROG = "hlrs_tf.train"
 
 
@@ -24,12 +26,12 @@ def _errors() -> tuple[type[Exception], ...]:
 
 
 def _train() -> None:
-    config = train_flags.config_from_flags(FLAGS)
+    config = config_flags.config_from_flags(TrainConfig, FLAGS)
     from hlrs_tf.runtime.workdir import default_workdir
     from hlrs_tf.train import task as retrainer
 
-    workdir = FLAGS.workdir or default_workdir(f"{config.dataset}-train")
-    result = retrainer.run_retrain(config, workdir, flags_text=train_flags.effective_flags(FLAGS),
+    workdir = FLAGS.workdir or default_workdir(f"{config.data.dataset}-train")
+    result = retrainer.run_retrain(config, workdir, flags_text=config_flags.effective_flags(config),
                                    dry_run=FLAGS.dry_run)
     cli.report_run(result, FLAGS.dry_run, f"model: {result.workdir}/{retrainer.MODEL_FILENAME}", "test")
 

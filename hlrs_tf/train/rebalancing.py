@@ -226,13 +226,15 @@ def run_post_hoc(train_workdir: str, train_config: TrainConfig, config: PostHocC
         if not os.path.isfile(path):
             raise PostHocError(f"--workdir={train_workdir} is not a finished retraining: it has no "
                                f"{os.path.basename(path)} (`python -m hlrs_tf.train` writes it at the end)")
-    _require_validation(config, train_config.holdout_fraction > 0)  # before any data is loaded
+    _require_validation(config, train_config.data.holdout_fraction > 0)  # before any data is loaded
     out = os.path.join(wd.path, "post_hoc", config.method)
     # The retraining's own lock: no retraining resumes into it, and no other post-hoc run writes beside it, meanwhile.
     with WorkdirLock(wd.path):
-        ds, x_lt, y_lt = load_long_tailed(train_config)  # the retraining's own long-tailed set
+        # The retraining's own long-tailed set.
+        ds, x_lt, y_lt = load_long_tailed(train_config.data, train_config.runtime.seed)
         spec = ds.spec
-        (x_tr, y_tr), holdout = holdout_split(x_lt, y_lt, train_config.holdout_fraction, train_config.seed)
+        (x_tr, y_tr), holdout = holdout_split(x_lt, y_lt, train_config.data.holdout_fraction,
+                                              train_config.runtime.seed)
         train_counts = class_counts(y_tr, spec.num_classes)
         # class_counts.json exists since the long-tail losses (older work directories lack it).
         recorded = (read_json(wd.class_counts_file, error=PostHocError, advice=_RERUN) or {}).get("counts")
@@ -252,7 +254,7 @@ def run_post_hoc(train_workdir: str, train_config: TrainConfig, config: PostHocC
         record["original_top1"] = original.get("top1")
         metrics = evaluation_report(
             ds.y_test, logits, train_counts, spec.num_classes, dataset=spec.name,
-            imbalance_ratio=train_config.imbalance_ratio, genotype=train_config.genotype,
+            imbalance_ratio=train_config.data.imbalance_ratio, genotype=train_config.genotype,
             channels=train_config.channels, layers=train_config.layers, epochs=train_config.epochs,
             bbn=train_config.bbn, post_hoc=record)
         os.makedirs(out, exist_ok=True)

@@ -44,6 +44,7 @@ from hlrs_tf.runtime.callbacks import CSVHistory, EpochCheckpoint, LearningRateL
 from hlrs_tf.runtime.cli import onednn_enabled
 from hlrs_tf.runtime.devices import configure_devices, set_thread_pools, visible_devices
 from hlrs_tf.runtime.diagrams import plot_genotype
+from hlrs_tf.runtime.optimizers import weight_optimizer
 from hlrs_tf.runtime.run import RunData, drive
 from hlrs_tf.runtime.workdir import (
     Workdir,
@@ -75,12 +76,12 @@ class RetrainResult:
 def configure_runtime(config: TrainConfig) -> None:
     """Devices (memory growth on every GPU TensorFlow lists: :func:`hlrs_tf.runtime.devices.configure_devices`), thread
     counts and seeds (call before building anything). Retraining has no CPU-only thread or grappler settings:
-    ``config.threads`` sets both pools on any device."""
+    ``config.runtime.threads`` sets both pools on any device."""
     devices = configure_devices()
-    set_thread_pools(config.threads)
-    precision.warn_if_slow(config.precision, devices.cpu_only)  # e.g. bfloat16 emulated on an AVX2-only CPU
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
+    set_thread_pools(config.runtime.threads)
+    precision.warn_if_slow(config.runtime.precision, devices.cpu_only)  # e.g. bfloat16 emulated on an AVX2-only CPU
+    keras.utils.set_random_seed(config.runtime.seed)
+    if config.runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
 
 
@@ -101,29 +102,27 @@ def build_network(config: TrainConfig, genotype: Genotype, spec: DatasetSpec) ->
     initialises it as ``config.init`` says (:func:`hlrs_tf.space.init.apply_init`)."""
     network = DerivedNetwork(
         genotype, config.channels, spec.num_classes, config.layers, auxiliary=config.auxiliary, bbn=config.bbn,
-        metadata=spec_metadata(spec), name="derived_network", dtype=config.precision,  # hlrs_tf.runtime.precision
+        metadata=spec_metadata(spec), name="derived_network",
+        dtype=config.runtime.precision,  # hlrs_tf.runtime.precision
     )
     network.build((None, *spec.image_shape))
     # Once built (the initialiser needs the fans), before any checkpoint is restored over it (run_retrain).
-    apply_init(network, config.init, config.seed)
+    apply_init(network, config.init, config.runtime.seed)
     return network
 
 
 def build_model(config: TrainConfig, network: DerivedNetwork, spec: DatasetSpec,
                 total_steps: int, class_counts=None) -> RetrainModel:
     """Wraps, compiles and builds the training model: SGD + momentum, cosine decay per step over the run, the
-    loss of ``config.loss`` from ``class_counts`` (the long-tailed training set's; equal counts if omitted)."""
+    loss of ``config.objective.loss`` from ``class_counts`` (the long-tailed training set's; equal counts if
+    omitted)."""
     model = RetrainModel(
-        network, auxiliary_weight=config.auxiliary_weight, weight_decay=config.weight_decay,
-        grad_clip=config.grad_clip, loss=LossSpec.for_run(config, spec.num_classes, class_counts), name="retrain",
+        network, auxiliary_weight=config.auxiliary_weight, weight_decay=config.optimizer.weight_decay,
+        grad_clip=config.optimizer.grad_clip, loss=LossSpec.for_run(config.objective, spec.num_classes, class_counts),
+        name="retrain",
     )
-    lr = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=max(total_steps, 1),
-        alpha=config.learning_rate_min / config.learning_rate,
-    )
-    # mixed_float16: in a LossScaleOptimizer (precision.wrap_optimizer); the train step unscales before clipping.
-    model.compile(optimizer=precision.wrap_optimizer(keras.optimizers.SGD(lr, momentum=config.momentum),
-                                                     config.precision))
+    # mixed_float16: in a LossScaleOptimizer; the train step unscales before clipping.
+    model.compile(optimizer=weight_optimizer(config.optimizer, total_steps, config.runtime.precision))
     model.build_all(spec.image_shape)
     return model
 
@@ -223,14 +222,14 @@ class RetrainTask:
     def load_data(self, wd: Workdir) -> RunData:
         config = self.config
         # Before anything is built or written: a class left without a training image is refused from the counts.
-        ds, x_lt, y_lt = load_long_tailed(config)
+        ds, x_lt, y_lt = load_long_tailed(config.data, config.runtime.seed)
         spec = ds.spec
-        (x_lt, y_lt), holdout = holdout_split(x_lt, y_lt, config.holdout_fraction, config.seed)
+        (x_lt, y_lt), holdout = holdout_split(x_lt, y_lt, config.data.holdout_fraction, config.runtime.seed)
         train_counts = class_counts(y_lt, spec.num_classes)
         holdout_counts = {} if holdout is None else {
             "holdout_class_counts": class_counts(holdout[1], spec.num_classes).tolist()}
         steps = config.steps_per_epoch or retrain_steps_per_epoch(len(y_lt), config.batch_size)
-        cutout = cutout_length_for(spec.image_shape, config.cutout_length) if config.cutout else 0
+        cutout = cutout_length_for(spec.image_shape, config.data.cutout_length) if config.data.cutout else 0
         self.genotype.save(wd.genotype_file)
         self.diagrams = plot_genotype(self.genotype, wd.path)
         summary = {"train_class_counts": train_counts.tolist(), **holdout_counts, "num_train": int(len(y_lt)),
@@ -250,7 +249,8 @@ class RetrainTask:
     def train_dataset(self, data: RunData, initial_epoch: int):
         config = self.config
         return retrain_dataset(
-            *data.extra["train"], data.extra["dataset"].spec, config.batch_size, config.seed, augment=config.augment,
+            *data.extra["train"], data.extra["dataset"].spec, config.batch_size, config.runtime.seed,
+            augment=config.data.augment,
             cutout_length=data.extra["cutout"], skip_batches=initial_epoch * data.steps, bbn=config.bbn,
         )
 
@@ -263,8 +263,8 @@ class RetrainTask:
         callbacks = [DropPathSchedule(config.drop_path_prob, config.epochs)]
         if config.bbn:
             callbacks.append(MixingSchedule(config.mixing, config.epochs))
-        if config.drw_epoch:
-            callbacks.append(DRWSchedule(config.drw_epoch))  # DRW's weights, logged as drw_active
+        if config.objective.drw_epoch:
+            callbacks.append(DRWSchedule(config.objective.drw_epoch))  # DRW's weights, logged as drw_active
         callbacks += [
             LearningRateLogger(),
             TensorBoardWriter(wd.tensorboard_dir, [GenotypeCard(self.genotype, self.diagrams)]),
@@ -276,7 +276,7 @@ class RetrainTask:
         fit_kwargs = {}
         if config.validation_freq:
             fit_kwargs = dict(
-                validation_data=eval_dataset(ds.x_test, ds.y_test, ds.spec, config.eval_batch_size),
+                validation_data=eval_dataset(ds.x_test, ds.y_test, ds.spec, config.runtime.eval_batch_size),
                 validation_freq=config.validation_freq,
             )
         return callbacks, fit_kwargs
@@ -290,10 +290,10 @@ class RetrainTask:
 
 def evaluate(model: RetrainModel, ds: ArrayDataset, train_counts, config: TrainConfig) -> dict:
     """Balanced test-set evaluation: top-1, per-class and many/medium/few-shot accuracy."""
-    test = eval_dataset(ds.x_test, ds.y_test, ds.spec, config.eval_batch_size)
+    test = eval_dataset(ds.x_test, ds.y_test, ds.spec, config.runtime.eval_batch_size)
     logits = model.predict(test, verbose=0)
     return evaluation_report(
         ds.y_test, logits, train_counts, ds.spec.num_classes,
-        dataset=ds.spec.name, imbalance_ratio=config.imbalance_ratio, genotype=config.genotype,
+        dataset=ds.spec.name, imbalance_ratio=config.data.imbalance_ratio, genotype=config.genotype,
         channels=config.channels, layers=config.layers, epochs=config.epochs, bbn=config.bbn,
     )

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from absl import flags
 
-from hlrs_tf.config import search_flags as cli_flags  # defines every search flag; imports no TensorFlow
+from hlrs_tf.config import flags as config_flags  # imports no TensorFlow
+from hlrs_tf.config.search import SearchConfig
 from hlrs_tf.runtime import cli
+
+config_flags.define_search_flags()  # every search flag sets the trials' base search
 
 flags.DEFINE_list("tune", ["arch_learning_rate", "arch_lr_schedule", "mixing", "warmup_epochs",
                            "freeze_threshold"], "Hyperparameters to tune.")
@@ -23,7 +26,7 @@ flags.DEFINE_integer("max_trials", 8, "Trials in total (finished ones count afte
 flags.DEFINE_enum("tuner", "random", ["random", "bayesian"], "keras-tuner oracle.")
 flags.DEFINE_list("arch_lr_range", ["1e-4", "3e-3"], "min,max of the log-uniform architecture learning rate.")
 
-FLAGS = cli_flags.FLAGS
+FLAGS = config_flags.FLAGS
 PROG = "hlrs_tf.tune"
 
 
@@ -42,9 +45,9 @@ def _tune() -> None:
         lo, hi = (float(v) for v in FLAGS.arch_lr_range)
     except ValueError:
         COMMAND.fail(f"--arch_lr_range={','.join(FLAGS.arch_lr_range)} is invalid: it must be two numbers min,max")
-    config = TuneConfig(cli_flags.config_from_flags(FLAGS), tuple(FLAGS.tune), FLAGS.max_trials, FLAGS.tuner,
-                        (lo, hi))
-    root = FLAGS.workdir or default_workdir(f"{config.base.dataset}-tune")
+    config = TuneConfig(config_flags.config_from_flags(SearchConfig, FLAGS), tuple(FLAGS.tune), FLAGS.max_trials,
+                        FLAGS.tuner, (lo, hi))
+    root = FLAGS.workdir or default_workdir(f"{config.base.data.dataset}-tune")
     best = run_tuning(config, root, verbose=config.base.verbose)
     if not best:
         COMMAND.fail(f"no trial finished; see {root}/trials.csv and the trials' work directories")
