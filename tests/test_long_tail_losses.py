@@ -37,8 +37,6 @@ from hlrs_tf.losses import long_tail as ltl
 from hlrs_tf.losses.long_tail import LOSSES, DRWSchedule, LossSpec, drw_active, long_tail_loss
 from hlrs_tf.losses.reweighting import effective_number_weights
 
-config_flags.define_search_flags()
-FLAGS = config_flags.FLAGS
 # CIFAR-10-LT at ratio 100: int(5000 * 0.01 ** (i / 9)), written out.
 CIFAR10_LT_100 = np.array([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], np.float64)
 # Hand-written batch: 3 classes with counts 100 / 10 / 1, 4 examples (one confident, one uncertain, one wrong,
@@ -323,12 +321,8 @@ def test_drw_after_a_killed_and_resumed_retraining(tmp_path, repo_root, run_cli,
 
 # ------------------------------------------------------------------------------------------------ config
 def parse(*argv):
-    FLAGS.unparse_flags()
-    try:
-        FLAGS(["search", *argv])
-        return config_flags.config_from_flags(SearchConfig, FLAGS)
-    finally:
-        FLAGS.unparse_flags()
+    """The search config of a command line (fresh flags: the global ones stay unparsed)."""
+    return config_flags.parse_config(SearchConfig, argv)
 
 
 def test_presets_follow_the_existing_methods():

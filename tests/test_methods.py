@@ -12,9 +12,6 @@ from hlrs_tf.config import flags as config_flags
 from hlrs_tf.config.search import ConfigError, SearchConfig
 from hlrs_tf.search.task import run_search
 
-config_flags.define_search_flags()
-FLAGS = config_flags.FLAGS
-
 # docs/method.md M7, written out here independently of the preset table in hlrs_tf/config/search.py.
 EXPECTED = {
     "darts": dict(weight_sampler="uniform", arch_sampler="uniform", loss="ce", bbn=False,
@@ -33,13 +30,8 @@ PAPER = ("darts", "darts_resample", "darts_reweight", "darts_bbn", "hlrs")
 
 
 def parse(*argv):
-    """Parses ``argv`` into the global flags and returns the config; leaves the flags unparsed afterwards."""
-    FLAGS.unparse_flags()
-    try:
-        FLAGS(["search", *argv])
-        return config_flags.config_from_flags(SearchConfig, FLAGS)
-    finally:
-        FLAGS.unparse_flags()
+    """The search config of a command line (fresh flags: the global ones stay unparsed)."""
+    return config_flags.parse_config(SearchConfig, argv)
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED))

@@ -14,14 +14,18 @@ import os
 
 from absl import flags, logging
 
+from hlrs_tf.config import flags as config_flags
+from hlrs_tf.config.blocks import DataConfig
 from hlrs_tf.runtime import cli
 
 flags.DEFINE_string("model", None, "Train work directory (holding model.keras) or a .keras file. Required.")
 flags.DEFINE_string("out", None, "Output folder, e.g. export/<name>; default: export/<name of the work directory>.")
-flags.DEFINE_string("dataset", None, "Dataset of the parity images (default: the one the model was trained on).")
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
-flags.DEFINE_string("manual_dir", None, "Folder with the dataset's original archive (tfds, offline).")
-flags.DEFINE_string("fashion_mnist_dir", "/usr/share/datasets/fashion-mnist", "Folder of the Fashion-MNIST files.")
+# Where the parity images come from: the data block's flags, as the search and the retraining define them.
+config_flags.define_flags(
+    DataConfig, module_name=__name__, names=("dataset", "data_dir", "manual_dir", "fashion_mnist_dir"),
+    defaults={"dataset": None},
+    help_suffix={"dataset": " Here: the dataset of the parity images; default: the one the model was trained on."},
+)
 flags.DEFINE_integer("num_images", 256, "Real test images of the parity check.", lower_bound=1)
 flags.DEFINE_float("tolerance", 1e-4, "Largest allowed |logit difference| between Keras, SavedModel and ONNX.")
 flags.DEFINE_integer("opset", 17, "ONNX opset (13..18).")

@@ -315,11 +315,18 @@ RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size", "strategy", "cpu_r
 
 
 def _flag_map(text: str) -> dict[str, str]:
+    """``{name: value}`` of flagfile lines. A boolean written the absl way (``--name`` / ``--noname``, as
+    ``hlrs_tf.train`` writes its ``flags.cfg``) reads as ``true`` / ``false``, like ``--name=true``: no flag's own
+    name starts with ``no``."""
     out = {}
     for line in text.splitlines():
-        if line.startswith("--") and "=" in line:
-            name, value = line[2:].split("=", 1)
-            out[name] = value
+        line = line.strip()
+        if not line.startswith("--"):
+            continue
+        name, equals, value = line[2:].partition("=")
+        if not equals:
+            name, value = (name[2:], "false") if name.startswith("no") else (name, "true")
+        out[name] = value
     return out
 
 

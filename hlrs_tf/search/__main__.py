@@ -13,7 +13,7 @@ from hlrs_tf.config import flags as config_flags  # imports no TensorFlow: cli.C
 from hlrs_tf.config.search import SearchConfig
 from hlrs_tf.runtime import cli
 
-config_flags.define_search_flags()
+config_flags.define_search_flags(module_name=__name__)  # listed by --help
 FLAGS = config_flags.FLAGS
 PROG = "hlrs_tf.search"
 

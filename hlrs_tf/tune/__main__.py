@@ -48,7 +48,7 @@ def _tune() -> None:
     config = TuneConfig(config_flags.config_from_flags(SearchConfig, FLAGS), tuple(FLAGS.tune), FLAGS.max_trials,
                         FLAGS.tuner, (lo, hi))
     root = FLAGS.workdir or default_workdir(f"{config.base.data.dataset}-tune")
-    best = run_tuning(config, root, verbose=config.base.verbose)
+    best = run_tuning(config, root, verbose=config.base.runtime.verbose)
     if not best:
         COMMAND.fail(f"no trial finished; see {root}/trials.csv and the trials' work directories")
     print(f"best trial {best['trial_id']}: val_balanced_accuracy={best['val_balanced_accuracy']:.4f} "
