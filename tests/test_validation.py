@@ -128,8 +128,11 @@ def test_retraining_refuses_a_class_without_training_images(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # 2. Every float flag: finite, in its range.
 
-config_flags.define_search_flags()
-SEARCH_FLOAT_FLAGS = [f.name for f in config_flags.FLAGS.get_flags_for_module("hlrs_tf.search")
+# The search's flags in their own FlagValues: the global ones may already hold them under another module name
+# (a test that imports hlrs_tf.search.__main__ defines them there), and this list must never come out empty.
+SEARCH_FLAGS = flags.FlagValues()
+config_flags.define_search_flags(SEARCH_FLAGS)
+SEARCH_FLOAT_FLAGS = [f.name for f in SEARCH_FLAGS.get_flags_for_module("hlrs_tf.search")
                       if isinstance(f.parser, flags.FloatParser)]
 
 
@@ -145,7 +148,7 @@ def test_every_float_setting_has_a_declared_range():
 @pytest.mark.parametrize("value", NOT_FINITE)
 @pytest.mark.parametrize("name", SEARCH_FLOAT_FLAGS)
 def test_search_float_flag_not_finite_is_refused(name, value):
-    fv = config_flags.FLAGS
+    fv = SEARCH_FLAGS
     fv.unparse_flags()
     try:
         fv(["hlrs_tf.search", f"--{name}={value}"])
@@ -234,7 +237,7 @@ def test_export_float_option_not_finite_is_refused(name, value):
 
 
 def test_search_configs_still_load(repo_root):
-    fv = config_flags.FLAGS
+    fv = SEARCH_FLAGS
     for cfg in ("configs/lt.cfg", "configs/quickstart.cfg"):
         fv.unparse_flags()
         try:
