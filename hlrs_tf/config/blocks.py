@@ -15,7 +15,6 @@ import dataclasses
 
 from hlrs_tf.config.choices import CLASS_WEIGHT_REDUCTIONS, DRW_LOSSES, LOSSES, STRATEGIES
 from hlrs_tf.config.schema import Settings, require, setting
-from hlrs_tf.losses.bbn_mixing import check_mixing
 from hlrs_tf.runtime.precision import PRECISIONS
 from hlrs_tf.search.schedules import ARCH_LR_SCHEDULES, arch_learning_rate
 
@@ -149,8 +148,7 @@ class ArchOptimizer(Settings):
 
     def lr(self, epoch: int, total_epochs: int, mixing: str = "parabolic") -> float:
         """``eta_a`` at the 0-based ``epoch`` of ``total_epochs`` (:func:`hlrs_tf.search.schedules.arch_learning_rate`;
-        ``mixing`` is BBN's ``alpha_T`` schedule, which ``mixing`` and ``freeze`` follow)."""
-        check_mixing(mixing)
+        ``mixing`` is BBN's ``alpha_T`` schedule, which ``mixing`` and ``freeze`` follow; it validates ``mixing``)."""
         return arch_learning_rate(self.arch_lr_schedule, epoch, total_epochs, self.arch_learning_rate,
                                   mixing=mixing, freeze_threshold=self.freeze_threshold,
                                   warmup_epochs=self.warmup_epochs)

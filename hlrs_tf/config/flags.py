@@ -25,9 +25,6 @@ __all__ = ["config_from_flags", "define_flags", "define_search_flags", "define_t
 FLAGS = flags.FLAGS
 #: Flags that say where and whether to run rather than what: not settings, left out of a run's ``flags.cfg``.
 RUN_FLAGS = ("workdir", "dry_run")
-#: How each command writes booleans in ``flags.cfg`` (as it always has: absl's ``Flag.serialize`` for the
-#: retraining, ``--name=true`` for the search); both read back the same.
-_BOOL_STYLE = {SearchConfig: "equals", TrainConfig: "absl"}
 
 
 def define_flags(config_class: type[Settings], *, module_name: str, workdir_help: str | None = None,
@@ -119,9 +116,7 @@ def config_from_flags(config_class: type[Settings], flag_values=FLAGS):
             values[name] = flag.value
         if flag.present:
             explicit.add(name)
-    if config_class is SearchConfig:
-        return SearchConfig.from_flag_values(values, explicit)
-    return config_class.create(**values)
+    return config_class.from_flag_values(values, explicit)
 
 
 def parse_config(config_class: type[Settings], argv=()):
@@ -141,4 +136,4 @@ def parse_config(config_class: type[Settings], argv=()):
 def effective_flags(config: Settings) -> str:
     """The effective settings of a run as flagfile text (one flag per line, the method preset resolved), so that
     rerunning with ``--flagfile=<workdir>/flags.cfg`` repeats the run exactly."""
-    return config.to_flagfile(exclude=RUN_FLAGS, bool_style=_BOOL_STYLE.get(type(config), "equals"))
+    return config.to_flagfile(exclude=RUN_FLAGS)  # booleans as each command always wrote them

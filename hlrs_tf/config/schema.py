@@ -48,6 +48,23 @@ def block(factory):
     return dataclasses.field(default_factory=factory, metadata={"block": True})
 
 
+def flag_lines(text: str) -> dict[str, str]:
+    """``{name: raw value}`` of flagfile text: ``--name=value`` lines, and booleans written the absl way
+    (``--name`` / ``--noname``) as ``true`` / ``false``, like ``--name=true`` (no setting's name starts with ``no``).
+    Other lines are skipped. The one reader of ``flags.cfg`` text: :meth:`Settings.from_flags_text` and the resume
+    check (:func:`hlrs_tf.runtime.workdir.check_same_run`)."""
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("--"):
+            continue
+        name, equals, value = line[2:].partition("=")
+        if not equals:
+            name, value = (name[2:], "false") if name.startswith("no") else (name, "true")
+        out[name] = value
+    return out
+
+
 def require(ok: bool, flag: str, value, allowed: str, error: type[Exception] = ConfigError) -> None:
     """Refuses a setting unless ``ok``: ``--<flag>=<value> is invalid: it must be <allowed>``.
 
@@ -182,15 +199,20 @@ class Settings:
         """Plain-dict view (JSON-ready): the flat settings."""
         return self.flat()
 
-    def to_flagfile(self, exclude=(), bool_style: str = "equals") -> str:
+    #: How :meth:`to_flagfile` writes booleans by default (see there).
+    FLAGFILE_BOOL_STYLE = "equals"
+
+    def to_flagfile(self, exclude=(), bool_style: str | None = None) -> str:
         """The settings as flagfile text, one line per setting in :meth:`leaves` order, so that
         ``--flagfile=<file>`` repeats exactly this config. ``None`` values are left out.
 
         Args:
             exclude: Names to leave out.
             bool_style: ``"equals"`` writes ``--name=true`` / ``--name=false``; ``"absl"`` writes ``--name`` /
-                ``--noname`` (absl's ``Flag.serialize``). Both read back the same.
+                ``--noname`` (absl's ``Flag.serialize``). Both read back the same. Default: the class's
+                :attr:`FLAGFILE_BOOL_STYLE`.
         """
+        bool_style = bool_style or self.FLAGFILE_BOOL_STYLE
         lines = []
         for name, value in self.flat().items():
             if name in exclude or value is None:
@@ -214,16 +236,14 @@ class Settings:
             ConfigError: A value of the wrong type, or one the config refuses (naming the flag).
         """
         leaves = {leaf.name: leaf for leaf in cls.leaves()}
-        values = {}
-        for line in text.splitlines():
-            if not line.startswith("--"):
-                continue
-            name, equals, raw = line[2:].partition("=")
-            if not equals:  # a boolean: --name or --noname
-                bare = name[2:] if name.startswith("no") else None
-                name, raw = ((bare, "false") if bare in leaves and leaves[bare].kind == "bool" else (name, "true"))
-            if name in leaves:
-                values[name] = leaves[name].parse(raw)
+        return cls.create(**{name: leaves[name].parse(raw) for name, raw in flag_lines(text).items()
+                             if name in leaves})
+
+    @classmethod
+    def from_flag_values(cls, values: dict, explicit: set):
+        """The config of parsed flag ``values`` (flat names); ``explicit`` holds the names given on the command
+        line or in a flagfile (:class:`~hlrs_tf.config.search.SearchConfig` lets them win over its presets)."""
+        del explicit  # only configs with presets need it
         return cls.create(**values)
 
 

@@ -36,6 +36,9 @@ class TrainConfig(Settings):
     :class:`~hlrs_tf.config.schema.Settings` for the flat view.
     """
 
+    #: hlrs_tf.train has always written its booleans as absl serialises them (--augment, --nocutout).
+    FLAGFILE_BOOL_STYLE = "absl"
+
     genotype: str = setting(
         "", "The architecture: a preset name (DARTS_V1, DARTS_V2), a genotype JSON file, or a search work directory "
         "(its genotype.json). Required.")

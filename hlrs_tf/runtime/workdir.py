@@ -38,6 +38,8 @@ import socket
 import tempfile
 import warnings
 
+from hlrs_tf.config.schema import flag_lines
+
 #: Name of the lock file inside a work directory.
 LOCK_FILENAME = ".lock"
 #: Name of a run's final genotype (also what ``--genotype=<search work directory>`` reads).
@@ -314,22 +316,6 @@ class Workdir:
 RESUMABLE_CHANGES = ("verbose", "threads", "eval_batch_size", "strategy", "cpu_replicas")
 
 
-def _flag_map(text: str) -> dict[str, str]:
-    """``{name: value}`` of flagfile lines. A boolean written the absl way (``--name`` / ``--noname``, as
-    ``hlrs_tf.train`` writes its ``flags.cfg``) reads as ``true`` / ``false``, like ``--name=true``: no flag's own
-    name starts with ``no``."""
-    out = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("--"):
-            continue
-        name, equals, value = line[2:].partition("=")
-        if not equals:
-            name, value = (name[2:], "false") if name.startswith("no") else (name, "true")
-        out[name] = value
-    return out
-
-
 def check_same_run(wd: Workdir, flags_text: str, added_defaults: dict[str, str]) -> None:
     """Refuses to resume a checkpointed run with different settings (it would silently mix two runs).
 
@@ -345,8 +331,8 @@ def check_same_run(wd: Workdir, flags_text: str, added_defaults: dict[str, str])
     if not wd.has_checkpoint or not os.path.exists(wd.flags_file):
         return
     with open(wd.flags_file) as f:
-        old = {**added_defaults, **_flag_map(f.read())}
-    new = {**added_defaults, **_flag_map(flags_text)}
+        old = {**added_defaults, **flag_lines(f.read())}
+    new = {**added_defaults, **flag_lines(flags_text)}
     diff = sorted(k for k in set(old) | set(new)
                   if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
     if diff:
