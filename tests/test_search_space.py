@@ -122,6 +122,32 @@ def test_strided_views_are_what_a_1x1_stride_2_conv_sees(size):
         np.testing.assert_array_equal(odd.numpy(), expected[1])
 
 
+@pytest.mark.parametrize("stride,offset", [(2, 0), (2, 1), (3, 0), (3, 2)])
+@pytest.mark.parametrize("size", [(8, 8), (7, 9), (1, 2)])
+def test_subsample_is_numpy_strided_indexing_padded_at_the_end(size, stride, offset):
+    """``subsample`` (a reshape and a ``Slice``, not a strided slice) against numpy's ``x[:, o::s, o::s]``
+    zero-padded to ``ceil(H/s) x ceil(W/s)``, static and dynamic sizes; its gradient puts the output gradient
+    back at the sampled pixels and zeros elsewhere."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, *size, 3)).astype("float32")
+    rows, cols = -(-size[0] // stride), -(-size[1] // stride)
+    sampled = x[:, offset::stride, offset::stride, :]
+    expected = np.pad(sampled, ((0, 0), (0, rows - sampled.shape[1]), (0, cols - sampled.shape[2]), (0, 0)))
+    dynamic = tf.function(lambda t: darts_ops.subsample(t, stride, offset),
+                          input_signature=[tf.TensorSpec((None, None, None, 3))])
+    for got in (darts_ops.subsample(tf.constant(x), stride, offset), dynamic(tf.constant(x))):
+        np.testing.assert_array_equal(got.numpy(), expected)
+    g = rng.standard_normal(expected.shape).astype("float32")
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = darts_ops.subsample(xt, stride, offset)
+    grad = tape.gradient(y, xt, output_gradients=tf.constant(g)).numpy()
+    want = np.zeros_like(x)
+    want[:, offset::stride, offset::stride, :] = g[:, : sampled.shape[1], : sampled.shape[2], :]
+    np.testing.assert_array_equal(grad, want)
+
+
 def test_factorized_reduce_is_two_1x1_stride_2_convs():
     """The reference form (ReLU, 1x1 stride-2 conv of x and of x shifted by one pixel, concat, BN), written with
     TF's strided conv, against the layer (which convolves the samplings with stride 1)."""

@@ -251,7 +251,7 @@ def depthwise_conv(x, kernel, strides: int = 1, dilation_rate: int = 1, padding:
             return tf.raw_ops.DepthwiseConv2dNative(input=x, filter=kernel, strides=[1, 1, 1, 1], padding="SAME")
         return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=[d, d])
     if padding == "reference" and d % s == 0:
-        return depthwise_conv(x[:, ::s, ::s, :], kernel, 1, d // s)
+        return depthwise_conv(subsample(x, s), kernel, 1, d // s)
     if padding == "reference":
         x = pad_spatial(x, pad)
     if d > 1:
@@ -337,8 +337,7 @@ class PointwiseConv(keras.layers.Conv2D):
 
     def call(self, inputs):
         s = self.strides[0]
-        if s > 1:
-            inputs = inputs[:, ::s, ::s, :]
+        inputs = subsample(inputs, s)
         kernel = ops.reshape(self.kernel, (self.kernel.shape[2], self.filters))
         return tf.einsum("bhwc,cd->bhwd", inputs, kernel)
 
@@ -392,8 +391,35 @@ class ReLUConvBN(CompositeLayer):
         }
 
 
+def subsample(x, stride: int, offset: int = 0):
+    """``x[:, offset::stride, offset::stride]`` of an NHWC map, zero-padded at the end to ``ceil(H/stride) x
+    ceil(W/stride)`` (only ``offset > 0`` can need the padding).
+
+    With static spatial sizes it is a reshape to ``(B, H/s, s, W/s, s, C)`` (after the zero padding to multiples
+    of ``s``) and one ``Slice``: TF's strided-slice kernel, and the ``StridedSliceGrad`` of its gradient (a
+    full-size zero tensor scattered into), were 5-10x slower on the supernet's maps -- both stride-2 views of a
+    64x32x32x64 map took 66 ms forward and backward as strided slices and 8 ms this way (1 thread,
+    ``benchmarks/NOTES.md``). Same values, bit for bit.
+    """
+    s, o = int(stride), int(offset)
+    if s == 1 and o == 0:
+        return x
+    h, w = x.shape[1], x.shape[2]
+    if h is None or w is None:  # dynamic size: shift, pad by one stride, sample, crop to ceil(H/s) x ceil(W/s)
+        shape = tf.shape(x)
+        rows, cols = (shape[1] + s - 1) // s, (shape[2] + s - 1) // s
+        shifted = tf.pad(x[:, o:, o:, :], [[0, 0], [0, s], [0, s], [0, 0]])
+        return shifted[:, ::s, ::s, :][:, :rows, :cols, :]
+    pad_h, pad_w = -h % s, -w % s
+    if pad_h or pad_w:
+        x = tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+    rows, cols, c = (h + pad_h) // s, (w + pad_w) // s, x.shape[3]
+    blocks = tf.reshape(x, [-1, rows, s, cols, s, c])
+    return tf.reshape(tf.slice(blocks, [0, 0, o, 0, o, 0], [-1, -1, 1, -1, 1, -1]), [-1, rows, cols, c])
+
+
 def strided_views(x):
-    """The two stride-2 samplings of an NHWC map that FactorizedReduce convolves.
+    """The two stride-2 samplings of an NHWC map that FactorizedReduce convolves (:func:`subsample`).
 
     ``even`` is ``x[:, ::2, ::2]``; ``odd`` is the one-pixel-shifted ``x[:, 1::2, 1::2]``, zero-padded at the end
     to ``ceil(H/2) x ceil(W/2)`` -- exactly what a 1x1 stride-2 conv sees of ``x`` and of ``x`` shifted by one
@@ -405,14 +431,7 @@ def strided_views(x):
     Returns:
         ``(even, odd)``, both ``(B, ceil(H/2), ceil(W/2), C)``.
     """
-    even = x[:, ::2, ::2, :]
-    h, w = x.shape[1], x.shape[2]
-    if h is None or w is None:  # dynamic size: shift and pad the full map, then sample
-        return even, ops.pad(x[:, 1:, 1:, :], ((0, 0), (0, 1), (0, 1), (0, 0)))[:, ::2, ::2, :]
-    odd = x[:, 1::2, 1::2, :]
-    if h % 2 or w % 2:  # odd sizes: the last sample of the shifted map is padding
-        odd = ops.pad(odd, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    return even, odd
+    return subsample(x, 2), subsample(x, 2, offset=1)
 
 
 @keras.saving.register_keras_serializable(package="hlrs_tf")
