@@ -4,8 +4,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
@@ -42,9 +40,8 @@ def test_summarise_divides_by_steps_and_ranks_by_time():
     assert "6.85  convolution jit:avx2 backward_weights g16mb64" in text  # ms per call of the costliest shape
 
 
-@pytest.mark.slow
-def test_real_run_breaks_down_a_search_step(repo_root):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo_root, os.environ.get("PYTHONPATH", "")]))
+def test_real_run_breaks_down_a_search_step(repo_root, child_env):
+    env = dict(child_env)  # the shared environment of child processes (marks the test slow)
     env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # oneDNN on, as the commands run (the breakdown needs it)
     out = subprocess.run(
         [sys.executable, os.path.join(BENCHMARKS, "onednn_kernels.py"), "--channels=4", "--layers=3",

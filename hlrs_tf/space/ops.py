@@ -401,21 +401,27 @@ def subsample(x, stride: int, offset: int = 0):
     64x32x32x64 map took 66 ms forward and backward as strided slices and 8 ms this way (1 thread,
     ``benchmarks/NOTES.md``). Same values, bit for bit.
     """
-    s, o = int(stride), int(offset)
-    if s == 1 and o == 0:
-        return x
+    return _subsamples(x, stride, (offset,))[0]
+
+
+def _subsamples(x, stride: int, offsets):
+    """:func:`subsample` of ``x`` at each of ``offsets``, padding and reshaping ``x`` once for all of them."""
+    s = int(stride)
+    if s == 1 and tuple(offsets) == (0,):
+        return (x,)
     h, w = x.shape[1], x.shape[2]
     if h is None or w is None:  # dynamic size: shift, pad by one stride, sample, crop to ceil(H/s) x ceil(W/s)
         shape = tf.shape(x)
         rows, cols = (shape[1] + s - 1) // s, (shape[2] + s - 1) // s
-        shifted = tf.pad(x[:, o:, o:, :], [[0, 0], [0, s], [0, s], [0, 0]])
-        return shifted[:, ::s, ::s, :][:, :rows, :cols, :]
+        return tuple(tf.pad(x[:, o:, o:, :], [[0, 0], [0, s], [0, s], [0, 0]])[:, ::s, ::s, :][:, :rows, :cols, :]
+                     for o in map(int, offsets))
     pad_h, pad_w = -h % s, -w % s
     if pad_h or pad_w:
         x = tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
     rows, cols, c = (h + pad_h) // s, (w + pad_w) // s, x.shape[3]
     blocks = tf.reshape(x, [-1, rows, s, cols, s, c])
-    return tf.reshape(tf.slice(blocks, [0, 0, o, 0, o, 0], [-1, -1, 1, -1, 1, -1]), [-1, rows, cols, c])
+    return tuple(tf.reshape(tf.slice(blocks, [0, 0, o, 0, o, 0], [-1, -1, 1, -1, 1, -1]), [-1, rows, cols, c])
+                 for o in map(int, offsets))
 
 
 def strided_views(x):
@@ -431,7 +437,7 @@ def strided_views(x):
     Returns:
         ``(even, odd)``, both ``(B, ceil(H/2), ceil(W/2), C)``.
     """
-    return subsample(x, 2), subsample(x, 2, offset=1)
+    return _subsamples(x, 2, (0, 1))
 
 
 @keras.saving.register_keras_serializable(package="hlrs_tf")
