@@ -64,7 +64,7 @@ def pytest_configure(config):
     )
 
 
-_SLOW_FIXTURES = ("run_cli", "child_env")  # replica_worker requests child_env
+_SLOW_FIXTURES = ("run_cli", "child_env", "kill_beside_reference")  # replica_worker requests child_env
 
 
 def pytest_collection_modifyitems(config, items):
@@ -122,6 +122,53 @@ def repo_root():
 def run_cli_fixture():
     """The ``run_cli`` function: ``run_cli(module, *args, cwd=REPO, timeout=900)`` -> CompletedProcess."""
     return run_cli
+
+
+def kill_beside_reference(args, reference, interrupted, epoch, timeout=600):
+    """Runs ``python -m <args> --workdir=<reference>`` to the end and, side by side, the same command in
+    ``interrupted``, SIGKILLed as soon as its ``checkpoints/state.json`` records ``epoch`` or later.
+
+    The resume tests' pattern. The two runs are independent (own work directories; the tests pass
+    ``--deterministic``, so no value depends on how they share the cores), so the reference costs no wall
+    time of its own on two cores; the sharing only slows the interrupted run's epochs, which widens the window
+    the kill must land in (the state is polled every 20 ms). stderr goes to ``<workdir>.err``, a file: an
+    unread pipe would block a child once full. Returns the epoch the killed run's state records.
+    """
+    import json
+    import signal
+    import subprocess
+    import time
+
+    procs = []
+    try:
+        for workdir in (reference, interrupted):
+            with open(f"{workdir}.err", "w") as err:
+                procs.append(subprocess.Popen([sys.executable, "-m", *args, f"--workdir={workdir}"], cwd=REPO,
+                                              env=_child_env(), stdout=subprocess.DEVNULL, stderr=err))
+        ref, victim = procs
+        state = os.path.join(interrupted, "checkpoints", "state.json")
+        deadline = time.time() + timeout
+        while time.time() < deadline and victim.poll() is None:
+            if os.path.exists(state) and json.load(open(state))["epoch"] >= epoch:
+                break
+            time.sleep(0.02)
+        assert victim.poll() is None, "the run finished before it could be interrupted"
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        ref.wait(timeout=900)
+        assert ref.returncode == 0, open(f"{reference}.err").read()[-3000:]
+    finally:  # a failed assertion leaves no child running
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return json.load(open(state))["epoch"]
+
+
+@pytest.fixture(name="kill_beside_reference", scope="session")
+def kill_beside_reference_fixture():
+    """The :func:`kill_beside_reference` function."""
+    return kill_beside_reference
 
 
 @pytest.fixture(scope="session")

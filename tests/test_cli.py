@@ -4,6 +4,8 @@ import csv
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -101,20 +103,51 @@ def test_flags_cfg_is_a_reusable_flagfile(search_run, tmp_path, run_cli):
     assert open(tmp_path / "again" / "flags.cfg").read() == text
 
 
-def test_dry_run_paper_setting_has_reference_parameter_count(tmp_path, run_cli):
+DRY_RUNS = {  # name -> the search's arguments besides --dry_run and --workdir
+    "lt_cfg": ["--flagfile=configs/lt.cfg"],
+    **{dataset: [f"--dataset={dataset}", "--channels=4", "--layers=3"]
+       for dataset in ("cifar100", "digits", "fashion_mnist")},
+}
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory, repo_root, child_env):
+    """The offline dry runs, started side by side: ``{name: (returncode, stderr, workdir)}``.
+
+    A dry run is nearly all start-up and model building, one core's work each (~12 s), and each has its own
+    workdir and reads nothing the others write: run together on two cores they take about half as long as
+    one after the other, and they check the same things."""
+    root = tmp_path_factory.mktemp("dry_runs")
+    procs = {}
+    try:
+        for name, args in DRY_RUNS.items():
+            with open(root / f"{name}.err", "w") as err:  # a file, not a pipe: a full pipe would block the child
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "hlrs_tf.search", *args, "--dry_run", f"--workdir={root / name}"],
+                    cwd=repo_root, env=child_env, stdout=subprocess.DEVNULL, stderr=err)
+        for proc in procs.values():
+            proc.wait(timeout=900)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return {name: (proc.returncode, (root / f"{name}.err").read_text(), root / name) for name, proc in procs.items()}
+
+
+def test_dry_run_paper_setting_has_reference_parameter_count(dry_runs):
     """configs/lt.cfg (CIFAR-10, C=16, 8 cells) offline: the dry run builds the 1,930,618-weight supernet."""
-    proc = run_cli("hlrs_tf.search", "--flagfile=configs/lt.cfg", "--dry_run", f"--workdir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.load(open(tmp_path / "model_summary.json"))
+    returncode, stderr, workdir = dry_runs["lt_cfg"]
+    assert returncode == 0, stderr[-2000:]
+    summary = json.load(open(workdir / "model_summary.json"))
     assert summary["weight_params"] == 1_930_618 and summary["arch_params"] == 224
 
 
 @pytest.mark.parametrize("dataset,classes", [("cifar100", 100), ("digits", 10), ("fashion_mnist", 10)])
-def test_dry_run_offline_for_named_datasets(tmp_path, dataset, classes, run_cli):
-    proc = run_cli("hlrs_tf.search", f"--dataset={dataset}", "--channels=4", "--layers=3", "--dry_run",
-                   f"--workdir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.load(open(tmp_path / "model_summary.json"))["num_classes"] == classes
+def test_dry_run_offline_for_named_datasets(dataset, classes, dry_runs):
+    returncode, stderr, workdir = dry_runs[dataset]
+    assert returncode == 0, f"{dataset}: {stderr[-2000:]}"
+    assert json.load(open(workdir / "model_summary.json"))["num_classes"] == classes
 
 
 def test_paper_setting_offline_fails_fast_with_instructions(tmp_path, run_cli):

@@ -1,6 +1,7 @@
 """The bilevel train_step on real data (scikit-learn digits): both parameter groups move, second order differs."""
 
 import os
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -69,20 +70,25 @@ def test_arch_step_uses_validation_batch(digits_batch):
     assert any(not np.allclose(x, y) for x, y in zip(a1, a2))
 
 
-def test_second_order_differs_from_first(digits_batch):
-    first, second = make_model("first"), make_model("second")
-    w_init, a_init = snapshot(first)
-    _, a_init2 = snapshot(second)
+def test_second_order_differs_from_first(traced_runs):
+    """Both orders start from the same variables (seed 0); after two steps (the second with a momentum buffer
+    in the virtual step) their alphas differ, and the second-order run moved its alphas and weights.
+
+    Formerly two eager steps per order on models of its own; now the shared (traced) runs of ``traced_runs``
+    (why that is safe: there). The eager second-order ``train_step`` stays covered by
+    ``test_second_order_matches_reference_procedure`` and ``tests/test_fused_cell.py``'s bilevel tests."""
+    first, second = traced_runs("first"), traced_runs("second")
+    (w_init, a_init), (w_init2, a_init2) = first.init, second.init
     for x, y in zip(a_init, a_init2):
         np.testing.assert_array_equal(x, y)  # same start
-    for _ in range(2):  # the second step has a momentum buffer in the virtual step
-        first.train_step(digits_batch)
-        second.train_step(digits_batch)
-    w1, a1 = snapshot(first)
-    w2, a2 = snapshot(second)
+    for x, y in zip(w_init, w_init2):
+        np.testing.assert_array_equal(x, y)
+    assert len(first.logs) == len(second.logs) == 2  # the second step has a momentum buffer in the virtual step
+    w1, a1 = snapshot(first.shared)
+    w2, a2 = snapshot(second.shared)
     assert any(not np.allclose(x, y, atol=1e-7) for x, y in zip(a1, a2))
     assert any(not np.allclose(x, y) for x, y in zip(a_init2, a2))
-    assert any(not np.allclose(x, y) for x, y in zip(w_init, w2))
+    assert any(not np.allclose(x, y) for x, y in zip(w_init2, w2))
 
 
 @pytest.mark.isolated  # a finite difference of a piecewise-smooth loss (why: its twin in tests/test_bbn.py)
@@ -93,6 +99,17 @@ def test_second_order_matches_reference_procedure(digits_batch):
     ``w' = w - xi (mu buf + g + wd w)`` assigned to the weights; ``dalpha, v`` at ``w'``; weights set to
     ``w +- eps v`` with ``eps = 0.01 / ||v||`` for the two training-loss alpha gradients; weights restored.
     """
+    # First, the harness's own check (formerly test_isolated_tests_run_deterministically_in_a_process_of_their_own,
+    # an isolated test of its own, a whole child pytest for four asserts): this body runs only in the child
+    # process conftest.py's pytest_pyfunc_call starts, so these assert that the child has the isolated settings.
+    # A broken isolation fails this test with the same message, before the comparison below could mislead.
+    from tensorflow.python.framework import config as tf_config
+
+    assert os.environ.get("HLRS_TEST_ISOLATED") == "1"
+    assert tf.config.threading.get_intra_op_parallelism_threads() == 1
+    assert tf.config.threading.get_inter_op_parallelism_threads() == 1
+    assert tf_config.is_op_determinism_enabled()
+
     model = make_model("second")
     model.train_step(digits_batch)  # one real step first, so the momentum buffers are non-zero
     (xt, yt), (xv, yv) = digits_batch
@@ -131,16 +148,6 @@ def test_second_order_matches_reference_procedure(digits_batch):
     assert max(np.abs(a - b).max() for a, b in zip(expected, d_alpha)) > 0.05 * scale
 
 
-@pytest.mark.isolated
-def test_isolated_tests_run_deterministically_in_a_process_of_their_own():
-    from tensorflow.python.framework import config as tf_config
-
-    assert os.environ.get("HLRS_TEST_ISOLATED") == "1"
-    assert tf.config.threading.get_intra_op_parallelism_threads() == 1
-    assert tf.config.threading.get_inter_op_parallelism_threads() == 1
-    assert tf_config.is_op_determinism_enabled()
-
-
 def test_clip_by_global_norm():
     grads = [tf.constant([3.0, 4.0]), tf.constant([0.0])]
     clipped, norm = clip_by_global_norm(grads, 1.0)
@@ -171,12 +178,53 @@ def _function_calls(concrete):
     return calls
 
 
+# One traced set serves three tests, which each made and traced fresh models of their own (tracing is most of
+# their time): test_each_pass_of_a_traced_step_is_traced_once[*] (traced a fresh model's step),
+# test_shared_passes_take_the_same_steps_as_inline_passes[*] (traced that same step again, plus the inline one,
+# and ran both twice) and test_second_order_differs_from_first (two eager steps per order). Safe because
+# small_search_model seeds (0) before making each model, so the models here start from the variables a fresh
+# one has; the shared step has one trace, which both batches ran and which get_concrete_function returns
+# (asserted below; measured: the same graph as a fresh model's trace); and the tests only read the runs, none
+# changes them. Lost: test_second_order_differs_from_first compares the orders traced instead of eager (the
+# eager second-order step stays covered, see there). The cost: one broken run fails all three tests.
+@pytest.fixture(scope="module")
+def traced_runs(digits_batch):
+    """``traced_runs(order)``: per order (made on first request, then kept), the shared-pass model and the
+    inline-pass model, each taken through the same two traced steps (``digits_batch``, then its batches
+    swapped). A namespace of ``shared``, ``inline``, ``inline_step`` (its ``tf.function``), ``init`` (the
+    shared model's ``snapshot`` before the steps), ``logs`` (per step, ``(shared_logs, inline_logs)``) and
+    ``concrete`` (the shared step's concrete function for ``digits_batch``, the trace both steps ran)."""
+    (xt, yt), (xv, yv) = digits_batch
+    steps = [digits_batch, ((xv, yv), (xt, yt))]
+    runs = {}
+
+    def run(order):
+        if order in runs:
+            return runs[order]
+        shared, inline = make_model(order), make_model(order)
+        shared_step, inline_step = tf.function(shared.train_step), tf.function(inline.train_step)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(darts_model, "traced_once", lambda fn: fn)  # the direct computation: every pass inline
+            inline_step.get_concrete_function(digits_batch)
+        init = snapshot(shared)
+        logs = [(shared_step(batch), inline_step(batch)) for batch in steps]
+        concrete = shared_step.get_concrete_function(digits_batch)
+        # One signature, one trace each: both steps ran the inline trace made under the patch above, and the
+        # concrete function is the shared trace both steps ran (measured: the same graph as a fresh model's).
+        assert inline_step.experimental_get_tracing_count() == 1
+        assert shared_step.experimental_get_tracing_count() == 1
+        runs[order] = SimpleNamespace(shared=shared, inline=inline, inline_step=inline_step, init=init, logs=logs,
+                                      concrete=concrete)
+        return runs[order]
+
+    return run
+
+
 @pytest.mark.parametrize("order, expected", [("first", [2]), ("second", [1, 4])])
-def test_each_pass_of_a_traced_step_is_traced_once(digits_batch, order, expected):
+def test_each_pass_of_a_traced_step_is_traced_once(traced_runs, order, expected):
     """First order: one traced pass called twice (architecture, weights); second order: the unrolled pass called
     four times (virtual step, validation, w + eps v, w - eps v) and the weight pass once."""
-    model = make_model(order)
-    concrete = tf.function(model.train_step).get_concrete_function(digits_batch)
+    concrete = traced_runs(order).concrete
     assert sorted(_function_calls(concrete).values()) == expected
     # the step's own graph is the optimizer updates and the bookkeeping, not the network
     inner = sum(len(f.graph.get_operations()) for f in concrete.graph._functions.values()
@@ -185,25 +233,21 @@ def test_each_pass_of_a_traced_step_is_traced_once(digits_batch, order, expected
 
 
 @pytest.mark.parametrize("order", ["first", "second"])
-def test_shared_passes_take_the_same_steps_as_inline_passes(digits_batch, order, monkeypatch):
+def test_shared_passes_take_the_same_steps_as_inline_passes(digits_batch, traced_runs, order):
     """The traced step with each pass traced once (called as a function, unused gradients pruned) moves every
     variable exactly as the step with every pass traced inline does, over two steps so momentum and the
     optimizers' state are exercised. (Both traced: eager and traced second-order steps differ by more than
     rounding, because the finite-difference Hessian term magnifies the kernels' different rounding.)"""
-    (xt, yt), (xv, yv) = digits_batch
-    steps = [digits_batch, ((xv, yv), (xt, yt))]
-    shared, inline = make_model(order), make_model(order)
-    shared_step, inline_step = tf.function(shared.train_step), tf.function(inline.train_step)
-    with monkeypatch.context() as m:
-        m.setattr(darts_model, "traced_once", lambda fn: fn)  # the direct computation: every pass inline
-        inline_step.get_concrete_function(digits_batch)
-    assert _function_calls(inline_step.get_concrete_function(digits_batch)) == {}
-    a0 = [a.numpy() for a in shared.network.arch_variables]
-    for batch in steps:
-        logs_s, logs_i = shared_step(batch), inline_step(batch)
+    r = traced_runs(order)
+    shared, inline = r.shared, r.inline
+    assert _function_calls(r.inline_step.get_concrete_function(digits_batch)) == {}  # traced inline: cached
+    assert len(r.logs) == 2
+    for logs_s, logs_i in r.logs:
         for key in ("loss", "arch_loss", "accuracy", "arch_accuracy"):
             assert float(logs_s[key]) == pytest.approx(float(logs_i[key]), abs=1e-6), key
-    moved = max(np.abs(a.numpy() - b).max() for a, b in zip(shared.network.arch_variables, a0))
+    _, a0 = r.init
+    _, a1 = snapshot(shared)
+    moved = max(np.abs(a - b).max() for a, b in zip(a1, a0))
     assert moved > 1e-4
     # Measured: bitwise equal. The tolerances leave room for summation order only.
     for s, i in zip(shared.network.arch_variables, inline.network.arch_variables):

@@ -268,10 +268,25 @@ def _run_all(commands, timeout, cwd):
 # ------------------------------------------------------------------------------------------------ (b) mirrored
 @pytest.fixture(scope="module")
 def mirrored(worker, repo_root, child_env):
-    (out, err), = _run_all([([sys.executable, worker, "mirrored", "--orders", "first,second", "--control", "first",
-                              "--steps", "3", "--batch", "8", "--nodes", "1"], _env(child_env))], timeout=600,
-                           cwd=repo_root)
-    return _result(out, err, "mirrored worker")
+    # One worker process per order, run at the same time (_run_all), instead of one process looping over both:
+    # the orders are independent. Every model the worker builds (run_once, run_init_alphas) goes through
+    # small_search_model's keras.utils.set_random_seed(0), and run_once reseeds before building its dataset, so
+    # no run depends on RNG state an earlier run consumed; each order gets its own models, its own
+    # _INIT_ALPHAS[order] entry, and sync_bn.set_enabled(True) before and after it. Every assertion compares
+    # runs within one order (one process). "--control none" names no order, so the second-order half runs no
+    # nosync control -- as before, where only "first" was the control.
+    base = [sys.executable, worker, "mirrored", "--steps", "3", "--batch", "8", "--nodes", "1"]
+    halves = {"first": "first", "second": "none"}  # order -> --control
+    outputs = _run_all([(base + ["--orders", order, "--control", control], _env(child_env))
+                        for order, control in halves.items()], timeout=600, cwd=repo_root)
+    first, second = (_result(out, err, f"mirrored worker ({order} order)")
+                     for (out, err), order in zip(outputs, halves))
+    # Both halves set up the same strategy (replicas, batch split, odd-batch error, hooks).
+    assert {k: v for k, v in first.items() if k != "orders"} == {k: v for k, v in second.items() if k != "orders"}
+    assert list(first["orders"]) == ["first"] and list(second["orders"]) == ["second"]
+    assert "nosync" not in second["orders"]["second"]  # the control ran for the first order only, as before
+    first["orders"].update(second["orders"])
+    return first
 
 
 def test_mirrored_setup(mirrored):

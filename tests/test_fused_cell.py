@@ -249,28 +249,21 @@ def _batches(seed, n):
     return [(batch(), batch()) for _ in range(n)]
 
 
-@pytest.mark.parametrize("partial_channels", [1, 4], ids=["darts", "pc_k4"])
-@pytest.mark.parametrize("order", ["first", "second"])
-def test_fused_and_direct_models_compute_the_same_architecture_gradient(order, partial_channels):
-    """The architecture gradient itself (alphas, and betas with partial channels), first order and unrolled
-    second order (finite-difference Hessian)."""
-    (train, val), = _batches(7, 1)
-    direct, fused = _model("direct", order, partial_channels), _model("fused", order, partial_channels)
-    _copy_network(direct.network, fused.network)
+def _assert_same_first_order_arch_grads(direct, fused):
+    """Both models' first-order architecture gradients (alphas, and betas with partial channels) agree, and
+    the models' state is left as it was (the training-mode pass moved the BN statistics)."""
+    (_, val), = _batches(7, 1)
     grads = {}
-    with SharedSecondOrderPoints(direct, fused):
-        for label, model in (("direct", direct), ("fused", fused)):
-            weights, alphas = model.split_variables()
-            if order == "first":
-                _, _, g = model._first_order_arch_grads(val)
-            else:
-                _, _, g = model._second_order_arch_grads(train, val, weights, alphas)
-            grads[label] = np.concatenate([np.ravel(x) for x in g])
+    for label, model in (("direct", direct), ("fused", fused)):
+        state = [v.numpy() for v in model.non_trainable_variables]
+        _, _, g = model._first_order_arch_grads(val)
+        grads[label] = np.concatenate([np.ravel(x) for x in g])
+        for v, value in zip(model.non_trainable_variables, state):
+            v.assign(value)
     scale = np.abs(grads["direct"]).max()
     assert scale > 1e-4
-    # Relative to the largest entry: the second-order term divides a difference of two gradients by 2 eps, so
-    # float rounding is amplified there (and equally in the reference).
-    assert _max_diff(grads["direct"], grads["fused"]) / scale < (1e-5 if order == "first" else 1e-3)
+    # Relative to the largest entry; one pass of each cell on the same inputs differs by float rounding only.
+    assert _max_diff(grads["direct"], grads["fused"]) / scale < 1e-5
 
 
 @pytest.mark.parametrize("partial_channels", [1, 4], ids=["darts", "pc_k4"])
@@ -282,6 +275,14 @@ def test_fused_and_direct_models_take_the_same_bilevel_steps(order, partial_chan
     # here): measured on an AVX-512 CPU, the second weight step then put the weights 1.9e-4 apart, which is the
     # first step's arch difference propagated, not a difference of the cells. The unrolled step's use of the
     # momentum buffers is tested against the reference procedure (tests/test_darts_model.py).
+    #
+    # The architecture gradient itself is checked here too (it used to be its own test,
+    # test_fused_and_direct_models_compute_the_same_architecture_gradient, which built the same two models):
+    # - second order: the arch optimizer is SGD(0.5), so one step moves the alphas and betas by
+    #   -0.5 * (g + decay * a0) from identical a0; the alpha check below (max difference < 1e-3 of the largest
+    #   move) is therefore that test's max|g_direct - g_fused| < 1e-3 * max|g_direct|;
+    # - first order: Adam's first steps are ~ lr * sign(g) and would hide a wrong gradient, so the gradient is
+    #   compared directly, before the steps, by _assert_same_first_order_arch_grads.
     data = _batches(5, 2 if order == "first" else 1)
     direct, fused = _model("direct", order, partial_channels), _model("fused", order, partial_channels)
     if order == "second":
@@ -291,6 +292,8 @@ def test_fused_and_direct_models_take_the_same_bilevel_steps(order, partial_chan
             model.arch_optimizer = keras.optimizers.SGD(0.5)
             model.arch_optimizer.build(model.split_variables()[1])
     _copy_network(direct.network, fused.network)
+    if order == "first":
+        _assert_same_first_order_arch_grads(direct, fused)
     alphas_0 = [a.numpy() for a in direct.network.arch_variables]
     for step in data:
         with SharedSecondOrderPoints(direct, fused):

@@ -21,10 +21,6 @@ for the focal loss ``d[(1 - p)^g L]/dL = g (1 - p)^(g-1) p L + (1 - p)^g`` with 
 import csv
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -283,29 +279,14 @@ RETRAIN_ARGS = ["--genotype=DARTS_V2", "--dataset=digits", "--imbalance_ratio=10
                 "--noaugment", "--nocutout", "--drop_path_prob=0", "--deterministic", "--verbose=0", "--seed=2"]
 
 
-def test_drw_after_a_killed_and_resumed_retraining(tmp_path, repo_root, run_cli, child_env):
+def test_drw_after_a_killed_and_resumed_retraining(tmp_path, run_cli, kill_beside_reference):
     """LDAM-DRW, switch at epoch 2 of 4: a retraining killed after epoch 2 or 3 resumes with DRW on (the
     checkpoint of epoch 2 still holds drw_active = 0), and its losses are the uninterrupted run's."""
-    reference = str(tmp_path / "reference")
-    proc = run_cli("hlrs_tf.train", *RETRAIN_ARGS, f"--workdir={reference}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The reference runs beside the run that is killed after epoch 2 (conftest.kill_beside_reference).
+    reference, interrupted = str(tmp_path / "reference"), str(tmp_path / "interrupted")
+    done = kill_beside_reference(["hlrs_tf.train", *RETRAIN_ARGS], reference, interrupted, epoch=2, timeout=300)
     ref_rows = read_history(reference)
     assert [float(r["drw_active"]) for r in ref_rows] == [0.0, 0.0, 1.0, 1.0]
-
-    interrupted = str(tmp_path / "interrupted")
-    p = subprocess.Popen([sys.executable, "-m", "hlrs_tf.train", *RETRAIN_ARGS, f"--workdir={interrupted}"],
-                         cwd=repo_root, env=child_env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    state = os.path.join(interrupted, "checkpoints", "state.json")
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None:
-        if os.path.exists(state) and json.load(open(state))["epoch"] >= 2:
-            break
-        time.sleep(0.02)
-    assert p.poll() is None, "the run finished before it could be interrupted"
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    done = json.load(open(state))["epoch"]
     assert 2 <= done < 4
 
     proc = run_cli("hlrs_tf.train", *RETRAIN_ARGS, f"--workdir={interrupted}")

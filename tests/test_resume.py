@@ -3,10 +3,6 @@
 import csv
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -21,25 +17,13 @@ def read_history(workdir):
 # DARTS, and PC-DARTS (K=4 on C=4: 1 channel per op in the normal cells, 2 in the reduction cells), whose betas
 # are architecture variables too: its edge weights are in the history and rank the edges of the genotype.
 @pytest.mark.parametrize("extra", [[], ["--method=pcdarts"]], ids=["darts", "pcdarts"])
-def test_killed_search_resumes_and_matches_uninterrupted(tmp_path, extra, repo_root, run_cli, child_env):
+def test_killed_search_resumes_and_matches_uninterrupted(tmp_path, extra, run_cli, kill_beside_reference):
+    """Also, for DARTS: rerunning the finished reference run trains nothing and leaves its history as it is
+    (this was test_finished_run_rerun_does_not_train_again, a run of its own)."""
     ARGS = globals()["ARGS"] + extra  # the module's arguments, plus the case's
-    reference = str(tmp_path / "reference")
-    proc = run_cli("hlrs_tf.search", *ARGS, f"--workdir={reference}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    interrupted = str(tmp_path / "interrupted")
-    p = subprocess.Popen([sys.executable, "-m", "hlrs_tf.search", *ARGS, f"--workdir={interrupted}"],
-                         cwd=repo_root, env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = os.path.join(interrupted, "checkpoints", "state.json")
-    deadline = time.time() + 600
-    while time.time() < deadline and p.poll() is None:
-        if os.path.exists(state) and json.load(open(state))["epoch"] >= 2:
-            break
-        time.sleep(0.05)
-    assert p.poll() is None, "the run finished before it could be interrupted"
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
-    done = json.load(open(state))["epoch"]
+    # The reference runs beside the run that is killed after epoch 2 (conftest.kill_beside_reference).
+    reference, interrupted = str(tmp_path / "reference"), str(tmp_path / "interrupted")
+    done = kill_beside_reference(["hlrs_tf.search", *ARGS], reference, interrupted, epoch=2)
     assert 2 <= done < 4
 
     proc = run_cli("hlrs_tf.search", *ARGS, f"--workdir={interrupted}")
@@ -60,15 +44,11 @@ def test_killed_search_resumes_and_matches_uninterrupted(tmp_path, extra, repo_r
     got_m = json.load(open(os.path.join(interrupted, "metrics.json")))
     assert got_m["top1"] == pytest.approx(ref_m["top1"], abs=1e-6)
 
-
-def test_finished_run_rerun_does_not_train_again(tmp_path, run_cli):
-    args = [a if not a.startswith("--epochs") else "--epochs=1" for a in ARGS]
-    workdir = str(tmp_path / "wd")
-    assert run_cli("hlrs_tf.search", *args, f"--workdir={workdir}").returncode == 0
-    rows = read_history(workdir)
-    proc = run_cli("hlrs_tf.search", *args, f"--workdir={workdir}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert read_history(workdir) == rows
+    if not extra:  # a finished run, rerun: it restores epoch 4 of 4 and trains no step
+        rows = read_history(reference)
+        proc = run_cli("hlrs_tf.search", *ARGS, f"--workdir={reference}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert read_history(reference) == rows
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, run_cli):
