@@ -64,7 +64,8 @@ def pytest_configure(config):
     )
 
 
-_SLOW_FIXTURES = ("run_cli", "child_env", "kill_beside_reference")  # replica_worker requests child_env
+# Fixtures that start processes (replica_worker requests child_env).
+_SLOW_FIXTURES = ("run_cli", "child_env", "kill_beside_reference", "run_side_by_side")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -122,6 +123,51 @@ def repo_root():
 def run_cli_fixture():
     """The ``run_cli`` function: ``run_cli(module, *args, cwd=REPO, timeout=900)`` -> CompletedProcess."""
     return run_cli
+
+
+def run_side_by_side(commands, timeout, cwd=REPO, what="run"):
+    """Starts every ``(argv, env)`` at once (in ``cwd``), waits for each (``timeout`` seconds per wait; on
+    expiry all are killed and the test fails naming ``what``) and asserts that each exited 0. Returns their
+    ``(stdout, stderr)`` texts in order.
+
+    For independent children (and the workers of one cluster): pytest is serial, so a second child uses the
+    core the first leaves idle. Output goes to temporary files, not pipes: a child whose pipe nobody reads
+    while another is being waited for would block once the pipe is full (a worker of a cluster, so blocked,
+    would hang its peers' collectives).
+    """
+    import subprocess
+    import tempfile
+
+    files, procs = [], []
+    try:
+        for argv, env in commands:
+            files.append((tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")))
+            procs.append(subprocess.Popen(argv, cwd=cwd, env=env, stdout=files[-1][0], stderr=files[-1][1]))
+        for p in procs:
+            p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{what} did not finish within {timeout} s")
+    finally:  # a failure above leaves no child running
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    outputs = []
+    for pair in files:
+        for f in pair:
+            f.seek(0)
+        outputs.append(tuple(f.read() for f in pair))
+        for f in pair:
+            f.close()
+    for p, (_out, err) in zip(procs, outputs):
+        assert p.returncode == 0, f"{' '.join(map(str, p.args))} failed ({p.returncode}):\n{err[-4000:]}"
+    return outputs
+
+
+@pytest.fixture(name="run_side_by_side", scope="session")
+def run_side_by_side_fixture():
+    """The :func:`run_side_by_side` function."""
+    return run_side_by_side
 
 
 def kill_beside_reference(args, reference, interrupted, epoch, timeout=600):

@@ -4,7 +4,6 @@ import csv
 import glob
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -111,43 +110,28 @@ DRY_RUNS = {  # name -> the search's arguments besides --dry_run and --workdir
 
 
 @pytest.fixture(scope="module")
-def dry_runs(tmp_path_factory, repo_root, child_env):
-    """The offline dry runs, started side by side: ``{name: (returncode, stderr, workdir)}``.
+def dry_runs(tmp_path_factory, child_env, run_side_by_side):
+    """The offline dry runs, started side by side (conftest.run_side_by_side, which asserts that each exited
+    0): ``{name: workdir}``.
 
     A dry run is nearly all start-up and model building, one core's work each (~12 s), and each has its own
     workdir and reads nothing the others write: run together on two cores they take about half as long as
     one after the other, and they check the same things."""
     root = tmp_path_factory.mktemp("dry_runs")
-    procs = {}
-    try:
-        for name, args in DRY_RUNS.items():
-            with open(root / f"{name}.err", "w") as err:  # a file, not a pipe: a full pipe would block the child
-                procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "hlrs_tf.search", *args, "--dry_run", f"--workdir={root / name}"],
-                    cwd=repo_root, env=child_env, stdout=subprocess.DEVNULL, stderr=err)
-        for proc in procs.values():
-            proc.wait(timeout=900)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return {name: (proc.returncode, (root / f"{name}.err").read_text(), root / name) for name, proc in procs.items()}
+    run_side_by_side([([sys.executable, "-m", "hlrs_tf.search", *args, "--dry_run", f"--workdir={root / name}"],
+                       child_env) for name, args in DRY_RUNS.items()], timeout=900, what="the dry runs")
+    return {name: root / name for name in DRY_RUNS}
 
 
 def test_dry_run_paper_setting_has_reference_parameter_count(dry_runs):
     """configs/lt.cfg (CIFAR-10, C=16, 8 cells) offline: the dry run builds the 1,930,618-weight supernet."""
-    returncode, stderr, workdir = dry_runs["lt_cfg"]
-    assert returncode == 0, stderr[-2000:]
-    summary = json.load(open(workdir / "model_summary.json"))
+    summary = json.load(open(dry_runs["lt_cfg"] / "model_summary.json"))
     assert summary["weight_params"] == 1_930_618 and summary["arch_params"] == 224
 
 
 @pytest.mark.parametrize("dataset,classes", [("cifar100", 100), ("digits", 10), ("fashion_mnist", 10)])
 def test_dry_run_offline_for_named_datasets(dataset, classes, dry_runs):
-    returncode, stderr, workdir = dry_runs[dataset]
-    assert returncode == 0, f"{dataset}: {stderr[-2000:]}"
-    assert json.load(open(workdir / "model_summary.json"))["num_classes"] == classes
+    assert json.load(open(dry_runs[dataset] / "model_summary.json"))["num_classes"] == classes
 
 
 def test_paper_setting_offline_fails_fast_with_instructions(tmp_path, run_cli):

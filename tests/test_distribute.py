@@ -16,7 +16,6 @@ before TensorFlow initialises), so they run ``tests/distribute_worker.py`` in su
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -245,40 +244,21 @@ def _free_ports(n):
     return ports
 
 
-def _run_all(commands, timeout, cwd):
-    """Starts every ``(argv, env)`` at once (in ``cwd``); waits for all with one shared timeout, killing all on
-    expiry."""
-    procs = [subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for argv, env in commands]
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=timeout))
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.communicate()
-        pytest.fail(f"distributed run did not finish within {timeout} s (hung collective?)")
-    for p, (_out, err) in zip(procs, outputs):
-        assert p.returncode == 0, f"{' '.join(p.args)} failed ({p.returncode}):\n{err[-4000:]}"
-    return outputs
-
-
 # ------------------------------------------------------------------------------------------------ (b) mirrored
 @pytest.fixture(scope="module")
-def mirrored(worker, repo_root, child_env):
-    # One worker process per order, run at the same time (_run_all), instead of one process looping over both:
-    # the orders are independent. Every model the worker builds (run_once, run_init_alphas) goes through
-    # small_search_model's keras.utils.set_random_seed(0), and run_once reseeds before building its dataset, so
-    # no run depends on RNG state an earlier run consumed; each order gets its own models, its own
+def mirrored(worker, repo_root, child_env, run_side_by_side):
+    # One worker process per order, run at the same time (conftest.run_side_by_side), instead of one process
+    # looping over both: the orders are independent. Every model the worker builds (run_once, run_init_alphas)
+    # goes through small_search_model's keras.utils.set_random_seed(0), and run_once reseeds before building its
+    # dataset, so no run depends on RNG state an earlier run consumed; each order gets its own models, its own
     # _INIT_ALPHAS[order] entry, and sync_bn.set_enabled(True) before and after it. Every assertion compares
     # runs within one order (one process). "--control none" names no order, so the second-order half runs no
     # nosync control -- as before, where only "first" was the control.
     base = [sys.executable, worker, "mirrored", "--steps", "3", "--batch", "8", "--nodes", "1"]
     halves = {"first": "first", "second": "none"}  # order -> --control
-    outputs = _run_all([(base + ["--orders", order, "--control", control], _env(child_env))
-                        for order, control in halves.items()], timeout=600, cwd=repo_root)
+    outputs = run_side_by_side([(base + ["--orders", order, "--control", control], _env(child_env))
+                                for order, control in halves.items()], timeout=600, cwd=repo_root,
+                               what="mirrored worker")
     first, second = (_result(out, err, f"mirrored worker ({order} order)")
                      for (out, err), order in zip(outputs, halves))
     # Both halves set up the same strategy (replicas, batch split, odd-batch error, hooks).
@@ -324,7 +304,7 @@ def test_mirrored_without_bn_sync_differs(mirrored):
 
 
 # ------------------------------------------------------------------------------------------------ (c) multi-worker
-def test_two_worker_multi_worker_mirrored_run(tmp_path, worker, repo_root, child_env):
+def test_two_worker_multi_worker_mirrored_run(tmp_path, worker, repo_root, child_env, run_side_by_side):
     nodes = "4" if os.environ.get("HLRS_FULL_DISTRIBUTE_TESTS") == "1" else "1"
     ports = _free_ports(2)
     workers = [f"127.0.0.1:{p}" for p in ports]
@@ -335,7 +315,7 @@ def test_two_worker_multi_worker_mirrored_run(tmp_path, worker, repo_root, child
         (base + ["--workdir", workdir], _env(child_env, TF_CONFIG=tf_config(i, workers=workers))) for i in range(2)
     ] + [(base + ["--strategy", "default", "--workdir", str(tmp_path / "single")], _env(child_env))]
     os.makedirs(tmp_path / "single")
-    outputs = _run_all(commands, timeout=480, cwd=repo_root)
+    outputs = run_side_by_side(commands, timeout=480, cwd=repo_root, what="distributed run (hung collective?)")
     w0, w1, single = (_result(out, err, f"process {i}") for i, (out, err) in enumerate(outputs))
 
     assert (w0["task_id"], w1["task_id"]) == (0, 1)

@@ -12,7 +12,6 @@ thread), the one whose kernels the search runs.
 """
 
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -22,31 +21,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
-def kernel_outputs(tmp_path_factory, child_env):
-    # The two processes run side by side: each uses one intra-op thread (the commands' layout, set inside the
-    # script), so on two cores they barely compete, and neither reads anything the other writes. Which kernel
-    # runs is fixed by TF_ENABLE_ONEDNN_OPTS and the thread count, not by the load, and every input comes
-    # from a fixed seed, so the arrays compared are the same as when the processes ran one after the other.
+def kernel_outputs(tmp_path_factory, child_env, run_side_by_side):
+    # The two processes run side by side (conftest.run_side_by_side): each uses one intra-op thread (the
+    # commands' layout, set inside the script), so on two cores they barely compete, and neither reads anything
+    # the other writes. Which kernel runs is fixed by TF_ENABLE_ONEDNN_OPTS and the thread count, not by the
+    # load, and every input comes from a fixed seed, so the arrays compared are the same as when the processes
+    # ran one after the other.
     root = tmp_path_factory.mktemp("onednn")
-    procs = {}
-    for label, value in (("onednn", "1"), ("eigen", "0")):
-        env = dict(child_env, TF_ENABLE_ONEDNN_OPTS=value)
-        with open(root / f"{label}.err", "w") as err:  # a file, not a pipe: a full pipe would block the child
-            procs[label] = subprocess.Popen(
-                [sys.executable, os.path.join(HERE, "onednn_kernel_cases.py"), str(root / f"{label}.npz")],
-                env=env, stdout=subprocess.DEVNULL, stderr=err)
-    results = {}
-    try:
-        for label, proc in procs.items():
-            proc.wait(timeout=900)
-            assert proc.returncode == 0, (root / f"{label}.err").read_text()[-4000:]
-            results[label] = dict(np.load(root / f"{label}.npz"))
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return results
+    labels = {"onednn": "1", "eigen": "0"}  # label -> TF_ENABLE_ONEDNN_OPTS
+    run_side_by_side([([sys.executable, os.path.join(HERE, "onednn_kernel_cases.py"), str(root / f"{label}.npz")],
+                       dict(child_env, TF_ENABLE_ONEDNN_OPTS=value)) for label, value in labels.items()],
+                     timeout=900, what="onednn_kernel_cases.py")
+    return {label: dict(np.load(root / f"{label}.npz")) for label in labels}
 
 
 def test_each_process_ran_the_kernels_it_was_asked_for(kernel_outputs):
