@@ -32,12 +32,19 @@ def test_killed_search_resumes_and_matches_uninterrupted(tmp_path, extra, run_cl
 
     ref_rows, got_rows = read_history(reference), read_history(interrupted)
     assert [r["epoch"] for r in got_rows] == ["0", "1", "2", "3"]
+    keys = ("loss", "arch_loss", "accuracy", "lr", "arch_lr", "normal_skip_connect")
+    if extra:
+        keys += ("edge_max_weight_normal", "edge_max_weight_reduce")
     for ref, got in zip(ref_rows, got_rows):
-        keys = ("loss", "arch_loss", "accuracy", "lr", "arch_lr", "normal_skip_connect")
-        if extra:
-            keys += ("edge_max_weight_normal", "edge_max_weight_reduce")
         for key in keys:
-            assert float(got[key]) == pytest.approx(float(ref[key]), rel=1e-5, abs=1e-7), (ref["epoch"], key)
+            if int(ref["epoch"]) < done:
+                # Before the kill, the two runs are the same flags in two processes side by side: with
+                # --deterministic they must agree bit for bit, whatever order each process' executor threads ran
+                # the ops in. (A sum whose order followed that schedule once made them differ by ~1e-7, and by
+                # 3e-5 an epoch later: hlrs_tf.space.fused_cell._stacked_weighted_sum.)
+                assert got[key] == ref[key], (ref["epoch"], key)
+            else:
+                assert float(got[key]) == pytest.approx(float(ref[key]), rel=1e-5, abs=1e-7), (ref["epoch"], key)
     for name in ("genotype.json", "genotypes/epoch_004.json"):
         assert open(os.path.join(interrupted, name)).read() == open(os.path.join(reference, name)).read()
     ref_m = json.load(open(os.path.join(reference, "metrics.json")))

@@ -29,6 +29,13 @@ point was measured with ``benchmarks/profile_step.py`` (see ``benchmarks/NOTES.m
   by its edges; a dilated conv at stride 2 reads only even pixels, so it is the ordinary "same" kxk conv of
   ``relu(h)[::2, ::2]`` -- the even view FactorizedReduce also takes -- with kxk taps instead of the
   ``k_eff x k_eff`` dense kernel the previous stride-2 "SAME" version convolved with.
+* **The parameter-free terms of a node summed over their stack.** The pools and the stride-1 skips of a
+  node's edges (3 per edge, up to 15 per node) are weighted by scalars and summed over their stack
+  (:func:`_weighted_sum`), and so are PC-DARTS' bypassed channels: a ``Pack``, a ``Mul`` and a ``Sum``
+  forward, and a ``Mul`` per term and one ``Sum`` backward, instead of a ``Mul`` per term forward and a
+  ``Mul``, a ``Mul`` and a ``Sum`` per term backward. 6% fewer op executions per K=4 step, whose
+  cost is mostly per op, not per byte. Its gradient is written out, so that the step stays bit-identical
+  from process to process (see :func:`_stacked_weighted_sum`).
 * **One ``AddN`` per node** over all its edges' terms.
 * **Stacked variables**: each kind of weight of all 14 edges is one ``(E, ...)`` variable (and all BN running
   statistics of the cell one ``(slots, C)`` pair), sliced with one ``Unpack``. The supernet goes from ~1,400 to
@@ -102,6 +109,48 @@ def _fused_bn(x, scale, offset, mean, variance, is_training):
 
 def _add_n(tensors):
     return tensors[0] if len(tensors) == 1 else tf.add_n(tensors)
+
+
+def _weighted_sum(tensors, weights):
+    """``sum_t weights[t] * tensors[t]`` for same-shape tensors and scalar weights, over their stack.
+
+    A ``Pack``, a ``Mul`` and a ``Sum`` forward, and the gradient written out (:func:`_stacked_weighted_sum`),
+    instead of a ``Mul`` per term forward and a ``Mul``, a ``Mul`` and a ``Sum`` (with their broadcast-shape
+    ops) per term backward, which made up most of the K=4 step's element-wise ops.
+    """
+    if len(tensors) == 1:
+        return weights[0] * tensors[0]
+    return _stacked_weighted_sum(len(tensors))(*tensors, *weights)
+
+
+def _stacked_weighted_sum(n: int):
+    """``(*tensors, *weights) -> sum_t weights[t] * tensors[t]`` for ``n`` terms, with its gradient written out.
+
+    Why not TensorFlow's own gradient of ``reduce_sum(w * stack(tensors), 0)``: it hands each term its gradient
+    as an ``Unpack`` of one buffer, and those views then meet the term's other gradients in an ``AddN``
+    (a pool shared by several nodes, a state with other consumers). ``AddN`` accumulates into the first input
+    it may overwrite and moves that input to the front of the sum; a view may be overwritten only once the
+    other views of its buffer are gone, which depends on the order the executor's threads ran their ops. So
+    the order of the sum, and its last bits, changed from process to process: seeded searches of the same
+    flags differed by ~1e-7 after a few steps, and sometimes by 3e-5 at the next epoch (benchmarks/NOTES.md).
+    Here each term's gradient ``weights[t] * g`` is a tensor of its own, as ``Mul``'s own gradient gives; the
+    weights' gradients are one ``Sum`` over the stack the forward pass made.
+    """
+
+    @tf.custom_gradient
+    def weighted_sum(*args):
+        tensors, weights = args[:n], args[n:]
+        stack = tf.stack(tensors)
+        rank = tensors[0].shape.rank
+        y = tf.reduce_sum(tf.reshape(tf.stack(weights), [n] + [1] * rank) * stack, axis=0)
+
+        def grad(g):
+            grad_weights = tf.reduce_sum(stack * g[None], axis=list(range(1, rank + 1)))
+            return [w * g for w in weights] + tf.unstack(grad_weights)
+
+        return y, grad
+
+    return weighted_sum
 
 
 def _glorot_limit(fan_in: int, fan_out: int) -> float:
@@ -273,8 +322,8 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
             bn["new_var"].append(list(variances))
             bn["zeros"].append(tf.zeros((width,), stat_dtype))
         ones, ones_op = tf.ones((c,), stat_dtype), tf.ones((c_op,), stat_dtype)  # BN scales: preprocessing, ops
-        # w[e][o] as a (C // K,) vector: a BN scale (float32), or a broadcast factor (w_c, in the compute dtype).
-        # One op for all 14 x 8 of them; the edge weights (PC-DARTS) folded in.
+        # w[e][o] as a (C // K,) vector, a BN scale (float32); and as a compute-dtype scalar (w_c), the weight of a
+        # term of _weighted_sum. One op for all 14 x 8 of them; the edge weights (PC-DARTS) folded in.
         n_ops = len(self.primitives)
         weights = tf.cast(weights, stat_dtype)
         beta = None
@@ -283,7 +332,7 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
             weights = weights * beta[:, None]
         w_stack = tf.reshape(weights[:, :, None] * ones_op, (self.num_edges * n_ops, c_op))
         w = tf.unstack(w_stack)
-        w_c = w if compute == ones.dtype else tf.unstack(tf.cast(w_stack, compute))
+        w_c = tf.unstack(tf.reshape(tf.cast(weights, compute), (-1,)))
         cast = lambda v: tf.cast(v, compute)  # noqa: E731  (kernels: float32 variables, compute-dtype copies)
         kernels = {key: tf.unstack(cast(var)) for key, var in self.conv_kernels.items()}  # one Unpack per variable
         skip_fr = [tf.unstack(cast(v)) for v in self.skip_fr] if self.skip_fr is not None else None
@@ -308,7 +357,8 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
         e = -1  # edge index: edges run in edge_list order, node by node
         for _ in range(self.steps):
             terms, phase_terms = [], []  # phase_terms: dilated-conv outputs still in phase space
-            bypass_terms = []  # PC-DARTS: the bypassed channels of the node's edges
+            linear, linear_w = [], []  # parameter-free terms (pools, skip) and their weights: one _weighted_sum
+            bypass_terms, bypass_w = [], []  # PC-DARTS: the bypassed channels of the node's edges
             for i, state in enumerate(states):
                 e += 1
                 stride = self._stride(i)
@@ -317,7 +367,9 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                 else:  # the ops see the first C // K channels; the rest bypass them, once per source state
                     h, rest = source(i, "split", lambda s=state: pc.split_channels(s, k_pc))
                     passed = source(i, "bypass", lambda r=rest, st=stride: pc.bypass(r, st))
-                    bypass_terms.append(passed if beta_c is None else beta_c[e] * passed)
+                    bypass_terms.append(passed)
+                    if beta_c is not None:
+                        bypass_w.append(beta_c[e])
                 even = h.shape[1] % 2 == 0 and h.shape[2] % 2 == 0
                 relu_h = lambda i=i, h=h: source(i, "relu", lambda: tf.nn.relu(h))  # noqa: E731
                 for o, name in enumerate(self.primitives):
@@ -327,14 +379,17 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                     if name == "max_pool_3x3":
                         p = source(i, "max", lambda h=h, s=stride, i=i: self._bn(bn,
                             max_pool_3x3(h, s), f"max_{i}", ones_op, training))
-                        terms.append(wc_eo * p)
+                        linear.append(p)
+                        linear_w.append(wc_eo)
                     elif name == "avg_pool_3x3":
                         p = source(i, "avg", lambda h=h, s=stride, i=i: self._bn(bn,
                             avg_pool_3x3(h, s), f"avg_{i}", ones_op, training))
-                        terms.append(wc_eo * p)
+                        linear.append(p)
+                        linear_w.append(wc_eo)
                     elif name == "skip_connect":
                         if stride == 1:
-                            terms.append(wc_eo * h)
+                            linear.append(h)
+                            linear_w.append(wc_eo)
                         else:
                             k = self.strided_edges.index(e)
                             views = source(i, "views", lambda r=relu_h: strided_views(r()))
@@ -364,11 +419,14 @@ class FusedSearchCell(SearchCellConfig, keras.layers.Layer):
                             y = depthwise_conv(views[0], kernels[f"{name}/dw"][e])
                         y = self._pointwise(y, kernels[f"{name}/pw"][e])
                         terms.append(self._bn(bn, y, f"{name}_bn_{e}", w_eo, training))
+            if linear:
+                terms.append(_weighted_sum(linear, linear_w))
             if phase_terms:
                 terms.append(tf.batch_to_space(_add_n(phase_terms), [2, 2], _NO_PAD))
             node = _add_n(terms)
             if bypass_terms:  # shuffle(concat(mixed, bypass)) of every edge, summed = the same of the sums
-                node = pc.channel_shuffle(tf.concat([node, _add_n(bypass_terms)], axis=-1), k_pc)
+                bypass_sum = _weighted_sum(bypass_terms, bypass_w) if bypass_w else _add_n(bypass_terms)
+                node = pc.channel_shuffle(tf.concat([node, bypass_sum], axis=-1), k_pc)
             states.append(node)
 
         if training:
